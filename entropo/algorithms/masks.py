@@ -1,0 +1,115 @@
+"""Token masks: multiplicative selections applied after the token loss (spec 0.8 step 5.5).
+
+A mask returns a :class:`TokenMask`: which tokens keep their loss, and whether the dropped
+tokens also leave the aggregation denominator (spec 0.3(a)) or stay in it with zero loss
+(spec 0.3(b)).
+
+L4. High-entropy minority ("forking") tokens
+--------------------------------------------
+    k   = max(1, ⌊ρ·N + 0.9999⌋)                  N valid tokens in scope
+    S   = the k valid tokens with the largest entropy H (π_θ, rollout temperature, detached)
+    ℓ_i = ℓ_i for i ∈ S; other tokens are masked
+
+- Paper: Wang et al., "Beyond the 80/20 Rule: High-Entropy Minority Tokens Drive Effective
+  RL for LLM Reasoning", arXiv 2506.01939, Eq. 4 (ρ = 0.2).
+- Official code: ``get_global_entropy_top_mask`` in
+  https://github.com/Shenzhi-Wang/Beyond-the-80-20-Rule-RLVR/tree/6f5dda6f
+  (``verl/trainer/ppo/core_algos.py``; fix 137d8d1 included). TRL:
+  ``GRPOConfig.top_entropy_quantile`` (f2cd57710).
+
+Deviations and options:
+- ``k`` uses the official code's ``int(ρN + 0.9999)``; it differs from the paper's
+  ``ceil(ρN)`` only when the fractional part of ρN is in (0, 1e-4].
+- Exact top-k on the gathered scope with position tie-breaking (see
+  :mod:`entropo.algorithms.select`); TRL's ``H ≥ torch.quantile`` may keep more than k on
+  ties and fails above 2^24 tokens.
+- ``norm``: ``selected`` (official code: the denominator is |S|) or ``all_valid`` (paper's Eq.
+  and TRL: the denominator is all valid tokens). They differ by about 1/ρ in gradient scale.
+- Scope: the official code selects over the micro-batch on one rank (``micro``); TRL over
+  one micro-step of all ranks. ``global`` (ours, default) selects over the whole
+  mini-batch on all ranks, with entropies from a no-grad pass at the mini-batch's
+  parameters (equal to the training forward's π_θ entropies), so the selection does not
+  change with micro-batch size or GPU count.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from entropo.algorithms.losses.base import TokenLossInputs, valid_frac
+from entropo.algorithms.reduce import STAT_SCOPES
+from entropo.algorithms.registry import TOKEN_MASKS
+from entropo.algorithms.select import top_k_mask
+
+# The official code rounds ρN up with int(ρN + 0.9999); we keep its exact rounding.
+ROUND_UP_SLACK = 0.9999
+
+MASK_NORMS = ("selected", "all_valid")
+
+
+@dataclass(frozen=True)
+class TokenMask:
+    """The outcome of one token mask.
+
+    Attributes:
+        keep: ``[n, T]`` bool, tokens whose loss is kept.
+        exclude_from_denominator: dropped tokens also leave the aggregation denominator
+            (spec 0.3(a)); otherwise they stay in it with zero loss (0.3(b)).
+    """
+
+    keep: torch.Tensor
+    exclude_from_denominator: bool
+
+
+TokenMaskFn = Callable[[TokenLossInputs, Any], tuple[TokenMask, dict[str, torch.Tensor]]]
+"""``fn(inputs, cfg) -> (TokenMask, metrics)``, selecting over ``inputs.reducer``'s scope."""
+
+
+@dataclass(frozen=True)
+class EntropyMaskConfig:
+    """Hyperparameters of high-entropy token masking (spec L4; defaults: the paper)."""
+
+    rho: float = 0.2
+    """ρ: fraction of valid tokens kept, the highest-entropy ones. Paper: 0.2. In (0, 1]."""
+
+    norm: str = "selected"
+    """``selected``: denominator |S| (official code); ``all_valid``: all valid tokens (paper Eq., TRL)."""
+
+    stat_scope: str = "global"
+    """``global``: the whole mini-batch over all ranks; ``micro``: one micro-batch (official code)."""
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.rho <= 1.0:
+            raise ValueError(f"algorithm.high_entropy.rho must be in (0, 1], got {self.rho}")
+        if self.norm not in MASK_NORMS:
+            raise ValueError(f"algorithm.high_entropy.norm must be one of {MASK_NORMS}, got '{self.norm}'")
+        if self.stat_scope not in STAT_SCOPES:
+            raise ValueError(f"algorithm.high_entropy.stat_scope must be one of {STAT_SCOPES}, got '{self.stat_scope}'")
+
+
+def top_count(rho: float, n_valid: int) -> int:
+    """``k = max(1, ⌊ρN + 0.9999⌋)`` for ``N > 0``, else 0."""
+    return max(1, int(rho * n_valid + ROUND_UP_SLACK)) if n_valid > 0 else 0
+
+
+@TOKEN_MASKS.register("high_entropy", config=EntropyMaskConfig)
+def high_entropy_mask(inp: TokenLossInputs, cfg: EntropyMaskConfig) -> tuple[TokenMask, dict[str, torch.Tensor]]:
+    """Keep the top-ρ valid tokens by entropy over the reducer's scope."""
+    if inp.entropy is None:
+        raise ValueError("the high_entropy token mask needs token entropies (inputs.entropy)")
+    entropy = inp.entropy.detach()
+    n_valid = int(inp.reducer.sum(inp.mask.bool().sum().to(torch.float64)))
+    keep, threshold = top_k_mask(entropy, inp.mask, top_count(cfg.rho, n_valid), inp.reducer)
+    valid = inp.mask.bool()
+    dropped = valid & ~keep
+    metrics = {
+        "entropy_mask/keep_frac": valid_frac(keep, inp.mask),
+        "entropy_mask/threshold": threshold,
+        "entropy_mask/kept_entropy_mean": (entropy * keep).sum() / keep.sum().clamp(min=1),
+        "entropy_mask/dropped_entropy_mean": (entropy * dropped).sum() / dropped.sum().clamp(min=1),
+    }
+    return TokenMask(keep=keep, exclude_from_denominator=cfg.norm == "selected"), metrics

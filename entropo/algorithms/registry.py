@@ -1,0 +1,92 @@
+"""Name -> implementation registries, so that configs pick methods by name.
+
+Each family (advantage estimators, token losses, token masks, ...) has one
+:class:`Registry`. Modules register themselves with a decorator at import time;
+:func:`load_all` imports every module so that the registries are complete.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One registered method.
+
+    Attributes:
+        name: the name configs use.
+        fn: the implementation.
+        config_cls: the method's own frozen dataclass of hyperparameters (None if it has none).
+        selector: for a token loss with a batch statistic, the function that computes its
+            selection over a whole scope (run once per mini-batch in ``global`` scope).
+        needs_adv_variation: the method's statistic is degenerate unless advantages vary
+            inside its scope (spec section 7); the config validator warns about it.
+    """
+
+    name: str
+    fn: Callable[..., Any]
+    config_cls: type | None = None
+    selector: Callable[..., Any] | None = None
+    needs_adv_variation: bool = False
+
+
+class Registry:
+    """A named family of interchangeable implementations."""
+
+    def __init__(self, family: str) -> None:
+        self.family = family
+        self._entries: dict[str, Entry] = {}
+
+    def register(
+        self,
+        name: str,
+        *,
+        config: type | None = None,
+        selector: Callable[..., Any] | None = None,
+        needs_adv_variation: bool = False,
+    ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        def decorator(fn: Callable[..., Any]) -> Callable[..., Any]:
+            if name in self._entries:
+                raise ValueError(f"{self.family} '{name}' is registered twice")
+            self._entries[name] = Entry(name, fn, config, selector, needs_adv_variation)
+            return fn
+
+        return decorator
+
+    def get(self, name: str) -> Entry:
+        load_all()
+        if name not in self._entries:
+            known = ", ".join(sorted(self._entries)) or "(none)"
+            raise KeyError(f"unknown {self.family} '{name}'; registered: {known}")
+        return self._entries[name]
+
+    def names(self) -> list[str]:
+        load_all()
+        return sorted(self._entries)
+
+    def __contains__(self, name: str) -> bool:
+        load_all()
+        return name in self._entries
+
+
+ADVANTAGES = Registry("advantage estimator")
+TOKEN_LOSSES = Registry("token loss")
+TOKEN_MASKS = Registry("token mask")
+
+_MODULES = (
+    "entropo.algorithms.advantages",
+    "entropo.algorithms.masks",
+    "entropo.algorithms.losses.ppo_clip",
+    "entropo.algorithms.losses.clip_cov",
+    "entropo.algorithms.losses.kl_cov",
+)
+
+
+def load_all() -> None:
+    """Import every module that registers methods (idempotent)."""
+    for module in _MODULES:
+        importlib.import_module(module)

@@ -1,0 +1,411 @@
+"""The typed configuration of a training run: dataclasses + YAML + dotted overrides.
+
+Every default lives in exactly one place: the dataclass field below (or, for a method's
+hyperparameters, the method's own config dataclass in ``entropo/algorithms``). YAML recipes
+in ``configs/`` hold only what differs. Each field is documented once, by the docstring
+under it; ``entropo config --help-fields`` and ``docs/config.md`` are generated from those.
+
+Loading (:func:`load_config`) merges, in order: the defaults, the YAML file, the dotted
+``key=value`` overrides. Unknown keys, wrong types, bad values and impossible method
+combinations (spec section 7) fail here, before anything starts, with the key named.
+The result is frozen: runtime facts travel in the batch or a context, never in the config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from entropo.algorithms.advantages import GRPOConfig
+from entropo.algorithms.aggregate import AGG_MODES
+from entropo.algorithms.dynamic_sampling import DynamicSamplingConfig
+from entropo.algorithms.losses.clip_cov import ClipCovConfig
+from entropo.algorithms.losses.kl_cov import KLCovConfig
+from entropo.algorithms.losses.ppo_clip import PPOClipConfig
+from entropo.algorithms.masks import EntropyMaskConfig
+from entropo.algorithms.objective import Objective
+from entropo.algorithms.registry import ADVANTAGES, TOKEN_LOSSES, TOKEN_MASKS
+from entropo.algorithms.regularizers import KL_ESTIMATORS, AdaptiveEntropyConfig
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run; the message names the key."""
+
+
+@dataclass(frozen=True)
+class OverlongShapingConfig:
+    """DAPO soft overlong punishment (spec R2); ``L_max`` is ``rollout.max_new_tokens``."""
+
+    enable: bool = False
+    """Add ``R_len`` to the reward. DAPO / 80-20: on; Entropy-Mechanism scripts: off."""
+
+    cache_len: int = 4096
+    """``L_cache``: the length of the linear penalty buffer before ``L_max`` (DAPO: 4096)."""
+
+    penalty_factor: float = 1.0
+    """``λ``: the penalty at ``|y| = L_max`` is ``−λ`` (DAPO: 1.0)."""
+
+    filter_truncated: bool = False
+    """Overlong filtering: drop truncated responses from the loss (TRL ``mask_truncated_completions``)."""
+
+
+@dataclass(frozen=True)
+class AlgorithmConfig:
+    """Which methods train the policy, and their hyperparameters."""
+
+    advantage: str = "grpo"
+    """Advantage estimator: grpo, dr_grpo, rloo, reinforce_pp_baseline."""
+
+    loss: str = "ppo_clip"
+    """Token loss: ppo_clip, clip_cov, kl_cov (exactly one; spec section 7)."""
+
+    token_mask: list[str] = field(default_factory=list)
+    """Token masks applied after the loss, e.g. [high_entropy] (the 80/20 rule)."""
+
+    loss_agg_mode: str = "token-mean"
+    """Loss aggregation (spec 0.6): token-mean, seq-mean-token-mean, seq-mean-token-sum,
+    seq-mean-token-sum-norm. Denominators are counted over the whole mini-batch."""
+
+    l_norm: int | None = None
+    """``L_norm`` of seq-mean-token-sum-norm; None means ``rollout.max_new_tokens``."""
+
+    kl_coef: float = 0.0
+    """β_ref, KL to the reference policy (spec G5). GRPO paper: 0.04; DAPO and most entropy
+    recipes: 0. A reference model is loaded only when > 0."""
+
+    kl_estimator: str = "k3"
+    """Per-token KL estimator: k1, k2, k3 (verl ``low_var_kl``)."""
+
+    entropy_coef: float = 0.0
+    """c_H, entropy bonus −c_H·agg(H) (spec G1). Off in every entropy-control recipe."""
+
+    adaptive_entropy: bool = False
+    """Adapt c_H after each optimiser step towards ``entropy_adaptive.target`` (Skywork-OR1)."""
+
+    entropy_adaptive: AdaptiveEntropyConfig = field(default_factory=AdaptiveEntropyConfig)
+    grpo: GRPOConfig = field(default_factory=GRPOConfig)
+    ppo_clip: PPOClipConfig = field(default_factory=PPOClipConfig)
+    clip_cov: ClipCovConfig = field(default_factory=ClipCovConfig)
+    kl_cov: KLCovConfig = field(default_factory=KLCovConfig)
+    high_entropy: EntropyMaskConfig = field(default_factory=EntropyMaskConfig)
+    dynamic_sampling: DynamicSamplingConfig = field(default_factory=DynamicSamplingConfig)
+    overlong: OverlongShapingConfig = field(default_factory=OverlongShapingConfig)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    path: str = "embedded:tiny-qwen2"
+    """A local directory or hub name loadable with ``from_pretrained``; ``embedded:tiny-qwen2``
+    is the built-in tiny model."""
+
+    dtype: str = "auto"
+    """float32, bfloat16 or auto (bfloat16 on GPU, float32 on CPU)."""
+
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass to save memory."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    train: str = "embedded:addition"
+    """Training prompts: a jsonl/json/parquet file, a directory, a dataset name, or
+    ``embedded:addition`` (the built-in synthetic task)."""
+
+    eval: str | None = None
+    """Held-out prompts, same forms as ``train``; None disables evaluation."""
+
+    max_prompt_tokens: int = 512
+    """Prompts longer than this (after the chat template) are filtered out, with a count."""
+
+
+@dataclass(frozen=True)
+class RewardConfig:
+    fns: list[str] = field(default_factory=lambda: ["embedded"])
+    """Reward functions: built-in names, ``module:function`` or ``path.py:function``."""
+
+    fallback_score: float = 0.0
+    """Score given when a reward function raises, times out or returns NaN."""
+
+    timeout_s: float = 30.0
+    """Per-call time limit of a reward function."""
+
+
+@dataclass(frozen=True)
+class RolloutConfig:
+    engine: str = "hf"
+    """Generation engine: hf (transformers generate; CPU or GPU) or vllm (GPU)."""
+
+    workers: int = 1
+    """Number of rollout worker actors."""
+
+    n: int = 8
+    """G, samples per prompt (the group size)."""
+
+    temperature: float = 1.0
+    """T, sampling temperature; every log-prob and entropy is computed at this T (spec 0.2)."""
+
+    top_p: float = 1.0
+    """Nucleus sampling threshold."""
+
+    max_new_tokens: int = 64
+    """L_max, the maximum response length."""
+
+    stop: list[str] = field(default_factory=list)
+    """Stop strings that end a response early."""
+
+
+@dataclass(frozen=True)
+class LearnerConfig:
+    ranks: int = 1
+    """Data-parallel DeepSpeed ranks (one Ray actor each)."""
+
+    zero_stage: int = 0
+    """DeepSpeed ZeRO stage, 0-3."""
+
+    offload: bool = False
+    """Offload optimizer state (and ZeRO-3 parameters) to CPU memory."""
+
+    lr: float = 1e-6
+    """AdamW learning rate."""
+
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+
+    warmup_steps: int = 0
+    """Linear learning-rate warm-up, in optimiser steps."""
+
+    grad_clip: float = 1.0
+    """Global gradient-norm clip."""
+
+    mini_batch_prompts: int | None = None
+    """Prompts per optimiser step (mini-batch); None means all prompts of the step (one update)."""
+
+    micro_batch_size: int = 8
+    """Responses per forward/backward on one rank. Changing it never changes the algorithm."""
+
+    ppo_epochs: int = 1
+    """Passes over the step's batch."""
+
+
+@dataclass(frozen=True)
+class TrainerConfig:
+    total_steps: int = 20
+    """Training steps (each: rollout, rewards, advantages, update, weight sync)."""
+
+    prompts_per_step: int = 16
+    """B, prompts per step; the step trains on B·G responses."""
+
+    output_dir: str = "runs/default"
+    """Run directory: config.yaml, metrics.jsonl, checkpoints, summary.json."""
+
+    save_every: int = 0
+    """Checkpoint every this many steps; 0 saves only at the end."""
+
+    resume: str = ""
+    """'' starts fresh; 'auto' continues from the newest complete checkpoint; or a path."""
+
+    seed: int = 0
+    """Seed of data order, sampling and random selections."""
+
+
+@dataclass(frozen=True)
+class LoggerConfig:
+    backends: list[str] = field(default_factory=lambda: ["console", "jsonl"])
+    """Metric sinks: console, jsonl, tensorboard, wandb."""
+
+    project: str = "entropo"
+    """wandb project."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    learner: LearnerConfig = field(default_factory=LearnerConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+
+    # ---- derived values: computed here and nowhere else ----
+    @property
+    def l_norm(self) -> int:
+        return self.algorithm.l_norm or self.rollout.max_new_tokens
+
+    def objective(self) -> Objective:
+        """The composed token objective this configuration selects."""
+        a = self.algorithm
+        return Objective(
+            loss=a.loss,
+            loss_cfg=getattr(a, a.loss),
+            masks=tuple((name, getattr(a, name)) for name in a.token_mask),
+            agg_mode=a.loss_agg_mode,
+            l_norm=float(self.l_norm),
+            entropy_coef=a.entropy_coef,
+            kl_coef=a.kl_coef,
+            kl_estimator=a.kl_estimator,
+        )
+
+
+# ---------------------------------------------------------------------------------------
+# validation
+
+
+def _check_choice(key: str, value: str, choices: list[str] | tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{key}: '{value}' is not one of {', '.join(choices)}")
+
+
+def _check_composition(cfg: TrainConfig) -> None:
+    """Spec section 7: impossible combinations fail and name both methods."""
+    a = cfg.algorithm
+    losses, masks = TOKEN_LOSSES.names(), TOKEN_MASKS.names()
+    _check_choice("algorithm.advantage", a.advantage, ADVANTAGES.names())
+    if a.loss in masks:
+        raise ConfigError(f"algorithm.loss: '{a.loss}' is a token mask; put it in algorithm.token_mask")
+    _check_choice("algorithm.loss", a.loss, losses)
+    seen: set[str] = set()
+    for name in a.token_mask:
+        if name in losses:
+            raise ConfigError(
+                f"algorithm.token_mask: '{name}' is a token loss and replaces '{a.loss}'; "
+                f"token losses are mutually exclusive (spec section 7): set algorithm.loss={name}"
+            )
+        _check_choice("algorithm.token_mask", name, masks)
+        if name in seen:
+            raise ConfigError(f"algorithm.token_mask: '{name}' is listed twice")
+        seen.add(name)
+    _check_choice("algorithm.loss_agg_mode", a.loss_agg_mode, AGG_MODES)
+    _check_choice("algorithm.kl_estimator", a.kl_estimator, tuple(KL_ESTIMATORS))
+    # A loss replacement's own knobs only apply when it is the selected loss: setting the
+    # knobs of another (e.g. dual clip while Clip-Cov is the loss) is a contradiction.
+    for other in losses:
+        if other != a.loss and getattr(a, other) != type(getattr(a, other))():
+            changed = [
+                f.name for f in dataclasses.fields(getattr(a, other))
+                if getattr(getattr(a, other), f.name) != getattr(type(getattr(a, other))(), f.name)
+            ]
+            raise ConfigError(
+                f"algorithm.{other}.{changed[0]} is set, but algorithm.loss is '{a.loss}': "
+                f"'{other}' and '{a.loss}' are mutually exclusive token losses (spec section 7)"
+            )
+    entry = TOKEN_LOSSES.get(a.loss)
+    scope = getattr(getattr(a, a.loss), "stat_scope", "global")
+    if entry.needs_adv_variation and scope == "micro" and not a.dynamic_sampling.enable:
+        warnings.warn(
+            f"algorithm.loss={a.loss} with stat_scope=micro and dynamic sampling off: a micro-batch "
+            "whose advantages are all equal makes its covariance zero and the method a silent "
+            "no-op (spec L2 edge cases); use stat_scope=global or dynamic_sampling.enable=true",
+            stacklevel=3,
+        )
+    if a.advantage in ("rloo",) and cfg.rollout.n < 2:
+        raise ConfigError(f"algorithm.advantage=rloo needs rollout.n >= 2, got {cfg.rollout.n}")
+    if a.advantage == "dr_grpo" and a.loss_agg_mode != "seq-mean-token-sum-norm":
+        warnings.warn(
+            "algorithm.advantage=dr_grpo is defined with loss_agg_mode=seq-mean-token-sum-norm "
+            f"(spec A2); running with {a.loss_agg_mode}",
+            stacklevel=3,
+        )
+    if a.overlong.enable and a.overlong.cache_len > cfg.rollout.max_new_tokens:
+        raise ConfigError(
+            f"algorithm.overlong.cache_len={a.overlong.cache_len} exceeds rollout.max_new_tokens="
+            f"{cfg.rollout.max_new_tokens} (L_cache must be within L_max)"
+        )
+    if a.dynamic_sampling.enable and a.dynamic_sampling.metric != "acc" and a.overlong.enable:
+        warnings.warn(
+            "dynamic sampling on a reward metric with overlong shaping keeps all-wrong groups "
+            "(spec S1 notes); algorithm.dynamic_sampling.metric=acc is recommended",
+            stacklevel=3,
+        )
+
+
+def _check_sections(cfg: TrainConfig) -> None:
+    _check_choice("rollout.engine", cfg.rollout.engine, ("hf", "vllm"))
+    _check_choice("model.dtype", cfg.model.dtype, ("auto", "float32", "bfloat16"))
+    if cfg.learner.zero_stage not in (0, 1, 2, 3):
+        raise ConfigError(f"learner.zero_stage: must be 0, 1, 2 or 3, got {cfg.learner.zero_stage}")
+    positive = {
+        "rollout.workers": cfg.rollout.workers,
+        "rollout.n": cfg.rollout.n,
+        "rollout.max_new_tokens": cfg.rollout.max_new_tokens,
+        "learner.ranks": cfg.learner.ranks,
+        "learner.micro_batch_size": cfg.learner.micro_batch_size,
+        "learner.ppo_epochs": cfg.learner.ppo_epochs,
+        "trainer.total_steps": cfg.trainer.total_steps,
+        "trainer.prompts_per_step": cfg.trainer.prompts_per_step,
+    }
+    for key, value in positive.items():
+        if value < 1:
+            raise ConfigError(f"{key}: must be >= 1, got {value}")
+    if cfg.rollout.temperature <= 0:
+        raise ConfigError(f"rollout.temperature: must be > 0, got {cfg.rollout.temperature}")
+    if not 0 < cfg.rollout.top_p <= 1:
+        raise ConfigError(f"rollout.top_p: must be in (0, 1], got {cfg.rollout.top_p}")
+    mb = cfg.learner.mini_batch_prompts
+    if mb is not None and (mb < 1 or cfg.trainer.prompts_per_step % mb):
+        raise ConfigError(
+            f"learner.mini_batch_prompts={mb} must divide trainer.prompts_per_step="
+            f"{cfg.trainer.prompts_per_step}"
+        )
+    for backend in cfg.logger.backends:
+        _check_choice("logger.backends", backend, ("console", "jsonl", "tensorboard", "wandb"))
+
+
+# ---------------------------------------------------------------------------------------
+# loading
+
+
+def _normalise_overrides(overrides: list[str]) -> list[str]:
+    out = []
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' is not of the form key=value")
+        key, value = item.split("=", 1)
+        # `algorithm.token_mask=high_entropy` is a one-element list.
+        if key in ("algorithm.token_mask", "reward.fns", "logger.backends", "rollout.stop") and not value.startswith("["):
+            value = f"[{value}]" if value else "[]"
+        out.append(f"{key}={value}")
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
+    """Defaults ← YAML file ← dotted overrides, validated and frozen."""
+    schema = OmegaConf.structured(TrainConfig)
+    layers = [schema]
+    try:
+        if path is not None:
+            path = Path(path)
+            if not path.is_file():
+                raise ConfigError(f"config file not found: {path}")
+            layers.append(OmegaConf.load(path))
+        if overrides:
+            layers.append(OmegaConf.from_dotlist(_normalise_overrides(list(overrides))))
+        merged = OmegaConf.merge(*layers)
+        cfg = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None)
+        where = f" (in {path})" if path else ""
+        msg = str(e).splitlines()[0]
+        raise ConfigError(f"{key}: {msg}{where}" if key else f"{msg}{where}") from None
+    except ValueError as e:  # a method config's own validation, which names its field
+        raise ConfigError(str(e)) from None
+    assert isinstance(cfg, TrainConfig)
+    _check_sections(cfg)
+    _check_composition(cfg)
+    return cfg
+
+
+def to_yaml(cfg: TrainConfig) -> str:
+    """The resolved configuration as YAML (written to the run directory)."""
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def as_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)

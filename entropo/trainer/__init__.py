@@ -1,0 +1,1 @@
+"""The controller loop and the Ray actors it drives; everything distributed lives here."""

@@ -1,0 +1,36 @@
+"""Package metadata for entropo. Runtime dependencies are the real ones the trainer imports."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="entropo",
+    version="0.1.0",
+    description="RL training for reasoning language models with first-class entropy control",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["entropo", "entropo.*"]),
+    include_package_data=True,
+    install_requires=[
+        # torch first and pinned on this machine by scripts/install.sh (CPU build);
+        # a range here lets GPU users keep their own CUDA build.
+        "torch>=2.4",
+        "deepspeed>=0.15",
+        "transformers>=4.46",
+        "ray[default]>=2.40",
+        "datasets>=3.0",
+        "wandb>=0.18",
+        "omegaconf>=2.3",
+        "math-verify>=0.7",
+        "tensorboard>=2.15",
+        "rich>=13",
+        "matplotlib>=3.8",
+        "pyarrow>=15",
+    ],
+    extras_require={
+        "vllm": ["vllm>=0.8"],
+        "dev": ["pytest>=8", "ruff>=0.6"],
+        "bench": ["trl>=0.20"],
+    },
+    entry_points={"console_scripts": ["entropo=entropo.cli:main"]},
+)

@@ -1,0 +1,106 @@
+"""Every recipe loads; bad keys, types, values and impossible combinations fail naming the key."""
+
+import warnings
+from pathlib import Path
+
+import pytest
+
+from entropo.config import ConfigError, TrainConfig, load_config, to_yaml
+
+CONFIGS = sorted(Path(__file__).resolve().parents[1].joinpath("configs").glob("*.yaml"))
+
+
+def test_there_are_recipes():
+    names = {p.stem for p in CONFIGS}
+    assert {"grpo", "dr_grpo", "dapo", "clip_cov", "kl_cov", "entropy_mask"} <= names
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
+def test_every_recipe_loads_and_round_trips(path, tmp_path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a recipe must not trigger a composition warning
+        cfg = load_config(path)
+    assert isinstance(cfg, TrainConfig)
+    cfg.objective()
+    out = tmp_path / "resolved.yaml"
+    out.write_text(to_yaml(cfg))
+    assert load_config(out) == cfg
+
+
+def test_recipes_select_their_methods():
+    by_name = {p.stem: load_config(p) for p in CONFIGS}
+    assert by_name["clip_cov"].algorithm.loss == "clip_cov"
+    assert by_name["kl_cov"].algorithm.kl_cov.k == 0.002
+    assert by_name["entropy_mask"].objective().masks[0][0] == "high_entropy"
+    assert by_name["dr_grpo"].objective().agg_mode == "seq-mean-token-sum-norm"
+    assert by_name["dapo"].algorithm.ppo_clip.eps_high == 0.28
+
+
+def test_defaults_live_in_the_dataclasses():
+    cfg = load_config()
+    assert cfg == TrainConfig()
+    assert cfg.l_norm == cfg.rollout.max_new_tokens
+
+
+def test_overrides():
+    cfg = load_config(overrides=["algorithm.token_mask=high_entropy", "rollout.n=4", "algorithm.l_norm=100"])
+    assert cfg.algorithm.token_mask == ["high_entropy"]
+    assert cfg.rollout.n == 4 and cfg.l_norm == 100
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["rollout.nn=3"], "rollout.nn"),
+        (["rollout.n=three"], "rollout.n"),
+        (["rollout.n=0"], "rollout.n"),
+        (["algorithm.loss=ppo"], "algorithm.loss: 'ppo' is not one of"),
+        (["algorithm.advantage=gae"], "algorithm.advantage"),
+        (["algorithm.token_mask=[high_entropy,high_entropy]"], "listed twice"),
+        (["algorithm.clip_cov.clip_ratio=2"], "algorithm.clip_cov.clip_ratio"),
+        (["algorithm.high_entropy.norm=tokens"], "algorithm.high_entropy.norm"),
+        (["learner.zero_stage=4"], "learner.zero_stage"),
+        (["logger.backends=[mlflow]"], "logger.backends"),
+        (["learner.mini_batch_prompts=5"], "learner.mini_batch_prompts"),
+        (["rollout.temperature"], "key=value"),
+    ],
+)
+def test_bad_values_name_the_key(overrides, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        load_config(overrides=overrides)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "both"),
+    [
+        (["algorithm.loss=clip_cov", "algorithm.ppo_clip.dual_clip_c=3"], ("ppo_clip", "clip_cov")),
+        (["algorithm.loss=kl_cov", "algorithm.clip_cov.clip_ratio=0.01"], ("clip_cov", "kl_cov")),
+        (["algorithm.token_mask=kl_cov"], ("kl_cov", "ppo_clip")),
+        (["algorithm.loss=high_entropy"], ("high_entropy", "token_mask")),
+    ],
+)
+def test_impossible_combinations_name_both_methods(overrides, both):
+    with pytest.raises(ConfigError) as err:
+        load_config(overrides=overrides)
+    for name in both:
+        assert name in str(err.value)
+
+
+def test_degenerate_scope_warns():
+    with pytest.warns(UserWarning, match="silent"):
+        load_config(overrides=["algorithm.loss=kl_cov", "algorithm.kl_cov.stat_scope=micro"])
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("algorithm:\n  loss: clip_cov\n  clip_cov:\n    ratio: 0.1\n")
+    with pytest.raises(ConfigError, match=r"algorithm\.clip_cov\.ratio.*bad\.yaml"):
+        load_config(bad)
+
+
+def test_config_is_frozen():
+    cfg = load_config()
+    with pytest.raises(AttributeError):
+        cfg.rollout.n = 3  # type: ignore[misc]
