@@ -1,12 +1,14 @@
 """Package metadata for entropo. Runtime dependencies are the real ones the trainer imports."""
 
+from pathlib import Path
+
 from setuptools import find_packages, setup
 
 setup(
     name="entropo",
     version="0.1.0",
     description="RL training for reasoning language models with first-class entropy control",
-    long_description=open("README.md", encoding="utf-8").read(),
+    long_description=Path("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["entropo", "entropo.*"]),

@@ -30,29 +30,13 @@ from entropo.algorithms.losses.kl_cov import KLCovConfig
 from entropo.algorithms.losses.ppo_clip import PPOClipConfig
 from entropo.algorithms.masks import EntropyMaskConfig
 from entropo.algorithms.objective import Objective
+from entropo.algorithms.overlong import OverlongConfig
 from entropo.algorithms.registry import ADVANTAGES, TOKEN_LOSSES, TOKEN_MASKS
 from entropo.algorithms.regularizers import KL_ESTIMATORS, AdaptiveEntropyConfig
 
 
 class ConfigError(ValueError):
     """A configuration that cannot run; the message names the key."""
-
-
-@dataclass(frozen=True)
-class OverlongShapingConfig:
-    """DAPO soft overlong punishment (spec R2); ``L_max`` is ``rollout.max_new_tokens``."""
-
-    enable: bool = False
-    """Add ``R_len`` to the reward. DAPO / 80-20: on; Entropy-Mechanism scripts: off."""
-
-    cache_len: int = 4096
-    """``L_cache``: the length of the linear penalty buffer before ``L_max`` (DAPO: 4096)."""
-
-    penalty_factor: float = 1.0
-    """``λ``: the penalty at ``|y| = L_max`` is ``−λ`` (DAPO: 1.0)."""
-
-    filter_truncated: bool = False
-    """Overlong filtering: drop truncated responses from the loss (TRL ``mask_truncated_completions``)."""
 
 
 @dataclass(frozen=True)
@@ -95,7 +79,7 @@ class AlgorithmConfig:
     kl_cov: KLCovConfig = field(default_factory=KLCovConfig)
     high_entropy: EntropyMaskConfig = field(default_factory=EntropyMaskConfig)
     dynamic_sampling: DynamicSamplingConfig = field(default_factory=DynamicSamplingConfig)
-    overlong: OverlongShapingConfig = field(default_factory=OverlongShapingConfig)
+    overlong: OverlongConfig = field(default_factory=OverlongConfig)
 
 
 @dataclass(frozen=True)

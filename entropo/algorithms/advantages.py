@@ -93,7 +93,7 @@ class GRPOConfig:
 
     def __post_init__(self) -> None:
         if not self.eps > 0:
-            raise ValueError(f"GRPOConfig.eps must be > 0, got {self.eps}")
+            raise ValueError(f"algorithm.grpo.eps must be > 0, got {self.eps}")
 
 
 def broadcast_to_tokens(adv: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -60,12 +60,12 @@ class DynamicSamplingConfig:
     def __post_init__(self) -> None:
         if self.metric not in DYNAMIC_SAMPLING_METRICS:
             raise ValueError(
-                f"DynamicSamplingConfig.metric must be one of {DYNAMIC_SAMPLING_METRICS}, "
+                f"algorithm.dynamic_sampling.metric must be one of {DYNAMIC_SAMPLING_METRICS}, "
                 f"got '{self.metric}'"
             )
         if self.max_num_gen_batches < 0:
             raise ValueError(
-                "DynamicSamplingConfig.max_num_gen_batches must be >= 0 (0 = retry forever), "
+                "algorithm.dynamic_sampling.max_num_gen_batches must be >= 0 (0 = retry forever), "
                 f"got {self.max_num_gen_batches}"
             )
 

@@ -29,8 +29,8 @@ import torch
 from entropo.algorithms.aggregate import LossNorm, aggregate, loss_norm
 from entropo.algorithms.losses.base import TokenLossInputs
 from entropo.algorithms.masks import TokenMask
-from entropo.algorithms.regularizers import kl_penalty
 from entropo.algorithms.registry import TOKEN_LOSSES, TOKEN_MASKS
+from entropo.algorithms.regularizers import kl_penalty
 
 
 @dataclass(frozen=True)

@@ -37,36 +37,41 @@ import torch
 
 @dataclass(frozen=True)
 class OverlongConfig:
-    """DAPO soft overlong punishment (spec R2)."""
+    """DAPO soft overlong punishment (spec R2). ``L_max`` is the rollout's maximum response
+    length (``rollout.max_new_tokens``), passed to the functions below."""
 
-    max_len: int
-    """``L_max``: the maximum response length of the rollout (DAPO: 20480; HAPO: 10240). > 0."""
+    enable: bool = False
+    """Add ``R_len`` to the reward. DAPO and 80/20 scripts: on; Entropy-Mechanism scripts: off."""
 
-    cache_len: int
+    cache_len: int = 4096
     """``L_cache``: length of the linear punishment buffer before ``L_max`` (DAPO and HAPO: 4096).
-    In (0, max_len]."""
+    In (0, L_max]."""
 
     penalty_factor: float = 1.0
     """``λ``: the penalty at ``|y| = L_max`` is ``−λ`` (DAPO: 1.0). ≥ 0."""
 
+    filter_truncated: bool = False
+    """Overlong filtering: drop truncated responses from the loss (TRL ``mask_truncated_completions``)."""
+
     def __post_init__(self) -> None:
-        if self.max_len <= 0:
-            raise ValueError(f"OverlongConfig.max_len must be > 0, got {self.max_len}")
-        if not 0 < self.cache_len <= self.max_len:
-            raise ValueError(
-                f"OverlongConfig.cache_len must be in (0, max_len={self.max_len}], "
-                f"got {self.cache_len}"
-            )
+        if self.cache_len <= 0:
+            raise ValueError(f"algorithm.overlong.cache_len must be > 0, got {self.cache_len}")
         if self.penalty_factor < 0:
-            raise ValueError(
-                f"OverlongConfig.penalty_factor must be >= 0, got {self.penalty_factor}"
-            )
+            raise ValueError(f"algorithm.overlong.penalty_factor must be >= 0, got {self.penalty_factor}")
 
 
-def overlong_penalty(lengths: torch.Tensor, cfg: OverlongConfig) -> torch.Tensor:
-    """``R_len`` per response ``[N]`` from the valid lengths ``|y|`` ``[N]`` (0 or negative)."""
+def overlong_penalty(lengths: torch.Tensor, max_len: int, cfg: OverlongConfig) -> torch.Tensor:
+    """``R_len`` per response ``[N]`` from the valid lengths ``|y|`` ``[N]`` (0 or negative).
+
+    Args:
+        lengths: valid response lengths ``|y|`` ``[N]``.
+        max_len: ``L_max``, the maximum response length; ``cfg.cache_len`` must not exceed it.
+        cfg: the shaping config.
+    """
+    if not 0 < cfg.cache_len <= max_len:
+        raise ValueError(f"overlong cache_len={cfg.cache_len} must be in (0, L_max={max_len}]")
     dtype = lengths.dtype if lengths.is_floating_point() else torch.float32
-    exceed = lengths.detach().to(dtype) - (cfg.max_len - cfg.cache_len)  # [N]
+    exceed = lengths.detach().to(dtype) - (max_len - cfg.cache_len)  # [N]
     return (-exceed / cfg.cache_len * cfg.penalty_factor).clamp(max=0.0)
 
 
@@ -81,12 +86,13 @@ def filter_truncated(mask: torch.Tensor, truncated: torch.Tensor) -> torch.Tenso
 
 
 def overlong_metrics(
-    lengths: torch.Tensor, cfg: OverlongConfig, truncated: torch.Tensor | None = None
+    lengths: torch.Tensor, max_len: int, cfg: OverlongConfig, truncated: torch.Tensor | None = None
 ) -> dict[str, torch.Tensor]:
     """``reward/...`` metrics of the overlong shaping over this shard's responses.
 
     Args:
         lengths: valid response lengths ``|y|`` ``[N]``.
+        max_len: ``L_max``.
         cfg: the shaping config.
         truncated: ``[N]`` bool (optional); adds ``reward/truncated_frac``.
 
@@ -95,9 +101,9 @@ def overlong_metrics(
         when ``λ > 0``), ``reward/overlong_penalty_mean`` (mean ``R_len``) and, if given,
         ``reward/truncated_frac``.
     """
-    penalty = overlong_penalty(lengths, cfg)
+    penalty = overlong_penalty(lengths, max_len, cfg)
     n = max(lengths.numel(), 1)
-    over = lengths.detach() > cfg.max_len - cfg.cache_len  # [N]
+    over = lengths.detach() > max_len - cfg.cache_len  # [N]
     metrics = {
         "reward/overlong_frac": over.sum().to(penalty.dtype) / n,
         "reward/overlong_penalty_mean": penalty.sum() / n,

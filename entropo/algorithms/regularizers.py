@@ -110,10 +110,10 @@ class AdaptiveEntropyConfig:
 
     def __post_init__(self) -> None:
         if self.delta < 0:
-            raise ValueError(f"AdaptiveEntropyConfig.delta must be >= 0, got {self.delta}")
+            raise ValueError(f"algorithm.entropy_adaptive.delta must be >= 0, got {self.delta}")
         if not 0 <= self.coef_min <= self.coef_max:
             raise ValueError(
-                "AdaptiveEntropyConfig needs 0 <= coef_min <= coef_max, got "
+                "algorithm.entropy_adaptive needs 0 <= coef_min <= coef_max, got "
                 f"coef_min={self.coef_min}, coef_max={self.coef_max}"
             )
 

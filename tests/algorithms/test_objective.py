@@ -66,7 +66,7 @@ def test_global_scope_is_independent_of_micro_batch_size(name):
 
 def test_micro_scope_reproduces_the_official_dependence_on_micro_batch_size():
     obj = Objective("kl_cov", KLCovConfig(k=0.05, stat_scope="micro"))
-    one, g_one = _loss_and_grad(obj, [slice(0, 8)])
+    _, g_one = _loss_and_grad(obj, [slice(0, 8)])
     _, g_four = _loss_and_grad(obj, [slice(i, i + 2) for i in range(0, 8, 2)])
     assert not torch.allclose(g_four, g_one, atol=1e-4)
 
@@ -76,7 +76,7 @@ def test_entropy_bonus_value_and_gradient():
     h = torch.tensor([[torch.log(torch.tensor(2.0)), torch.log(torch.tensor(4.0))]], requires_grad=True)
     zeros = torch.zeros(1, 2)
     inp = TokenLossInputs(zeros, zeros, zeros, torch.ones(1, 2), entropy=h)
-    loss, metrics = micro_objective(inp, Objective("ppo_clip", PPOClipConfig(), entropy_coef=0.01))
+    loss, _ = micro_objective(inp, Objective("ppo_clip", PPOClipConfig(), entropy_coef=0.01))
     assert loss.item() == pytest.approx(-0.010397, abs=1e-6)
     loss.backward()
     torch.testing.assert_close(h.grad, torch.full((1, 2), -0.005))
@@ -87,6 +87,6 @@ def test_kl_term_requires_reference():
     inp = TokenLossInputs(zeros, zeros, zeros, torch.ones(1, 2))
     with pytest.raises(ValueError, match="ref_logp"):
         micro_objective(inp, Objective("ppo_clip", PPOClipConfig(), kl_coef=0.04))
-    loss, m = micro_objective(inp, Objective("ppo_clip", PPOClipConfig(), kl_coef=0.04), ref_logp=zeros - 0.5)
+    loss, _ = micro_objective(inp, Objective("ppo_clip", PPOClipConfig(), kl_coef=0.04), ref_logp=zeros - 0.5)
     # k3 with Δ = log π_ref − log π_θ = −0.5: e^−0.5 + 0.5 − 1 = 0.106531; × 0.04 = 0.004261
     assert loss.item() == pytest.approx(0.04 * 0.106531, abs=1e-6)

@@ -20,7 +20,12 @@ from dataclasses import dataclass
 
 import torch
 
-from entropo.algorithms.losses.base import TokenLossInputs, clipped_surrogate, valid_frac, valid_mean
+from entropo.algorithms.losses.base import (
+    TokenLossInputs,
+    clipped_surrogate,
+    valid_frac,
+    valid_mean,
+)
 from entropo.algorithms.registry import TOKEN_LOSSES
 
 

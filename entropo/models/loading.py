@@ -1,0 +1,206 @@
+"""Resolve ``model.path`` and load the tokenizer and model every actor uses.
+
+``model.path`` is one of:
+
+- ``embedded:<name>``: a model entropo builds itself (no download). :data:`EMBEDDED_MODELS`
+  maps each name to a builder that writes a ``save_pretrained`` directory. The first use
+  builds it under the cache root (env ``ENTROPO_CACHE``, default ``~/.cache/entropo``), in
+  ``models/<name>-<version>``; later uses, in this or any other process, reuse it. Register
+  more with :func:`register_embedded_model` (e.g. a supervised warm start of the tiny model).
+- a local directory: returned unchanged; a path that looks local and does not exist fails
+  here, naming ``model.path``, instead of deep inside ``from_pretrained``.
+- anything else: a hub name, returned unchanged for ``from_pretrained``.
+
+Building is crash- and race-safe: a builder writes into a fresh temporary directory next to
+the final one, which is then renamed into place with ``os.replace`` (atomic on POSIX), so the
+final directory either does not exist or is complete. An ``flock`` on ``<final>.lock`` makes
+concurrent processes (Ray actors starting together) wait for one build instead of each
+building; if a process dies mid-build its temporary directory is left behind and ignored.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+from entropo.models.tiny import save_tiny
+
+EMBEDDED_PREFIX = "embedded:"
+DTYPES = ("auto", "float32", "bfloat16")
+
+Builder = Callable[[Path], object]
+"""Writes a complete ``save_pretrained`` model + tokenizer into an existing empty directory."""
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    """A model entropo builds itself.
+
+    Attributes:
+        name: the part after ``embedded:`` in ``model.path``.
+        build: writes a complete ``save_pretrained`` model + tokenizer into the given
+            (existing, empty) directory.
+        version: part of the cache directory name; bump it when ``build``'s output changes,
+            so stale caches are not reused.
+    """
+
+    name: str
+    build: Builder
+    version: str = "1"
+
+
+EMBEDDED_MODELS: dict[str, EmbeddedModel] = {}
+"""Registered embedded models, by name."""
+
+
+def register_embedded_model(name: str, version: str = "1") -> Callable[[Builder], Builder]:
+    """Decorator registering ``build(directory)`` as the builder of ``embedded:<name>``.
+
+    Args:
+        name: the embedded name.
+        version: cache version of the builder's output (see :class:`EmbeddedModel`).
+
+    Returns:
+        The decorator; it returns the builder unchanged.
+    """
+
+    def decorator(build: Builder) -> Builder:
+        if name in EMBEDDED_MODELS:
+            raise ValueError(f"embedded model '{name}' is registered twice")
+        EMBEDDED_MODELS[name] = EmbeddedModel(name, build, version)
+        return build
+
+    return decorator
+
+
+@register_embedded_model("tiny-qwen2")
+def _build_tiny_qwen2(directory: Path) -> None:
+    """Random initialisation, default sizes of :func:`entropo.models.tiny.build_tiny_model`."""
+    save_tiny(directory)
+
+
+def cache_root() -> Path:
+    """The cache directory: ``$ENTROPO_CACHE`` or ``~/.cache/entropo``.
+
+    Returns:
+        The (possibly not yet existing) cache root.
+    """
+    return Path(os.environ.get("ENTROPO_CACHE") or "~/.cache/entropo").expanduser()
+
+
+def _looks_local(path: str) -> bool:
+    # A hub name is "org/name" (one '/'), so a single os.sep cannot mark a local path on
+    # POSIX; two or more separators, a leading '/', './', '../' or '~' can.
+    return (
+        path.startswith(("/", "./", "../", "~", ".\\", "..\\"))
+        or path.count("/") >= 2
+        or (os.sep != "/" and os.sep in path)
+    )
+
+
+def _build_embedded(entry: EmbeddedModel) -> Path:
+    models_dir = cache_root() / "models"
+    final = models_dir / f"{entry.name}-v{entry.version}"
+    if final.is_dir():
+        return final
+    models_dir.mkdir(parents=True, exist_ok=True)
+    with open(f"{final}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if final.is_dir():  # another process built it while we waited
+            return final
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=models_dir))
+        try:
+            entry.build(tmp)
+            os.replace(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    return final
+
+
+def resolve_model_path(path: str) -> str:
+    """Turn ``model.path`` into something ``from_pretrained`` accepts.
+
+    Args:
+        path: ``embedded:<name>``, a local directory, or a hub name.
+
+    Returns:
+        For an embedded name, its cache directory (built on first use); otherwise ``path``
+        (with ``~`` expanded for local paths).
+
+    Raises:
+        ValueError: an unknown embedded name (the message lists the registered ones).
+        FileNotFoundError: ``path`` looks like a local path and does not exist.
+    """
+    if path.startswith(EMBEDDED_PREFIX):
+        name = path[len(EMBEDDED_PREFIX):]
+        if name not in EMBEDDED_MODELS:
+            known = ", ".join(f"{EMBEDDED_PREFIX}{n}" for n in sorted(EMBEDDED_MODELS))
+            raise ValueError(f"model.path: unknown embedded model '{path}'; registered: {known}")
+        return str(_build_embedded(EMBEDDED_MODELS[name]))
+    if _looks_local(path):
+        local = Path(path).expanduser()
+        if not local.exists():
+            raise FileNotFoundError(f"model.path: local path '{path}' does not exist")
+        return str(local)
+    return path
+
+
+def load_tokenizer(path: str) -> PreTrainedTokenizerBase:
+    """Load the tokenizer of ``model.path``, set up for batched generation.
+
+    Args:
+        path: as for :func:`resolve_model_path`.
+
+    Returns:
+        The tokenizer with ``padding_side="left"`` (decoder-only generation appends to the
+        right end of every row) and, when it has none, ``pad_token = eos_token``.
+    """
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(path))
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def torch_dtype(dtype: str) -> torch.dtype:
+    """Map ``model.dtype`` to a torch dtype.
+
+    Args:
+        dtype: ``float32``, ``bfloat16`` or ``auto`` (bfloat16 when CUDA is available,
+            float32 otherwise).
+
+    Returns:
+        The torch dtype.
+    """
+    if dtype not in DTYPES:
+        raise ValueError(f"model.dtype: '{dtype}' is not one of {', '.join(DTYPES)}")
+    if dtype == "auto":
+        return torch.bfloat16 if torch.cuda.is_available() else torch.float32
+    return getattr(torch, dtype)
+
+
+def load_model(path: str, dtype: str = "float32") -> PreTrainedModel:
+    """Load the causal LM of ``model.path``.
+
+    Args:
+        path: as for :func:`resolve_model_path`.
+        dtype: as for :func:`torch_dtype`.
+
+    Returns:
+        The model, on CPU, in eval mode (as ``from_pretrained`` returns it).
+    """
+    return AutoModelForCausalLM.from_pretrained(resolve_model_path(path), dtype=torch_dtype(dtype))

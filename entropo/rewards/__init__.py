@@ -1,0 +1,1 @@
+"""Verifiable rewards: the API, the built-ins, and scoring a batch."""

@@ -1,0 +1,239 @@
+"""The step loop: prompts → rollout → learner forward → rewards → advantages (+ dynamic
+sampling) → update → weight sync → metrics → checkpoint.
+
+The controller owns the loop, the data and the algorithm's running state (adaptive
+coefficients); the actors own the models. Actors never call each other.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from entropo.algorithms import diagnostics
+from entropo.algorithms.advantages import broadcast_to_tokens
+from entropo.algorithms.dynamic_sampling import group_keep_mask, need_more_batches, select_groups
+from entropo.algorithms.overlong import filter_truncated, overlong_metrics, overlong_penalty
+from entropo.algorithms.registry import ADVANTAGES
+from entropo.algorithms.regularizers import adaptive_entropy_coef
+from entropo.config import TrainConfig, to_yaml
+from entropo.trainer.batch import StepBatch
+from entropo.trainer.learner import LearnerShard
+from entropo.trainer.rollout import SamplingParams
+
+
+@dataclass
+class ControllerState:
+    """The controller's own state, saved in checkpoints."""
+
+    step: int = 0
+    entropy_coef: float = 0.0
+    history: dict[str, list[float]] = field(default_factory=lambda: {"cov": [], "entropy": []})
+
+
+class Timer:
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, name: str):
+        start = time.perf_counter()
+        yield
+        self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+
+
+class Controller:
+    """Drives a :class:`~entropo.trainer.cluster.Cluster` of actors through training."""
+
+    def __init__(self, cfg: TrainConfig, cluster, sampler, tokenizer, reward_fns, sinks) -> None:
+        self.cfg = cfg
+        self.cluster = cluster
+        self.sampler = sampler
+        self.tokenizer = tokenizer
+        self.reward_fns = reward_fns
+        self.sinks = sinks
+        self.state = ControllerState(entropy_coef=cfg.algorithm.entropy_coef)
+        self.run_dir = Path(cfg.trainer.output_dir)
+
+    # ---- the step -----------------------------------------------------------------------
+    def train_step(self) -> dict[str, float]:
+        step = self.state.step + 1
+        t = Timer()
+        with t("step"):
+            batch, gen_metrics = self.collect(step, t)          # rollout, forward, rewards, filtering
+            with t("advantage"):
+                batch, adv_metrics = self.advantages(batch)
+            with t("update"):
+                update_metrics = self.cluster.update(self.minibatches(batch), self.state.entropy_coef, step)
+            with t("sync"):
+                self.cluster.sync_weights(step)
+        self.state.step = step
+        metrics = {**gen_metrics, **adv_metrics, **update_metrics, **self.batch_metrics(batch)}
+        metrics.update(self.adapt(metrics))
+        metrics.update({f"timing/{k}": v for k, v in t.seconds.items()})
+        metrics["perf/tokens_per_s"] = float(batch.mask.sum()) / max(t.seconds["step"], 1e-9)
+        return metrics
+
+    # ---- stages -------------------------------------------------------------------------
+    def collect(self, step: int, t: Timer) -> tuple[StepBatch, dict[str, float]]:
+        """Generate, score and (with dynamic sampling) filter until the batch is full."""
+        ds = self.cfg.algorithm.dynamic_sampling
+        target = self.cfg.trainer.prompts_per_step
+        kept: list[StepBatch] = []
+        n_kept = n_gen = 0
+        metrics: dict[str, float] = {}
+        while True:
+            n_gen += 1
+            prompts = self.sampler.next_batch()
+            with t("rollout"):
+                batch = self.cluster.rollout(prompts, self.sampling(step, n_gen), self.tokenizer)
+            with t("forward"):
+                self.cluster.forward(batch)
+            with t("reward"):
+                metrics.update(self.score(batch))
+            if not ds.enable:
+                return batch, metrics
+            metric = batch.correct if ds.metric == "acc" else batch.rewards
+            keep = group_keep_mask(metric, batch.group_ids)
+            kept.append(batch.select(torch.nonzero(keep).flatten()))
+            n_kept += len(torch.unique(batch.group_ids[keep]))
+            if not need_more_batches(n_kept, target, n_gen, ds):
+                break
+        merged = StepBatch.concat(kept)
+        rows = select_groups(merged.group_ids, torch.ones(len(merged), dtype=torch.bool), target)
+        metrics["sampling/num_gen_batches"] = float(n_gen)
+        metrics["sampling/kept_group_frac"] = n_kept / (n_gen * target)
+        return merged.select(rows), metrics
+
+    def sampling(self, step: int, attempt: int) -> SamplingParams:
+        r = self.cfg.rollout
+        return SamplingParams(
+            n=r.n, temperature=r.temperature, top_p=r.top_p, max_new_tokens=r.max_new_tokens,
+            stop=tuple(r.stop), seed=self.cfg.trainer.seed * 1_000_003 + step * 101 + attempt,
+        )
+
+    def score(self, batch: StepBatch) -> dict[str, float]:
+        from entropo.rewards.api import Sample
+        from entropo.rewards.scoring import score_samples
+
+        samples = [
+            Sample(
+                prompt=row.prompt if isinstance(row.prompt, str) else json.dumps(row.prompt),
+                response=text, response_ids=ids[m.bool()].tolist(), ground_truth=row.ground_truth,
+                data_source=row.data_source, extra_info=row.extra_info, group=int(g),
+                entropy=h[m.bool()], old_logp=lp[m.bool()],
+            )
+            for text, ids, m, row, g, h, lp in zip(
+                batch.response_text, batch.response_ids, batch.mask, batch.rows, batch.group_ids,
+                batch.entropy, batch.old_logp,
+            )
+        ]
+        rewards, comps, correct, metrics = score_samples(samples, self.reward_fns, self.cfg.reward.fallback_score)
+        ov = self.cfg.algorithm.overlong
+        if ov.enable:
+            lengths = batch.response_lengths
+            r_len = overlong_penalty(lengths, self.cfg.rollout.max_new_tokens, ov)
+            comps["overlong"] = r_len
+            rewards = rewards + r_len
+            metrics.update({k: float(v) for k, v in overlong_metrics(
+                lengths, self.cfg.rollout.max_new_tokens, ov, batch.truncated).items()})
+        batch.rewards, batch.reward_components, batch.correct = rewards, comps, correct
+        return metrics
+
+    def advantages(self, batch: StepBatch) -> tuple[StepBatch, dict[str, float]]:
+        a = self.cfg.algorithm
+        entry = ADVANTAGES.get(a.advantage)
+        cfg = getattr(a, a.advantage, None) if entry.config_cls else None
+        adv, metrics = entry.fn(batch.rewards, batch.group_ids, cfg, mask=batch.mask)
+        mask = batch.mask
+        if a.overlong.filter_truncated:
+            mask = filter_truncated(mask, batch.truncated)
+        batch.mask = mask
+        batch.advantages = broadcast_to_tokens(adv, mask)
+        return batch, {k: float(v) for k, v in metrics.items()}
+
+    def minibatches(self, batch: StepBatch) -> list[list[LearnerShard]]:
+        """Mini-batches of whole groups, each split evenly across learner ranks: ``[mb][rank]``."""
+        per_mb = (self.cfg.learner.mini_batch_prompts or self.cfg.trainer.prompts_per_step) * self.cfg.rollout.n
+        ranks = self.cfg.learner.ranks
+        out = []
+        for start in range(0, len(batch), per_mb):
+            mb = batch.select(slice(start, start + per_mb))
+            if len(mb) % ranks:
+                raise ValueError(
+                    f"a mini-batch of {len(mb)} responses cannot be split evenly over learner.ranks={ranks}"
+                )
+            k = len(mb) // ranks
+            out.append([_shard(mb.select(slice(r * k, (r + 1) * k))) for r in range(ranks)])
+        return out
+
+    # ---- metrics and running state ----------------------------------------------------------
+    def batch_metrics(self, batch: StepBatch) -> dict[str, float]:
+        m = batch.mask
+        lengths = batch.response_lengths
+        correct = batch.correct.bool()
+        out: dict[str, float] = {
+            "reward/mean": float(batch.rewards.mean()),
+            "reward/accuracy": float(batch.correct.mean()),
+            "response_length/mean": float(lengths.mean()),
+            "response_length/max": float(lengths.max()),
+            "response_length/correct_mean": float(lengths[correct].mean()) if correct.any() else float("nan"),
+            "response_length/wrong_mean": float(lengths[~correct].mean()) if (~correct).any() else float("nan"),
+            "response_length/truncated_frac": float(batch.truncated.float().mean()),
+            "rollout/weight_version": float(batch.weight_version),
+        }
+        for name, values in batch.reward_components.items():
+            out[f"reward/{name}/mean"] = float(values.mean())
+        out.update({k: float(v) for k, v in diagnostics.entropy_summary(batch.entropy, m).items()})
+        rows_mask = m * correct.unsqueeze(-1)
+        out.update({k: float(v) for k, v in diagnostics.phase_split_means(
+            batch.entropy, m, rows_mask, names=("correct", "wrong")).items()})
+        out.update({k: float(v) for k, v in diagnostics.logprob_gap(batch.rollout_logp, batch.old_logp, m).items()})
+        out.update({k: float(v) for k, v in diagnostics.covariance_metrics(
+            batch.old_logp, batch.advantages, batch.entropy, m).items()})
+        return out
+
+    def adapt(self, metrics: dict[str, float]) -> dict[str, float]:
+        """Running state after the update: adaptive entropy coefficient, ΔH-vs-Cov fit."""
+        out: dict[str, float] = {}
+        a = self.cfg.algorithm
+        h = self.state.history
+        h["cov"].append(metrics.get("cov/mean", float("nan")))
+        h["entropy"].append(metrics["entropy/mean"])
+        fit = diagnostics.fit_entropy_change(h["cov"], h["entropy"])
+        out.update({k: float(v) for k, v in fit.items()})
+        if a.adaptive_entropy:
+            self.state.entropy_coef, active = adaptive_entropy_coef(
+                self.state.entropy_coef, metrics["entropy/mean"], a.entropy_adaptive)
+            out["actor/entropy_coef"] = self.state.entropy_coef
+            out["actor/entropy_bonus_active"] = float(active)
+        return out
+
+    # ---- the loop -----------------------------------------------------------------------
+    def fit(self) -> dict[str, float]:
+        cfg = self.cfg.trainer
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "config.yaml").write_text(to_yaml(self.cfg))
+        last: dict[str, float] = {}
+        while self.state.step < cfg.total_steps:
+            last = self.train_step()
+            self.sinks.log(self.state.step, last)
+            if cfg.save_every and self.state.step % cfg.save_every == 0:
+                self.cluster.save(self.run_dir / "checkpoints", self.state, self.sampler)
+        return last
+
+
+def _shard(b: StepBatch) -> LearnerShard:
+    return LearnerShard(
+        prompt_ids=b.prompt_ids, prompt_mask=b.prompt_mask, response_ids=b.response_ids, mask=b.mask,
+        old_logp=b.old_logp, entropy=b.entropy, ref_logp=b.ref_logp, advantages=b.advantages,
+    )
+
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

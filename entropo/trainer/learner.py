@@ -1,0 +1,257 @@
+"""The learner: one Ray actor per DeepSpeed data-parallel rank.
+
+``forward`` computes π_old log-probs and entropies at the rollout temperature (and π_ref
+log-probs when a KL to the reference is on) for this rank's rows. ``update`` runs
+mini-batches × epochs × micro-batches of the composed token objective
+(:mod:`entropo.algorithms.objective`):
+
+1. per mini-batch, the global statistics (selections of ``global``-scope methods, loss
+   denominators) are prepared over the whole mini-batch on all ranks through the
+   data-parallel reducer. Selections need π_θ at the mini-batch's parameters: on the first
+   mini-batch of the first epoch these are π_old's (the parameters have not moved), so the
+   π_old pass is reused; later mini-batches run a no-grad pre-pass. Either way the
+   selection equals what the training forward would see, and does not depend on the
+   micro-batch size or the number of ranks.
+2. per micro-batch, the forward with gradient, the objective's share, and backward;
+3. one optimizer step per mini-batch (gradient clipping inside DeepSpeed).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, replace
+
+import torch
+
+from entropo.algorithms.losses.base import TokenLossInputs
+from entropo.algorithms.objective import Objective, micro_objective, prepare_minibatch
+from entropo.config import TrainConfig
+from entropo.trainer import weight_sync
+
+# Metrics that are each micro-batch's share of the mini-batch loss: summed, not averaged.
+SHARE_METRICS = ("actor/pg_loss", "actor/entropy_bonus")
+
+
+@dataclass
+class LearnerShard:
+    """This rank's rows of the step batch (all ``[n, ...]``)."""
+
+    prompt_ids: torch.Tensor
+    prompt_mask: torch.Tensor
+    response_ids: torch.Tensor
+    mask: torch.Tensor
+    old_logp: torch.Tensor | None = None
+    entropy: torch.Tensor | None = None
+    ref_logp: torch.Tensor | None = None
+    advantages: torch.Tensor | None = None
+
+    def rows(self, index: slice) -> LearnerShard:
+        return LearnerShard(**{k: (None if v is None else v[index]) for k, v in vars(self).items()})
+
+    def __len__(self) -> int:
+        return self.response_ids.shape[0]
+
+
+class LearnerRank:
+    """The body of one learner actor (wrapped with ``ray.remote`` by the controller)."""
+
+    def __init__(self, cfg: TrainConfig, rank: int, world: int, threads: int | None = None) -> None:
+        if threads:
+            torch.set_num_threads(threads)
+        if not torch.cuda.is_available():
+            os.environ.setdefault("DS_ACCELERATOR", "cpu")
+        self.cfg = cfg
+        self.rank = rank
+        self.world = world
+        self.is_main = rank == 0
+        self.strategy = None
+        self.ref = None
+        self.sync_group = None
+
+    # ---- set-up -------------------------------------------------------------------------
+    def address(self) -> tuple[str, int]:
+        """Host and a free port on this actor's node, for the rendezvous (rank 0 only)."""
+        import socket
+
+        import ray
+
+        host = ray.util.get_node_ip_address()
+        with socket.socket() as s:
+            s.bind(("", 0))
+            return host, s.getsockname()[1]
+
+    def node_id(self) -> str:
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+
+    def setup(self, host: str, port: int) -> None:
+        from entropo.models.loading import load_model
+        from entropo.trainer.dist_reduce import DistReducer
+        from entropo.trainer.strategy import DeepSpeedStrategy, accelerator_is_gpu, init_distributed
+
+        init_distributed(self.rank, self.world, host, port)
+        self.reducer = DistReducer()
+        dtype = self.cfg.model.dtype
+        bf16 = dtype == "bfloat16" or (dtype == "auto" and accelerator_is_gpu())
+        model = load_model(self.cfg.model.path, "float32")
+        if self.cfg.model.gradient_checkpointing:
+            model.gradient_checkpointing_enable()
+        self.strategy = DeepSpeedStrategy(model, self.cfg.learner, self.world, bf16)
+        self.device = next(self.strategy.module.parameters()).device
+        if self.cfg.algorithm.kl_coef > 0:
+            self.ref = load_model(self.cfg.model.path, "float32").to(self.device).eval()
+            self.ref.requires_grad_(False)
+
+    # ---- π_old / π_ref ------------------------------------------------------------------
+    @torch.no_grad()
+    def forward(self, shard: LearnerShard) -> LearnerShard:
+        """π_old log-probs and entropies (and π_ref log-probs) for this rank's rows."""
+        from entropo.models.forward import response_logprobs
+
+        module = self.strategy.module
+        was_training = module.training
+        module.eval()
+        logps, ents, refs = [], [], []
+        for rows in self._micro_slices(len(shard)):
+            s = shard.rows(rows)
+            args = (s.prompt_ids, s.prompt_mask, s.response_ids, s.mask, self.cfg.rollout.temperature)
+            lp, h = response_logprobs(module, *[self._dev(a) for a in args[:4]], args[4])
+            logps.append((lp * self._dev(s.mask)).cpu())
+            ents.append((h * self._dev(s.mask)).cpu())
+            if self.ref is not None:
+                rl, _ = response_logprobs(self.ref, *[self._dev(a) for a in args[:4]], args[4], with_entropy=False)
+                refs.append((rl * self._dev(s.mask)).cpu())
+        module.train(was_training)
+        return LearnerShard(
+            shard.prompt_ids, shard.prompt_mask, shard.response_ids, shard.mask,
+            old_logp=torch.cat(logps), entropy=torch.cat(ents), ref_logp=torch.cat(refs) if refs else None,
+        )
+
+    # ---- update -------------------------------------------------------------------------
+    def update(self, minibatches: list[LearnerShard], entropy_coef: float, seed: int) -> dict[str, float]:
+        """Epochs × mini-batches × micro-batches; returns metrics averaged over the whole update."""
+        from entropo.models.forward import response_logprobs
+
+        obj = replace(self.cfg.objective(), entropy_coef=entropy_coef)
+        module = self.strategy.module
+        module.train()
+        sums: dict[str, float] = {}
+        weights: dict[str, float] = {}
+        grad_norms = []
+        n_updates = 0
+        for epoch in range(self.cfg.learner.ppo_epochs):
+            for k, mb in enumerate(minibatches):
+                gen = torch.Generator().manual_seed(seed * 100_003 + epoch * 1009 + k)
+                prepared = self._prepare(mb, obj, gen, reuse_old=(epoch == 0 and k == 0))
+                for key, v in prepared.metrics.items():
+                    _acc(sums, weights, key, float(v), 1.0)
+                slices = self._micro_slices(len(mb))
+                for j, rows in enumerate(slices):
+                    s = mb.rows(rows)
+                    dev = [self._dev(x) for x in (s.prompt_ids, s.prompt_mask, s.response_ids, s.mask)]
+                    logp, entropy = response_logprobs(
+                        module, *dev, self.cfg.rollout.temperature, with_entropy=obj.needs_entropy
+                    )
+                    inp = TokenLossInputs(
+                        logp=logp, old_logp=self._dev(s.old_logp), advantages=self._dev(s.advantages),
+                        mask=dev[3], entropy=entropy, generator=gen,
+                    )
+                    ref = self._dev(s.ref_logp) if s.ref_logp is not None else None
+                    loss, metrics = micro_objective(inp, obj, prepared.rows(rows), ref_logp=ref)
+                    last = j == len(slices) - 1
+                    self.strategy.backward(loss, boundary=last)
+                    tokens = float(s.mask.sum())
+                    for key, v in metrics.items():
+                        if key in SHARE_METRICS:
+                            _acc(sums, weights, key, float(v), 0.0)
+                        else:
+                            _acc(sums, weights, key, float(v) * tokens, tokens)
+                    if last:
+                        grad_norms.append(self.strategy.step())
+                    else:
+                        self.strategy.micro_step()
+                n_updates += 1
+        out = self._reduce_metrics(sums, weights, n_updates)
+        out["actor/grad_norm"] = sum(grad_norms) / max(len(grad_norms), 1)
+        out["actor/lr"] = self.strategy.lr()
+        out["actor/optimizer_steps"] = float(len(grad_norms))
+        return out
+
+    def _prepare(self, mb: LearnerShard, obj: Objective, gen: torch.Generator, reuse_old: bool):
+        """Global selections and denominators of one mini-batch (see the module docstring)."""
+        needs_policy = obj.loss_is_global or any(
+            getattr(cfg, "stat_scope", "micro") == "global" for _, cfg in obj.masks
+        )
+        logp, entropy = mb.old_logp, mb.entropy
+        if needs_policy and not reuse_old:
+            fresh = self.forward(mb)
+            logp, entropy = fresh.old_logp, fresh.entropy
+        inp = TokenLossInputs(
+            logp=self._dev(logp), old_logp=self._dev(mb.old_logp), advantages=self._dev(mb.advantages),
+            mask=self._dev(mb.mask), entropy=self._dev(entropy), reducer=self.reducer, generator=gen,
+        )
+        return prepare_minibatch(inp, obj)
+
+    def _reduce_metrics(self, sums: dict[str, float], weights: dict[str, float], n_updates: int) -> dict[str, float]:
+        keys = sorted(sums)
+        packed = torch.tensor([[sums[k], weights[k]] for k in keys], dtype=torch.float64).reshape(-1, 2)
+        packed = self.reducer.sum(packed)
+        out = {}
+        for key, (total, weight) in zip(keys, packed.tolist()):
+            if key in SHARE_METRICS:
+                out[key] = total / max(n_updates, 1)
+            else:
+                out[key] = total / weight if weight > 0 else float("nan")
+        return out
+
+    # ---- weights ------------------------------------------------------------------------
+    def join_sync_group(self, host: str, port: int, world: int, backend: str, bucket_bytes: int) -> None:
+        """Rank 0 joins the weight-sync group as its rank 0; other ranks only plan the gathers."""
+        module = self.strategy.module
+        specs = weight_sync.param_specs(iter(module.named_parameters()), weight_sync.full_shape)
+        self.plan = weight_sync.SyncPlan.build(specs, bucket_bytes)
+        if self.is_main:
+            self.sync_group = weight_sync.init_sync_group(host, port, 0, world, backend)
+
+    def send_weights(self) -> int:
+        params = dict(self.strategy.module.named_parameters())
+        return weight_sync.send_weights(self.sync_group, params, self.plan, self.strategy.gather)
+
+    @torch.no_grad()
+    def score(self, shard: LearnerShard) -> torch.Tensor:
+        return self.forward(shard).old_logp
+
+    # ---- checkpoints --------------------------------------------------------------------
+    def save(self, path: str, tag: str, client_state: dict) -> None:
+        self.strategy.save(path, tag, client_state)
+
+    def load(self, path: str, tag: str) -> dict:
+        return self.strategy.load(path, tag)
+
+    def export_pretrained(self, path: str) -> None:
+        """``save_pretrained`` of the full policy (gathered under ZeRO-3), written by rank 0."""
+        module = self.strategy.module
+        params = list(module.parameters())
+        with self.strategy.gather(params):
+            if self.is_main:
+                state = {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+                module.save_pretrained(path, state_dict=state)
+
+    # ---- helpers ------------------------------------------------------------------------
+    def _micro_slices(self, n: int) -> list[slice]:
+        size = self.cfg.learner.micro_batch_size
+        return [slice(i, min(i + size, n)) for i in range(0, n, size)] or [slice(0, 0)]
+
+    def _dev(self, x: torch.Tensor | None) -> torch.Tensor | None:
+        return None if x is None else x.to(self.device)
+
+
+def _acc(sums: dict[str, float], weights: dict[str, float], key: str, value: float, weight: float) -> None:
+    # Every rank must hold the same keys for the one all-reduce of metrics: a non-finite
+    # value (e.g. the threshold of an empty selection) enters with zero weight.
+    if not math.isfinite(value):
+        value, weight = 0.0, 0.0
+    sums[key] = sums.get(key, 0.0) + value
+    weights[key] = weights.get(key, 0.0) + weight

@@ -1,0 +1,198 @@
+"""Rollout workers: Ray actors that sample responses behind one engine interface.
+
+Engines:
+- ``hf``: batched ``transformers`` generation with a KV cache and left padding, on CPU or
+  GPU. The rollout log-prob of each sampled token is ``log softmax(z/T)`` of the raw logits
+  at that step (full vocabulary, before top-p truncation), i.e. the same quantity the
+  learner recomputes as π_old, so their gap measures only numerics.
+- ``vllm``: GPU; imported only when chosen (:mod:`entropo.trainer.vllm_engine`).
+
+A worker receives new weights from learner rank 0 through :mod:`entropo.trainer.weight_sync`
+and reports the weight version it generated with.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+from entropo.trainer import weight_sync
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    n: int
+    temperature: float
+    top_p: float
+    max_new_tokens: int
+    stop: tuple[str, ...] = ()
+    seed: int = 0
+
+
+@dataclass
+class RolloutOutput:
+    """Responses in prompt-major order: prompt i's samples are rows ``i*n .. i*n+n-1``."""
+
+    prompt_ids: torch.Tensor  # [N, P] left-padded
+    prompt_mask: torch.Tensor  # [N, P]
+    response_ids: torch.Tensor  # [N, T] right-padded
+    mask: torch.Tensor  # [N, T]
+    rollout_logp: torch.Tensor  # [N, T]
+    truncated: torch.Tensor  # [N] bool
+    response_text: list[str]
+    weight_version: int
+
+
+class GenerationEngine(Protocol):
+    def generate(self, prompts: list[list[int]], params: SamplingParams) -> RolloutOutput: ...
+
+    def named_parameters(self) -> dict[str, torch.nn.Parameter]: ...
+
+
+class HFEngine:
+    """``transformers`` generation (CPU or GPU)."""
+
+    def __init__(self, model_path: str, dtype: str = "float32", device: str = "cpu") -> None:
+        from entropo.models.loading import load_model, load_tokenizer
+
+        self.device = torch.device(device)
+        self.tokenizer = load_tokenizer(model_path)
+        self.model = load_model(model_path, dtype).to(self.device).eval()
+        self.weight_version = 0
+
+    def named_parameters(self) -> dict[str, torch.nn.Parameter]:
+        return dict(self.model.named_parameters())
+
+    @torch.no_grad()
+    def generate(self, prompts: list[list[int]], params: SamplingParams) -> RolloutOutput:
+        tok = self.tokenizer
+        prompt_ids, prompt_mask = left_pad(prompts, tok.pad_token_id)
+        prompt_ids, prompt_mask = prompt_ids.to(self.device), prompt_mask.to(self.device)
+        torch.manual_seed(params.seed)
+        out = self.model.generate(
+            input_ids=prompt_ids,
+            attention_mask=prompt_mask,
+            do_sample=True,
+            temperature=params.temperature,
+            top_p=params.top_p,
+            top_k=0,
+            max_new_tokens=params.max_new_tokens,
+            num_return_sequences=params.n,
+            stop_strings=list(params.stop) or None,
+            tokenizer=tok if params.stop else None,
+            pad_token_id=tok.pad_token_id,
+            eos_token_id=tok.eos_token_id,
+            output_logits=True,
+            return_dict_in_generate=True,
+        )
+        p = prompt_ids.shape[1]
+        response_ids = out.sequences[:, p:]  # [N, T]
+        logits = torch.stack(out.logits, dim=1).float()  # [N, T, V] raw
+        logp = torch.log_softmax(logits / params.temperature, dim=-1)
+        rollout_logp = logp.gather(-1, response_ids.unsqueeze(-1)).squeeze(-1)
+        mask, truncated = response_mask(response_ids, tok.eos_token_id, tok.pad_token_id, params.max_new_tokens)
+        # skip_special_tokens drops pad/eos but keeps added tokens such as </think>
+        texts = [tok.decode(r[m.bool()], skip_special_tokens=True) for r, m in zip(response_ids, mask)]
+        if params.stop:
+            stopped = torch.tensor([any(t.endswith(s) for s in params.stop) for t in texts])
+            truncated = truncated & ~stopped
+        return RolloutOutput(
+            prompt_ids=prompt_ids.repeat_interleave(params.n, dim=0).cpu(),
+            prompt_mask=prompt_mask.repeat_interleave(params.n, dim=0).cpu(),
+            response_ids=(response_ids * mask.long()).cpu(),
+            mask=mask.float().cpu(),
+            rollout_logp=(rollout_logp * mask).cpu(),
+            truncated=truncated.cpu(),
+            response_text=texts,
+            weight_version=self.weight_version,
+        )
+
+
+def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(ids [n, P], attention [n, P])`` with every prompt right-aligned (left padding)."""
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(prompts), width), dtype=torch.long)
+    for i, p in enumerate(prompts):
+        if p:
+            ids[i, width - len(p):] = torch.tensor(p, dtype=torch.long)
+            attention[i, width - len(p):] = 1
+    return ids, attention
+
+
+def response_mask(response_ids: torch.Tensor, eos_id: int | None, pad_id: int | None,
+                  max_new_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(mask [N, T], truncated [N])``: valid up to and including the first EOS.
+
+    Without EOS a response is valid up to its last non-pad token (a stop string ends it with
+    padding after); it is truncated when it used all ``max_new_tokens``.
+    """
+    n, t = response_ids.shape
+    pos = torch.arange(t, device=response_ids.device).expand(n, t)
+    is_eos = response_ids == eos_id if eos_id is not None else torch.zeros_like(response_ids, dtype=torch.bool)
+    has_eos = is_eos.any(-1)
+    first_eos = torch.where(has_eos, is_eos.float().argmax(-1), torch.full((n,), t, device=response_ids.device))
+    not_pad = response_ids != pad_id if pad_id is not None else torch.ones_like(is_eos)
+    last_tok = torch.where(not_pad.any(-1), (not_pad * pos).max(-1).values, torch.full((n,), -1, device=response_ids.device))
+    end = torch.where(has_eos, first_eos, last_tok)  # inclusive
+    mask = pos <= end.unsqueeze(-1)
+    truncated = ~has_eos & (end + 1 >= max_new_tokens)
+    return mask, truncated
+
+
+class RolloutWorker:
+    """The body of a rollout actor (wrapped with ``ray.remote`` by the controller)."""
+
+    def __init__(self, model_path: str, engine: str = "hf", dtype: str = "float32",
+                 device: str = "cpu", threads: int | None = None) -> None:
+        if threads:
+            torch.set_num_threads(threads)
+        if engine == "hf":
+            self.engine: GenerationEngine = HFEngine(model_path, dtype, device)
+        elif engine == "vllm":
+            from entropo.trainer.vllm_engine import VLLMEngine
+
+            self.engine = VLLMEngine(model_path, dtype)
+        else:
+            raise ValueError(f"rollout.engine: unknown engine '{engine}' (hf, vllm)")
+        self.sync_group = None
+        self.plan: weight_sync.SyncPlan | None = None
+
+    def ready(self) -> str:
+        return f"{os.uname().nodename}:{os.getpid()}"
+
+    def node_id(self) -> str:
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+
+    def generate(self, prompts: list[list[int]], params: SamplingParams) -> RolloutOutput:
+        return self.engine.generate(prompts, params)
+
+    def join_sync_group(self, host: str, port: int, rank: int, world: int, backend: str,
+                        bucket_bytes: int) -> None:
+        self.sync_group = weight_sync.init_sync_group(host, port, rank, world, backend)
+        specs = weight_sync.param_specs(iter(self.engine.named_parameters().items()))
+        self.plan = weight_sync.SyncPlan.build(specs, bucket_bytes)
+
+    def receive_weights(self, version: int) -> int:
+        assert self.sync_group is not None and self.plan is not None, "join_sync_group first"
+        got = weight_sync.receive_weights(self.sync_group, self.engine.named_parameters(), self.plan)
+        self.engine.weight_version = version
+        return got
+
+    def weight_version(self) -> int:
+        return self.engine.weight_version
+
+    @torch.no_grad()
+    def score(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, response_ids: torch.Tensor,
+              mask: torch.Tensor, temperature: float) -> torch.Tensor:
+        """Log-probs of given responses under this worker's weights (checks, diagnostics)."""
+        from entropo.models.forward import response_logprobs
+
+        logp, _ = response_logprobs(self.engine.model, prompt_ids, prompt_mask, response_ids, mask,
+                                    temperature, with_entropy=False)
+        return logp * mask

@@ -1,0 +1,75 @@
+"""Build a run from its configuration and train: the body of ``entropo train``."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+from entropo.config import TrainConfig, as_dict
+
+
+class RunError(RuntimeError):
+    """A run that cannot start (bad model path, empty dataset, ...); the message says why."""
+
+
+def start_ray(num_actors: int) -> None:
+    """Attach to ``RAY_ADDRESS`` when set, else start a local instance sized for the actors."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=True)
+    else:
+        ray.init(num_cpus=max(num_actors + 1, os.cpu_count() or 1), include_dashboard=False,
+                 log_to_driver=True, configure_logging=False)
+
+
+def train(cfg: TrainConfig) -> dict:
+    """Train to ``trainer.total_steps``; returns the run summary (also in ``summary.json``)."""
+    from entropo.data.loading import DataError, load_rows
+    from entropo.data.prompts import filter_long
+    from entropo.data.sampler import PromptSampler
+    from entropo.models.loading import load_tokenizer, resolve_model_path
+    from entropo.rewards.scoring import resolve
+    from entropo.telemetry.sinks import make_sinks
+    from entropo.trainer.cluster import Cluster
+    from entropo.trainer.controller import Controller
+
+    started = time.time()
+    try:
+        resolve_model_path(cfg.model.path)
+    except (FileNotFoundError, ValueError) as e:
+        raise RunError(str(e)) from None
+    tokenizer = load_tokenizer(cfg.model.path)
+    try:
+        rows = load_rows(cfg.data.train, split="train")
+    except DataError as e:
+        raise RunError(f"data.train: {e}") from None
+    rows, dropped = filter_long(rows, tokenizer, cfg.data.max_prompt_tokens)
+    if dropped:
+        print(f"[data] dropped {dropped} prompts longer than data.max_prompt_tokens={cfg.data.max_prompt_tokens}")
+    if not rows:
+        raise RunError(f"data.train: no usable prompts in '{cfg.data.train}'")
+    reward_fns = resolve(cfg.reward.fns)
+    run_dir = Path(cfg.trainer.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+    start_ray(cfg.learner.ranks + cfg.rollout.workers)
+    cluster = Cluster(cfg)
+    sampler = PromptSampler(rows, cfg.trainer.prompts_per_step, cfg.trainer.seed)
+    sinks = make_sinks(cfg.logger.backends, run_dir, cfg.trainer.total_steps, cfg.logger.project,
+                       run_dir.name, as_dict(cfg))
+    controller = Controller(cfg, cluster, sampler, tokenizer, reward_fns, sinks)
+    try:
+        last = controller.fit()
+    finally:
+        sinks.close()
+        cluster.shutdown()
+    summary = {"steps": controller.state.step, "wall_seconds": time.time() - started,
+               "final": last}
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
+    return summary

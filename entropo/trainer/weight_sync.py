@@ -1,0 +1,134 @@
+"""Learner → rollout weight broadcast over a torch.distributed group of its own.
+
+The group joins learner rank 0 (rank 0 of the group) and every rollout worker (ranks 1..W).
+It is built directly from a ``TCPStore`` and a backend process group, so it lives beside
+the learner's own default group (DeepSpeed's) without touching it (see shared/NOTES.md).
+gloo on CPU; nccl on GPU.
+
+Both sides derive the same :class:`SyncPlan` from the model's parameter names, shapes and
+dtypes, so no metadata crosses the wire: parameters are packed in order into flat buckets
+of at most ``bucket_bytes``, and each bucket is one broadcast. Under ZeRO-3 every learner
+rank joins the gather of each bucket's parameters (a collective of the learner group);
+only rank 0 broadcasts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+DEFAULT_BUCKET_BYTES = 64 << 20
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    name: str
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for s in self.shape:
+            n *= s
+        return n
+
+
+@dataclass(frozen=True)
+class SyncPlan:
+    """Ordered buckets of parameters; each bucket has one dtype."""
+
+    buckets: tuple[tuple[ParamSpec, ...], ...]
+
+    @staticmethod
+    def build(specs: list[ParamSpec], bucket_bytes: int = DEFAULT_BUCKET_BYTES) -> SyncPlan:
+        buckets: list[tuple[ParamSpec, ...]] = []
+        current: list[ParamSpec] = []
+        size = 0
+        for spec in specs:
+            nbytes = spec.numel * torch.empty((), dtype=spec.dtype).element_size()
+            if current and (size + nbytes > bucket_bytes or spec.dtype != current[0].dtype):
+                buckets.append(tuple(current))
+                current, size = [], 0
+            current.append(spec)
+            size += nbytes
+        if current:
+            buckets.append(tuple(current))
+        return SyncPlan(tuple(buckets))
+
+
+def param_specs(named: Iterator[tuple[str, torch.Tensor]], shape_of: Callable[[torch.Tensor], tuple[int, ...]] | None = None) -> list[ParamSpec]:
+    """Specs of ``named_parameters()``; ``shape_of`` gives the full shape of a ZeRO-3 shard."""
+    out = []
+    for name, p in named:
+        shape = tuple(shape_of(p)) if shape_of else tuple(p.shape)
+        out.append(ParamSpec(name, shape, p.dtype))
+    return out
+
+
+def full_shape(p: torch.Tensor) -> tuple[int, ...]:
+    """The full shape of a parameter, also when ZeRO-3 has partitioned it (``ds_shape``)."""
+    return tuple(getattr(p, "ds_shape", p.shape))
+
+
+def init_sync_group(host: str, port: int, rank: int, world: int, backend: str = "gloo",
+                    timeout_s: float = 600.0) -> dist.ProcessGroup:
+    """Join the weight-sync group (rank 0 hosts the store)."""
+    store = dist.TCPStore(host, port, world, is_master=rank == 0, timeout=timedelta(seconds=timeout_s))
+    if backend == "gloo":
+        return dist.ProcessGroupGloo(store, rank, world, timedelta(seconds=timeout_s))
+    if backend == "nccl":
+        opts = dist.ProcessGroupNCCL.Options()
+        return dist.ProcessGroupNCCL(store, rank, world, opts)
+    raise ValueError(f"unknown weight-sync backend '{backend}'")
+
+
+def send_weights(group: dist.ProcessGroup | None, params: dict[str, torch.nn.Parameter], plan: SyncPlan,
+                 gather: Callable[[list[torch.nn.Parameter]], contextlib.AbstractContextManager] | None = None,
+                 device: torch.device | None = None) -> int:
+    """Broadcast every bucket from this rank (group rank 0). Returns bytes sent.
+
+    ``group`` is None on learner ranks other than 0: they only join the ZeRO-3 gathers.
+    """
+    sent = 0
+    for bucket in plan.buckets:
+        tensors = [params[s.name] for s in bucket]
+        ctx = gather(tensors) if gather else contextlib.nullcontext()
+        with ctx:
+            if group is None:
+                continue
+            flat = torch.cat([t.detach().reshape(-1) for t in tensors])
+            if device is not None:
+                flat = flat.to(device)
+            _broadcast(group, flat)
+            sent += flat.numel() * flat.element_size()
+    return sent
+
+
+def receive_weights(group: dist.ProcessGroup, params: dict[str, torch.nn.Parameter], plan: SyncPlan,
+                    device: torch.device | None = None) -> int:
+    """Receive every bucket from group rank 0 and copy it into ``params`` in place."""
+    received = 0
+    for bucket in plan.buckets:
+        numel = sum(s.numel for s in bucket)
+        flat = torch.empty(numel, dtype=bucket[0].dtype, device=device)
+        _broadcast(group, flat)
+        offset = 0
+        with torch.no_grad():
+            for spec in bucket:
+                target = params[spec.name]
+                target.copy_(flat[offset : offset + spec.numel].view(spec.shape))
+                offset += spec.numel
+        received += flat.numel() * flat.element_size()
+    return received
+
+
+def _broadcast(group: dist.ProcessGroup, tensor: torch.Tensor) -> None:
+    opts = dist.BroadcastOptions()
+    opts.rootRank = 0
+    group.broadcast([tensor], opts).wait()
