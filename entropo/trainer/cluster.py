@@ -74,7 +74,6 @@ class Cluster:
             for k, (worker, idx) in enumerate(zip(self.workers, chunks)) if idx
         ]
         outs: list[RolloutOutput] = ray.get(futures)
-        order = [i for idx in chunks if idx for i in idx]
         parts = []
         for out, idx in zip(outs, [c for c in chunks if c]):
             group_ids = torch.tensor(idx).repeat_interleave(params.n)
@@ -85,10 +84,8 @@ class Cluster:
                 weight_version=out.weight_version,
             ))
         batch = StepBatch.concat(parts)
-        # back to prompt order: group g's samples are contiguous, groups in dataset-draw order
-        position = {g: k for k, g in enumerate(order)}
-        perm = sorted(range(len(batch)), key=lambda i: (position[int(batch.group_ids[i])], i))
-        return batch.select(perm)
+        # back to prompt order: group g's samples are contiguous, groups in draw order
+        return batch.select(torch.argsort(batch.group_ids, stable=True))
 
     # ---- learner ------------------------------------------------------------------------
     def _split(self, batch: StepBatch) -> list[LearnerShard]:

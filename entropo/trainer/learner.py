@@ -152,7 +152,7 @@ class LearnerRank:
                     s = mb.rows(rows)
                     dev = [self._dev(x) for x in (s.prompt_ids, s.prompt_mask, s.response_ids, s.mask)]
                     logp, entropy = response_logprobs(
-                        module, *dev, self.cfg.rollout.temperature, with_entropy=obj.needs_entropy
+                        self.strategy.train_model, *dev, self.cfg.rollout.temperature, with_entropy=obj.needs_entropy
                     )
                     inp = TokenLossInputs(
                         logp=logp, old_logp=self._dev(s.old_logp), advantages=self._dev(s.advantages),

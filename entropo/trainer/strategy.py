@@ -93,6 +93,13 @@ class DeepSpeedStrategy:
     def module(self) -> torch.nn.Module:
         return self.engine.module
 
+    @property
+    def train_model(self) -> torch.nn.Module:
+        """What a training forward calls: the engine itself, not its module. ZeRO-3 counts
+        micro-steps in ``engine.forward`` and would overwrite, not accumulate, gradients
+        across micro-batches if the module were called directly."""
+        return self.engine
+
     def backward(self, loss: torch.Tensor, boundary: bool) -> None:
         self.engine.set_gradient_accumulation_boundary(boundary)
         self.engine.backward(loss * self.world, scale_wrt_gas=False)

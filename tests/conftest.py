@@ -1,0 +1,31 @@
+"""Shared fixtures: offline hub, a tiny local model, one local Ray instance per session."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("DS_ACCELERATOR", "cpu")
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> str:
+    """The embedded tiny Qwen2 (random init) saved with ``save_pretrained`` in a temp dir."""
+    from entropo.models.tiny import save_tiny
+
+    return str(save_tiny(tmp_path_factory.mktemp("tiny-model")))
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray instance for every test that needs actors."""
+    ray = pytest.importorskip("ray")
+    os.environ.pop("RAY_ADDRESS", None)
+    ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield ray
+    ray.shutdown()

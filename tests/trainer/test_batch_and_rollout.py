@@ -1,0 +1,48 @@
+import torch
+
+from entropo.trainer.batch import StepBatch, model_inputs
+from entropo.trainer.rollout import left_pad, response_mask
+
+EOS, PAD = 1, 0
+
+
+def test_response_mask_up_to_and_including_first_eos():
+    ids = torch.tensor([[5, 6, EOS, PAD, PAD], [5, 6, 7, 8, 9], [5, EOS, 7, EOS, PAD], [5, 6, PAD, PAD, PAD]])
+    mask, truncated = response_mask(ids, EOS, PAD, max_new_tokens=5)
+    assert mask.int().tolist() == [[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 1, 0, 0, 0], [1, 1, 0, 0, 0]]
+    # row 1 used all 5 tokens without EOS; row 3 ended early (a stop string) and is complete
+    assert truncated.tolist() == [False, True, False, False]
+
+
+def test_left_pad_right_aligns():
+    ids, att = left_pad([[3, 4, 5], [7]], PAD)
+    assert ids.tolist() == [[3, 4, 5], [PAD, PAD, 7]]
+    assert att.tolist() == [[1, 1, 1], [0, 0, 1]]
+
+
+def test_positions_count_only_attended_tokens():
+    ids, att, pos = model_inputs(torch.tensor([[0, 0, 7]]), torch.tensor([[0, 0, 1]]),
+                                 torch.tensor([[8, 9, 0]]), torch.tensor([[1.0, 1.0, 0.0]]))
+    assert ids.tolist() == [[0, 0, 7, 8, 9, 0]]
+    assert pos.tolist()[0][2:5] == [0, 1, 2]
+
+
+def _batch(n, p, t, offset=0):
+    return StepBatch(
+        prompt_ids=torch.arange(n * p).reshape(n, p) + offset, prompt_mask=torch.ones(n, p, dtype=torch.long),
+        response_ids=torch.ones(n, t, dtype=torch.long), mask=torch.ones(n, t), rollout_logp=torch.zeros(n, t),
+        truncated=torch.zeros(n, dtype=torch.bool), group_ids=torch.arange(n) + offset,
+        response_text=[str(i + offset) for i in range(n)], rows=list(range(offset, offset + n)),
+        reward_components={"a": torch.arange(n).float()},
+    )
+
+
+def test_select_and_concat_keep_every_field_aligned():
+    a, b = _batch(2, 3, 4), _batch(3, 2, 5, offset=10)
+    both = StepBatch.concat([a, b])
+    assert both.prompt_ids.shape == (5, 3) and both.response_ids.shape == (5, 5)
+    assert both.prompt_mask[2:].tolist() == [[0, 1, 1]] * 3  # left-padded
+    assert both.mask[:2, 4].tolist() == [0.0, 0.0]  # right-padded
+    sub = both.select([4, 0])
+    assert sub.response_text == ["12", "0"] and sub.rows == [12, 0]
+    assert sub.group_ids.tolist() == [12, 0] and sub.reward_components["a"].tolist() == [2.0, 0.0]

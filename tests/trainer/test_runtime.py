@@ -1,0 +1,178 @@
+"""Ray actors + DeepSpeed on CPU: weight sync, gradient accounting across ranks, training runs.
+
+One local Ray instance serves the module; each test builds the actors it needs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from entropo.config import load_config
+from entropo.rewards import scoring
+from entropo.trainer.batch import StepBatch
+
+pytestmark = [pytest.mark.distributed, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def digits_reward():
+    """A reward with variance for a random model: the fraction of digits in the response."""
+
+    def digit_fraction(sample):
+        text = sample.response
+        return {"score": sum(c.isdigit() for c in text) / max(len(text), 1), "acc": float("</think>" in text)}
+
+    scoring.BUILTINS["digit_fraction"] = digit_fraction
+    yield "digit_fraction"
+    scoring.BUILTINS.pop("digit_fraction")
+
+
+def _cfg(model_dir, tmp_path, *overrides):
+    return load_config(overrides=[
+        f"model.path={model_dir}", f"trainer.output_dir={tmp_path}", "trainer.prompts_per_step=4",
+        "rollout.n=4", "rollout.max_new_tokens=12", "learner.micro_batch_size=4", "learner.lr=1e-2",
+        "logger.backends=[jsonl]", *overrides,
+    ])
+
+
+def _fixed_batch(cfg, cluster, reward):
+    """A rollout with the controller's stages up to advantages, from a fixed seed."""
+    from entropo.data.loading import load_rows
+    from entropo.data.sampler import PromptSampler
+    from entropo.models.loading import load_tokenizer
+    from entropo.trainer.controller import Controller
+
+    tok = load_tokenizer(cfg.model.path)
+    ctl = Controller(cfg, cluster, PromptSampler(load_rows("embedded:addition"), 4, 0), tok,
+                     scoring.resolve([reward]), sinks=None)
+    batch, _ = ctl.collect(1, __import__("entropo.trainer.controller", fromlist=["Timer"]).Timer())
+    batch, _ = ctl.advantages(batch)
+    return ctl, batch
+
+
+def test_weight_sync_makes_rollout_logprobs_equal_learner(ray_session, tiny_model_dir, tmp_path, digits_reward):
+    from entropo.trainer.cluster import Cluster
+    from entropo.trainer.learner import LearnerShard
+
+    cfg = _cfg(tiny_model_dir, tmp_path, "learner.ranks=1", "rollout.workers=2", f"reward.fns=[{digits_reward}]")
+    cluster = Cluster(cfg)
+    try:
+        ctl, batch = _fixed_batch(cfg, cluster, digits_reward)
+        assert batch.advantages.abs().sum() > 0
+        shard = LearnerShard(batch.prompt_ids, batch.prompt_mask, batch.response_ids, batch.mask)
+        args = (batch.prompt_ids, batch.prompt_mask, batch.response_ids, batch.mask, cfg.rollout.temperature)
+        # before any update, rollout log-probs from generate equal the learner's π_old
+        assert (batch.rollout_logp - batch.old_logp).abs().max() < 1e-5
+        cluster.update(ctl.minibatches(batch), 0.0, 1)
+        learner = ray_session.get(cluster.learners[0].score.remote(shard))
+        stale = ray_session.get(cluster.workers[0].score.remote(*args))
+        assert (learner - stale).abs().max() > 1e-3  # the update moved the policy
+        cluster.sync_weights(7)
+        for w in cluster.workers:
+            fresh = ray_session.get(w.score.remote(*args))
+            assert (learner - fresh).abs().max() < 1e-5
+            assert ray_session.get(w.weight_version.remote()) == 7
+    finally:
+        cluster.shutdown()
+
+
+@pytest.mark.parametrize(("ranks", "zero", "micro"), [(2, 0, 2), (2, 2, 3), (2, 3, 3)])
+def test_gradient_is_independent_of_ranks_zero_and_micro_batch(ray_session, tiny_model_dir, tmp_path,
+                                                                digits_reward, ranks, zero, micro):
+    """The pre-clip gradient norm and the loss of one update equal the 1-rank, 1-micro-batch ones."""
+    from entropo.trainer.cluster import Cluster
+
+    common = ("rollout.workers=1", f"reward.fns=[{digits_reward}]", "algorithm.loss=kl_cov",
+              "algorithm.kl_cov.k=0.1", "algorithm.token_mask=[high_entropy]")
+    results = []
+    batch = None
+    for r, z, m in [(1, 0, 16), (ranks, zero, micro)]:
+        cfg = _cfg(tiny_model_dir, tmp_path, f"learner.ranks={r}", f"learner.zero_stage={z}",
+                   f"learner.micro_batch_size={m}", *common)
+        cluster = Cluster(cfg)
+        try:
+            if batch is None:
+                ctl, batch = _fixed_batch(cfg, cluster, digits_reward)
+            else:
+                cluster.forward(batch)
+                from entropo.trainer.controller import Controller
+                ctl = Controller(cfg, cluster, None, None, None, None)
+            results.append(cluster.update(ctl.minibatches(batch), 0.0, 1))
+        finally:
+            cluster.shutdown()
+    one, many = results
+    assert one["actor/grad_norm"] > 0
+    assert many["actor/grad_norm"] == pytest.approx(one["actor/grad_norm"], rel=1e-5)
+    assert many["actor/pg_loss"] == pytest.approx(one["actor/pg_loss"], abs=1e-6)
+    # a token-weighted mean of float32 per-micro-batch fractions: float32 rounding (~1e-6)
+    assert many["kl_cov/selected_frac"] == pytest.approx(one["kl_cov/selected_frac"], abs=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("zero", "recipe_overrides"),
+    [
+        (2, ["algorithm.loss=ppo_clip"]),
+        (3, ["algorithm.loss=clip_cov", "algorithm.clip_cov.clip_ratio=0.05", "algorithm.clip_cov.cov_low=0.01"]),
+        (2, ["algorithm.loss=kl_cov", "algorithm.kl_cov.k=0.05"]),
+        (3, ["algorithm.token_mask=[high_entropy]"]),
+    ],
+    ids=["grpo-zero2", "clip_cov-zero3", "kl_cov-zero2", "entropy_mask-zero3"],
+)
+def test_training_runs_end_to_end(ray_session, tiny_model_dir, tmp_path, digits_reward, zero, recipe_overrides):
+    from entropo.trainer.run import train
+
+    cfg = _cfg(tiny_model_dir, tmp_path, "learner.ranks=2", f"learner.zero_stage={zero}", "rollout.workers=2",
+               "trainer.total_steps=2", "learner.lr=1e-3", f"reward.fns=[{digits_reward}]", *recipe_overrides)
+    summary = train(cfg)
+    assert summary["steps"] == 2
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2]
+    required = ["entropy/mean", "reward/mean", "actor/pg_loss", "actor/pg_clipfrac", "actor/grad_norm",
+                "response_length/mean", "timing/rollout", "timing/update", "perf/tokens_per_s"]
+    for row in rows:
+        for key in required:
+            assert row.get(key) is not None and math.isfinite(row[key]), key
+        assert 0 < row["entropy/mean"] < math.log(90) + 1e-6  # bounded by ln |V|
+        assert row["actor/grad_norm"] > 0
+        assert row["rollout/weight_version"] == row["step"] - 1  # generated with the last sync
+    control_key = {"clip_cov": "clip_cov/selected_frac", "kl_cov": "kl_cov/selected_frac"}.get(cfg.algorithm.loss)
+    if cfg.algorithm.token_mask:
+        control_key = "entropy_mask/keep_frac"
+        assert rows[0][control_key] == pytest.approx(0.2, abs=0.05)
+    if control_key:
+        assert all(r[control_key] > 0 for r in rows)
+    assert (tmp_path / "config.yaml").exists()
+
+
+def test_bad_inputs_fail_fast_with_a_clear_message(tiny_model_dir, tmp_path, capsys):
+    from entropo.cli import main
+
+    assert main(["train", "rollout.nn=3"]) == 2
+    assert "rollout.nn" in capsys.readouterr().err
+    assert main(["train", "model.path=/nonexistent/model", f"trainer.output_dir={tmp_path}"]) == 2
+    assert "model.path" in capsys.readouterr().err
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    assert main(["train", f"model.path={tiny_model_dir}", f"data.train={empty}", f"trainer.output_dir={tmp_path}"]) == 2
+    err = capsys.readouterr().err
+    assert "data.train" in err and "empty.jsonl" in err
+
+
+def test_step_batch_is_prompt_major(ray_session, tiny_model_dir, tmp_path, digits_reward):
+    from entropo.trainer.cluster import Cluster
+
+    cfg = _cfg(tiny_model_dir, tmp_path, "learner.ranks=1", "rollout.workers=2", f"reward.fns=[{digits_reward}]")
+    cluster = Cluster(cfg)
+    try:
+        _, batch = _fixed_batch(cfg, cluster, digits_reward)
+    finally:
+        cluster.shutdown()
+    assert isinstance(batch, StepBatch)
+    assert batch.group_ids.tolist() == [g for g in range(4) for _ in range(4)]
+    for i in range(len(batch)):
+        assert batch.rows[i] is batch.rows[4 * (i // 4)]
+    assert torch.equal(batch.mask.sum(-1) > 0, torch.ones(len(batch), dtype=torch.bool))
