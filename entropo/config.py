@@ -194,6 +194,9 @@ class TrainerConfig:
     resume: str = ""
     """'' starts fresh; 'auto' continues from the newest complete checkpoint; or a path."""
 
+    keep_checkpoints: int = 2
+    """How many of the newest complete checkpoints to keep."""
+
     seed: int = 0
     """Seed of data order, sampling and random selections."""
 

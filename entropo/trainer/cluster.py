@@ -114,8 +114,13 @@ class Cluster:
         calls += [w.receive_weights.remote(version) for w in self.workers]
         ray.get(calls)
 
-    def save(self, path: Path, state, sampler) -> None:
-        raise NotImplementedError("checkpointing lands with issue 4 (exact resume)")
+    def save(self, path: Path) -> None:
+        """Every rank's DeepSpeed state into ``path/learner``; the policy into ``path/hf``."""
+        ray.get([a.save.remote(str(path / "learner"), "state", {}) for a in self.learners])
+        ray.get([a.export_pretrained.remote(str(path / "hf")) for a in self.learners])
+
+    def load(self, path: Path) -> None:
+        ray.get([a.load.remote(str(path / "learner"), "state") for a in self.learners])
 
     def node_ids(self) -> dict[str, list[str]]:
         return {"learner": ray.get([a.node_id.remote() for a in self.learners]),

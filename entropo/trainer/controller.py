@@ -7,6 +7,7 @@ coefficients); the actors own the models. Actors never call each other.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -24,6 +25,7 @@ from entropo.algorithms.registry import ADVANTAGES
 from entropo.algorithms.regularizers import adaptive_entropy_coef
 from entropo.config import TrainConfig, to_yaml
 from entropo.trainer.batch import StepBatch
+from entropo.trainer.checkpoint import Checkpoints, load_controller, save_controller
 from entropo.trainer.learner import LearnerShard
 from entropo.trainer.rollout import SamplingParams
 
@@ -60,6 +62,7 @@ class Controller:
         self.sinks = sinks
         self.state = ControllerState(entropy_coef=cfg.algorithm.entropy_coef)
         self.run_dir = Path(cfg.trainer.output_dir)
+        self.checkpoints = Checkpoints(self.run_dir / "checkpoints", cfg.trainer.keep_checkpoints)
 
     # ---- the step -----------------------------------------------------------------------
     def train_step(self) -> dict[str, float]:
@@ -215,6 +218,25 @@ class Controller:
             out["actor/entropy_bonus_active"] = float(active)
         return out
 
+    # ---- checkpoints ----------------------------------------------------------------------
+    def checkpoint(self) -> Path:
+        """An atomic checkpoint of the learner, the policy export and the controller state."""
+        tmp = self.checkpoints.begin(self.state.step)
+        self.cluster.save(tmp)
+        if self.tokenizer is not None:
+            self.tokenizer.save_pretrained(tmp / "hf")
+        save_controller(tmp, {"state": dataclasses.asdict(self.state), "sampler": self.sampler.state_dict()})
+        return self.checkpoints.commit(tmp, self.state.step)
+
+    def restore(self, path: Path) -> None:
+        """Continue from a checkpoint: learner state, controller state, data position, and
+        the rollout workers' weights (synced from the restored learner)."""
+        saved = load_controller(path)
+        self.cluster.load(path)
+        self.state = ControllerState(**saved["state"])
+        self.sampler.load_state_dict(saved["sampler"])
+        self.cluster.sync_weights(self.state.step)
+
     # ---- the loop -----------------------------------------------------------------------
     def fit(self) -> dict[str, float]:
         cfg = self.cfg.trainer
@@ -225,7 +247,7 @@ class Controller:
             last = self.train_step()
             self.sinks.log(self.state.step, last)
             if cfg.save_every and self.state.step % cfg.save_every == 0:
-                self.cluster.save(self.run_dir / "checkpoints", self.state, self.sampler)
+                self.checkpoint()
         return last
 
 

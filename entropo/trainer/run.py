@@ -36,6 +36,7 @@ def train(cfg: TrainConfig) -> dict:
     from entropo.models.loading import load_tokenizer, resolve_model_path
     from entropo.rewards.scoring import resolve
     from entropo.telemetry.sinks import make_sinks
+    from entropo.trainer.checkpoint import CheckpointError, Checkpoints
     from entropo.trainer.cluster import Cluster
     from entropo.trainer.controller import Controller
 
@@ -58,12 +59,21 @@ def train(cfg: TrainConfig) -> dict:
     run_dir = Path(cfg.trainer.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
 
+    try:
+        resume_from = Checkpoints(run_dir / "checkpoints").resolve(cfg.trainer.resume)
+    except CheckpointError as e:
+        raise RunError(str(e)) from None
+
     start_ray(cfg.learner.ranks + cfg.rollout.workers)
     cluster = Cluster(cfg)
     sampler = PromptSampler(rows, cfg.trainer.prompts_per_step, cfg.trainer.seed)
+    controller = Controller(cfg, cluster, sampler, tokenizer, reward_fns, sinks=None)
+    if resume_from is not None:
+        controller.restore(resume_from)
+        print(f"[resume] continuing from {resume_from} (step {controller.state.step})")
     sinks = make_sinks(cfg.logger.backends, run_dir, cfg.trainer.total_steps, cfg.logger.project,
-                       run_dir.name, as_dict(cfg))
-    controller = Controller(cfg, cluster, sampler, tokenizer, reward_fns, sinks)
+                       run_dir.name, as_dict(cfg), start_step=controller.state.step + 1)
+    controller.sinks = sinks
     try:
         last = controller.fit()
     finally:

@@ -21,7 +21,7 @@ def test_left_pad_right_aligns():
 
 
 def test_positions_count_only_attended_tokens():
-    ids, att, pos = model_inputs(torch.tensor([[0, 0, 7]]), torch.tensor([[0, 0, 1]]),
+    ids, _att, pos = model_inputs(torch.tensor([[0, 0, 7]]), torch.tensor([[0, 0, 1]]),
                                  torch.tensor([[8, 9, 0]]), torch.tensor([[1.0, 1.0, 0.0]]))
     assert ids.tolist() == [[0, 0, 7, 8, 9, 0]]
     assert pos.tolist()[0][2:5] == [0, 1, 2]
