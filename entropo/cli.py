@@ -33,10 +33,24 @@ def main(argv: list[str] | None = None) -> int:
         except (ConfigError, RunError) as e:
             print(f"entropo: error: {e}", file=sys.stderr)
             return 2
-        print(f"run finished: {summary['steps']} steps in {summary['wall_seconds']:.0f}s; "
-              f"metrics in {cfg.trainer.output_dir}/metrics.jsonl")
+        _print_summary(summary)
         return 0
     return 1
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.1f}%"
+
+
+def _print_summary(summary: dict) -> None:
+    run = summary["run_dir"]
+    h0, h1 = summary.get("entropy_start"), summary.get("entropy_end")
+    entropy = "n/a" if h0 is None else f"{h0:.3f} -> {h1:.3f} nats"
+    print(f"\nrun finished: {summary['steps']} steps in {summary['wall_seconds']:.0f} s")
+    print(f"  held-out accuracy {_pct(summary.get('accuracy_start'))} -> {_pct(summary.get('accuracy_end'))}; "
+          f"token entropy {entropy}")
+    print(f"  run directory: {run}  (config.yaml, metrics.jsonl, summary.json, checkpoints/)")
+    print(f"  look at it:    tensorboard --logdir {run}   or   less {run}/metrics.jsonl")
 
 
 if __name__ == "__main__":

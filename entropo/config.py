@@ -101,8 +101,8 @@ class DataConfig:
     """Training prompts: a jsonl/json/parquet file, a directory, a dataset name, or
     ``embedded:addition`` (the built-in synthetic task)."""
 
-    eval: str | None = None
-    """Held-out prompts, same forms as ``train``; None disables evaluation."""
+    eval: str | None = "embedded:addition"
+    """Held-out prompts, same forms as ``train`` (its eval/test split); None disables evaluation."""
 
     max_prompt_tokens: int = 512
     """Prompts longer than this (after the chat template) are filtered out, with a count."""
@@ -178,6 +178,24 @@ class LearnerConfig:
 
 
 @dataclass(frozen=True)
+class EvalConfig:
+    every: int = 0
+    """Evaluate every this many steps; 0 evaluates only before the first and after the last step."""
+
+    n: int = 1
+    """Samples per prompt (pass@k and maj@k need n >= k)."""
+
+    temperature: float = 0.0
+    """Sampling temperature of evaluation; 0 is greedy."""
+
+    k: list[int] = field(default_factory=lambda: [1])
+    """The k of pass@k and maj@k (each <= n)."""
+
+    max_prompts: int = 200
+    """Evaluate on the first this many prompts of ``data.eval``."""
+
+
+@dataclass(frozen=True)
 class TrainerConfig:
     total_steps: int = 20
     """Training steps (each: rollout, rewards, advantages, update, weight sync)."""
@@ -189,7 +207,7 @@ class TrainerConfig:
     """Run directory: config.yaml, metrics.jsonl, checkpoints, summary.json."""
 
     save_every: int = 0
-    """Checkpoint every this many steps; 0 saves only at the end."""
+    """Checkpoint every this many steps (and always after the last step); 0: only at the end."""
 
     resume: str = ""
     """'' starts fresh; 'auto' continues from the newest complete checkpoint; or a path."""
@@ -219,6 +237,7 @@ class TrainConfig:
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     learner: LearnerConfig = field(default_factory=LearnerConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    evaluation: EvalConfig = field(default_factory=EvalConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
 
     # ---- derived values: computed here and nowhere else ----
@@ -274,7 +293,7 @@ def _check_composition(cfg: TrainConfig) -> None:
     # A loss replacement's own knobs only apply when it is the selected loss: setting the
     # knobs of another (e.g. dual clip while Clip-Cov is the loss) is a contradiction.
     for other in losses:
-        if other != a.loss and getattr(a, other) != type(getattr(a, other))():
+        if other != a.loss and hasattr(a, other) and getattr(a, other) != type(getattr(a, other))():
             changed = [
                 f.name for f in dataclasses.fields(getattr(a, other))
                 if getattr(getattr(a, other), f.name) != getattr(type(getattr(a, other))(), f.name)
@@ -341,6 +360,14 @@ def _check_sections(cfg: TrainConfig) -> None:
             f"learner.mini_batch_prompts={mb} must divide trainer.prompts_per_step="
             f"{cfg.trainer.prompts_per_step}"
         )
+    ev = cfg.evaluation
+    if ev.temperature < 0 or ev.n < 1 or ev.max_prompts < 1 or ev.every < 0:
+        raise ConfigError("evaluation: temperature must be >= 0, n and max_prompts >= 1, every >= 0")
+    for k in ev.k:
+        if not 1 <= k <= ev.n:
+            raise ConfigError(f"evaluation.k: {k} must be in [1, evaluation.n={ev.n}]")
+    if ev.temperature == 0 and ev.n > 1:
+        raise ConfigError("evaluation.n > 1 needs evaluation.temperature > 0 (greedy samples are identical)")
     for backend in cfg.logger.backends:
         _check_choice("logger.backends", backend, ("console", "jsonl", "tensorboard", "wandb"))
 

@@ -6,7 +6,9 @@ For one micro-batch, in the spec's order:
     ℓ_i += β_ref · KL_est(π_θ ‖ π_ref)_i        when kl_coef > 0 (per token, before masks: TRL's order)
     w_i  = Π_masks keep_i                       token masks (high_entropy, ...)
     m'_i = m_i · Π_{masks excluding from the denominator} keep_i
-    L    = agg(w·ℓ, m') − c_H · agg(H, m')      entropy bonus on the same tokens (TRL's rule)
+    L    = agg(w·ℓ, m') − c_H · agg(H, m')      entropy bonus over the loss's denominator tokens m'
+                                                (TRL applies it over the 80/20 mask's tokens; that
+                                                is this rule with norm=selected)
 
 Global statistics are prepared once per mini-batch by :func:`prepare_minibatch` (run by the
 learner on its shard of the whole mini-batch, with the data-parallel reducer): the

@@ -19,7 +19,12 @@ import torch
 
 from entropo.algorithms import diagnostics
 from entropo.algorithms.advantages import broadcast_to_tokens
-from entropo.algorithms.dynamic_sampling import group_keep_mask, need_more_batches, select_groups
+from entropo.algorithms.dynamic_sampling import (
+    dynamic_sampling_metrics,
+    group_keep_mask,
+    need_more_batches,
+    select_groups,
+)
 from entropo.algorithms.overlong import filter_truncated, overlong_metrics, overlong_penalty
 from entropo.algorithms.registry import ADVANTAGES
 from entropo.algorithms.regularizers import adaptive_entropy_coef
@@ -37,6 +42,10 @@ class ControllerState:
     step: int = 0
     entropy_coef: float = 0.0
     history: dict[str, list[float]] = field(default_factory=lambda: {"cov": [], "entropy": []})
+    accuracy_start: float | None = None
+    accuracy_end: float | None = None
+    entropy_start: float | None = None
+    entropy_end: float | None = None
 
 
 class Timer:
@@ -53,7 +62,8 @@ class Timer:
 class Controller:
     """Drives a :class:`~entropo.trainer.cluster.Cluster` of actors through training."""
 
-    def __init__(self, cfg: TrainConfig, cluster, sampler, tokenizer, reward_fns, sinks) -> None:
+    def __init__(self, cfg: TrainConfig, cluster, sampler, tokenizer, reward_fns, sinks,
+                 eval_rows: list | None = None) -> None:
         self.cfg = cfg
         self.cluster = cluster
         self.sampler = sampler
@@ -63,6 +73,7 @@ class Controller:
         self.state = ControllerState(entropy_coef=cfg.algorithm.entropy_coef)
         self.run_dir = Path(cfg.trainer.output_dir)
         self.checkpoints = Checkpoints(self.run_dir / "checkpoints", cfg.trainer.keep_checkpoints)
+        self.eval_rows = eval_rows or []
 
     # ---- the step -----------------------------------------------------------------------
     def train_step(self) -> dict[str, float]:
@@ -73,7 +84,8 @@ class Controller:
             with t("advantage"):
                 batch, adv_metrics = self.advantages(batch)
             with t("update"):
-                update_metrics = self.cluster.update(self.minibatches(batch), self.state.entropy_coef, step)
+                coef = self.entropy_coef_now(batch)
+                update_metrics = self.cluster.update(self.minibatches(batch), coef, step)
             with t("sync"):
                 self.cluster.sync_weights(step)
         self.state.step = step
@@ -91,6 +103,7 @@ class Controller:
         kept: list[StepBatch] = []
         n_kept = n_gen = 0
         metrics: dict[str, float] = {}
+        sampling: dict[str, list[float]] = {}
         while True:
             n_gen += 1
             prompts = self.sampler.next_batch()
@@ -102,16 +115,20 @@ class Controller:
                 metrics.update(self.score(batch))
             if not ds.enable:
                 return batch, metrics
+            # group ids restart at 0 in every generation batch: make them unique across batches
+            batch.group_ids = batch.group_ids + (n_gen - 1) * target
             metric = batch.correct if ds.metric == "acc" else batch.rewards
             keep = group_keep_mask(metric, batch.group_ids)
+            for k, v in dynamic_sampling_metrics(metric, batch.group_ids, keep).items():
+                sampling.setdefault(k, []).append(float(v))
             kept.append(batch.select(torch.nonzero(keep).flatten()))
             n_kept += len(torch.unique(batch.group_ids[keep]))
             if not need_more_batches(n_kept, target, n_gen, ds):
                 break
         merged = StepBatch.concat(kept)
         rows = select_groups(merged.group_ids, torch.ones(len(merged), dtype=torch.bool), target)
+        metrics.update({k: sum(v) / len(v) for k, v in sampling.items()})
         metrics["sampling/num_gen_batches"] = float(n_gen)
-        metrics["sampling/kept_group_frac"] = n_kept / (n_gen * target)
         return merged.select(rows), metrics
 
     def sampling(self, step: int, attempt: int) -> SamplingParams:
@@ -121,23 +138,36 @@ class Controller:
             stop=tuple(r.stop), seed=self.cfg.trainer.seed * 1_000_003 + step * 101 + attempt,
         )
 
-    def score(self, batch: StepBatch) -> dict[str, float]:
+    def samples(self, batch: StepBatch) -> list:
+        """One reward-function input per response (π_old statistics when the batch has them)."""
         from entropo.rewards.api import Sample
+
+        out = []
+        for i, (text, ids, m, row, g) in enumerate(zip(
+            batch.response_text, batch.response_ids, batch.mask, batch.rows, batch.group_ids
+        )):
+            valid = m.bool()
+            out.append(Sample(
+                prompt=row.prompt if isinstance(row.prompt, str) else json.dumps(row.prompt),
+                response=text, response_ids=ids[valid].tolist(), ground_truth=row.ground_truth,
+                data_source=row.data_source, extra_info=row.extra_info, group=int(g),
+                entropy=None if batch.entropy is None else batch.entropy[i][valid],
+                old_logp=None if batch.old_logp is None else batch.old_logp[i][valid],
+            ))
+        return out
+
+    def correctness(self, batch: StepBatch) -> torch.Tensor:
+        """Plain correctness ``[N]`` (the reward functions' ``acc``), for evaluation."""
         from entropo.rewards.scoring import score_samples
 
-        samples = [
-            Sample(
-                prompt=row.prompt if isinstance(row.prompt, str) else json.dumps(row.prompt),
-                response=text, response_ids=ids[m.bool()].tolist(), ground_truth=row.ground_truth,
-                data_source=row.data_source, extra_info=row.extra_info, group=int(g),
-                entropy=h[m.bool()], old_logp=lp[m.bool()],
-            )
-            for text, ids, m, row, g, h, lp in zip(
-                batch.response_text, batch.response_ids, batch.mask, batch.rows, batch.group_ids,
-                batch.entropy, batch.old_logp,
-            )
-        ]
-        rewards, comps, correct, metrics = score_samples(samples, self.reward_fns, self.cfg.reward.fallback_score)
+        _, _, correct, _ = score_samples(self.samples(batch), self.reward_fns, self.cfg.reward.fallback_score)
+        return correct
+
+    def score(self, batch: StepBatch) -> dict[str, float]:
+        from entropo.rewards.scoring import score_samples
+
+        rewards, comps, correct, metrics = score_samples(
+            self.samples(batch), self.reward_fns, self.cfg.reward.fallback_score)
         ov = self.cfg.algorithm.overlong
         if ov.enable:
             lengths = batch.response_lengths
@@ -212,11 +242,20 @@ class Controller:
         fit = diagnostics.fit_entropy_change(h["cov"], h["entropy"])
         out.update({k: float(v) for k, v in fit.items()})
         if a.adaptive_entropy:
-            self.state.entropy_coef, active = adaptive_entropy_coef(
-                self.state.entropy_coef, metrics["entropy/mean"], a.entropy_adaptive)
             out["actor/entropy_coef"] = self.state.entropy_coef
-            out["actor/entropy_bonus_active"] = float(active)
+            out["actor/entropy_bonus_active"] = float(metrics["entropy/mean"] <= a.entropy_adaptive.target)
+            self.state.entropy_coef, _ = adaptive_entropy_coef(
+                self.state.entropy_coef, metrics["entropy/mean"], a.entropy_adaptive)
         return out
+
+    def entropy_coef_now(self, batch: StepBatch) -> float:
+        """c_H of this update. Adaptive (spec G1): the bonus applies only while the entropy of
+        the current policy (this step's π_old batch mean) is at most the target."""
+        a = self.cfg.algorithm
+        if not a.adaptive_entropy:
+            return a.entropy_coef
+        h = float((batch.entropy * batch.mask).sum() / batch.mask.sum().clamp(min=1))
+        return self.state.entropy_coef if h <= a.entropy_adaptive.target else 0.0
 
     # ---- checkpoints ----------------------------------------------------------------------
     def checkpoint(self) -> Path:
@@ -237,16 +276,38 @@ class Controller:
         self.sampler.load_state_dict(saved["sampler"])
         self.cluster.sync_weights(self.state.step)
 
+    # ---- evaluation -----------------------------------------------------------------------
+    def evaluate(self) -> dict[str, float]:
+        from entropo.trainer.evaluation import evaluate
+
+        t0 = time.perf_counter()
+        metrics = evaluate(self.cfg, self.cluster, self.eval_rows, self.tokenizer, self.correctness)
+        metrics["timing/eval"] = time.perf_counter() - t0
+        return metrics
+
     # ---- the loop -----------------------------------------------------------------------
     def fit(self) -> dict[str, float]:
         cfg = self.cfg.trainer
+        every = self.cfg.evaluation.every
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "config.yaml").write_text(to_yaml(self.cfg))
+        if self.eval_rows and self.state.step == 0:
+            first = self.evaluate()
+            self.state.accuracy_start = first["eval/pass@1"]
+            self.sinks.log(0, first)
         last: dict[str, float] = {}
         while self.state.step < cfg.total_steps:
             last = self.train_step()
-            self.sinks.log(self.state.step, last)
-            if cfg.save_every and self.state.step % cfg.save_every == 0:
+            step = self.state.step
+            if self.state.entropy_start is None:
+                self.state.entropy_start = last["entropy/mean"]
+            self.state.entropy_end = last["entropy/mean"]
+            final = step == cfg.total_steps
+            if self.eval_rows and (final or (every and step % every == 0)):
+                last.update(self.evaluate())
+                self.state.accuracy_end = last["eval/pass@1"]
+            self.sinks.log(step, last)
+            if final or (cfg.save_every and step % cfg.save_every == 0):
                 self.checkpoint()
         return last
 

@@ -143,7 +143,10 @@ class LearnerRank:
         n_updates = 0
         for epoch in range(self.cfg.learner.ppo_epochs):
             for k, mb in enumerate(minibatches):
-                gen = torch.Generator().manual_seed(seed * 100_003 + epoch * 1009 + k)
+                # same seed on every rank: the global random draws (Clip-Cov) must agree
+                gen = torch.Generator().manual_seed(
+                    (self.cfg.trainer.seed * 1_000_003 + seed) * 100_003 + epoch * 1009 + k
+                )
                 prepared = self._prepare(mb, obj, gen, reuse_old=(epoch == 0 and k == 0))
                 for key, v in prepared.metrics.items():
                     _acc(sums, weights, key, float(v), 1.0)

@@ -72,13 +72,13 @@ class HFEngine:
         prompt_ids, prompt_mask = left_pad(prompts, tok.pad_token_id)
         prompt_ids, prompt_mask = prompt_ids.to(self.device), prompt_mask.to(self.device)
         torch.manual_seed(params.seed)
+        greedy = params.temperature == 0
+        sampling = {} if greedy else {"temperature": params.temperature, "top_p": params.top_p, "top_k": 0}
         out = self.model.generate(
             input_ids=prompt_ids,
             attention_mask=prompt_mask,
-            do_sample=True,
-            temperature=params.temperature,
-            top_p=params.top_p,
-            top_k=0,
+            do_sample=not greedy,
+            **sampling,
             max_new_tokens=params.max_new_tokens,
             num_return_sequences=params.n,
             stop_strings=list(params.stop) or None,
@@ -91,7 +91,8 @@ class HFEngine:
         p = prompt_ids.shape[1]
         response_ids = out.sequences[:, p:]  # [N, T]
         logits = torch.stack(out.logits, dim=1).float()  # [N, T, V] raw
-        logp = torch.log_softmax(logits / params.temperature, dim=-1)
+        # greedy decoding (T = 0) reports log-probs at T = 1
+        logp = torch.log_softmax(logits / (params.temperature or 1.0), dim=-1)
         rollout_logp = logp.gather(-1, response_ids.unsqueeze(-1)).squeeze(-1)
         mask, truncated = response_mask(response_ids, tok.eos_token_id, tok.pad_token_id, params.max_new_tokens)
         # skip_special_tokens drops pad/eos but keeps added tokens such as </think>

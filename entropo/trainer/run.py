@@ -55,6 +55,12 @@ def train(cfg: TrainConfig) -> dict:
         print(f"[data] dropped {dropped} prompts longer than data.max_prompt_tokens={cfg.data.max_prompt_tokens}")
     if not rows:
         raise RunError(f"data.train: no usable prompts in '{cfg.data.train}'")
+    eval_rows = []
+    if cfg.data.eval:
+        try:
+            eval_rows = list(load_rows(cfg.data.eval, split="eval"))[: cfg.evaluation.max_prompts]
+        except DataError as e:
+            raise RunError(f"data.eval: {e}") from None
     reward_fns = resolve(cfg.reward.fns)
     run_dir = Path(cfg.trainer.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -67,7 +73,7 @@ def train(cfg: TrainConfig) -> dict:
     start_ray(cfg.learner.ranks + cfg.rollout.workers)
     cluster = Cluster(cfg)
     sampler = PromptSampler(rows, cfg.trainer.prompts_per_step, cfg.trainer.seed)
-    controller = Controller(cfg, cluster, sampler, tokenizer, reward_fns, sinks=None)
+    controller = Controller(cfg, cluster, sampler, tokenizer, reward_fns, sinks=None, eval_rows=eval_rows)
     if resume_from is not None:
         controller.restore(resume_from)
         print(f"[resume] continuing from {resume_from} (step {controller.state.step})")
@@ -79,7 +85,16 @@ def train(cfg: TrainConfig) -> dict:
     finally:
         sinks.close()
         cluster.shutdown()
-    summary = {"steps": controller.state.step, "wall_seconds": time.time() - started,
-               "final": last}
+    st = controller.state
+    summary = {
+        "steps": st.step,
+        "wall_seconds": time.time() - started,
+        "accuracy_start": st.accuracy_start,
+        "accuracy_end": st.accuracy_end,
+        "entropy_start": st.entropy_start,
+        "entropy_end": st.entropy_end,
+        "run_dir": str(run_dir.resolve()),
+        "final": last,
+    }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
     return summary

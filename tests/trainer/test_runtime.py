@@ -14,6 +14,7 @@ import torch
 from entropo.config import load_config
 from entropo.rewards import scoring
 from entropo.trainer.batch import StepBatch
+from tests.metrics_doc import undocumented
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 
@@ -130,7 +131,8 @@ def test_training_runs_end_to_end(ray_session, tiny_model_dir, tmp_path, digits_
     summary = train(cfg)
     assert summary["steps"] == 2
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows] == [1, 2]
+    assert [r["step"] for r in rows] == [0, 1, 2]  # step 0: the evaluation before training
+    rows = rows[1:]
     required = ["entropy/mean", "reward/mean", "actor/pg_loss", "actor/pg_clipfrac", "actor/grad_norm",
                 "response_length/mean", "timing/rollout", "timing/update", "perf/tokens_per_s"]
     for row in rows:
@@ -146,6 +148,7 @@ def test_training_runs_end_to_end(ray_session, tiny_model_dir, tmp_path, digits_
     if control_key:
         assert all(r[control_key] > 0 for r in rows)
     assert (tmp_path / "config.yaml").exists()
+    assert undocumented({k for r in rows for k in r}) == [], "add them to docs/metrics.md"
 
 
 def test_bad_inputs_fail_fast_with_a_clear_message(tiny_model_dir, tmp_path, capsys):

@@ -37,6 +37,10 @@ class TokenLossInputs:
             ``global`` scope; ``None`` makes the loss select within these tensors (``micro``).
         reducer: reduces statistics over the scope when the loss selects by itself.
         generator: seeded RNG for random selections (Clip-Cov).
+        old_entropy: ``[n, T]`` π_old entropy at the rollout temperature (STEER's H_i).
+        proxy_logp: ``[n, T]`` log-prob of the sampled token under a proxy distribution built
+            from π_old (Lp-Reg's min-p proxy).
+        step_entropy: the step batch's token-mean π_old entropy H̄ (step-level gates, DMMPT).
     """
 
     logp: torch.Tensor
@@ -47,6 +51,9 @@ class TokenLossInputs:
     selected: torch.Tensor | None = None
     reducer: Reducer = LOCAL
     generator: torch.Generator | None = None
+    old_entropy: torch.Tensor | None = None
+    proxy_logp: torch.Tensor | None = None
+    step_entropy: float | None = None
 
 
 Metrics = dict[str, torch.Tensor]
