@@ -1,4 +1,12 @@
-"""``entropo`` command line: ``entropo train [CONFIG.yaml] [key=value ...]``."""
+"""``entropo`` command line.
+
+- ``entropo train [CONFIG.yaml] [key=value ...]``: train a policy.
+- ``entropo report RUN [RUN ...] [--out DIR]``: an HTML report of one or more run directories
+  (default ``DIR``: the first run's ``report/``); prints the path of ``report.html``.
+- ``entropo launch CONFIG.yaml --address http://HEAD:8265 [key=value ...]``: train as a Ray
+  job on a cluster; ``--stop JOB``; ``--slurm --nodes N`` writes an sbatch script
+  (:mod:`entropo.launch.cli`, docs/multinode.md).
+"""
 
 from __future__ import annotations
 
@@ -20,7 +28,35 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser("train", help="train a policy: entropo train [CONFIG.yaml] [key=value ...]")
     train.add_argument("args", nargs="*", help="an optional YAML recipe, then dotted overrides")
+    report = sub.add_parser("report", help="plot run directories into one self-contained report.html")
+    report.add_argument("runs", nargs="+", metavar="RUN", help="run directories (trainer.output_dir)")
+    report.add_argument("--out", metavar="DIR", default=None,
+                        help="output folder (default: RUN/report of the first run)")
+    evaluate = sub.add_parser("eval", help="evaluate a policy: entropo eval [CONFIG.yaml] [key=value ...] "
+                              "(model.path = a checkpoint's hf/ folder or any model)")
+    evaluate.add_argument("args", nargs="*", help="an optional YAML recipe, then dotted overrides")
+    config = sub.add_parser("config", help="print the configuration reference (every key, default, meaning)")
+    config.add_argument("args", nargs="*", help="optionally a YAML recipe and overrides: print the resolved config")
+    from entropo.launch.cli import add_arguments as add_launch_arguments
+
+    launch = sub.add_parser("launch", help="train on a Ray cluster: as a Ray job, or a Slurm script "
+                            "(docs/multinode.md)")
+    add_launch_arguments(launch)
     ns = parser.parse_args(argv)
+
+    if ns.command == "launch":
+        from entropo.launch.cli import run as run_launch
+
+        return run_launch(ns)
+
+    if ns.command == "report":
+        return _report(ns.runs, ns.out)
+
+    if ns.command == "config":
+        return _config(ns.args)
+
+    if ns.command == "eval":
+        return _eval(ns.args)
 
     if ns.command == "train":
         from entropo.trainer.run import RunError
@@ -36,6 +72,52 @@ def main(argv: list[str] | None = None) -> int:
         _print_summary(summary)
         return 0
     return 1
+
+
+def _report(runs: list[str], out: str | None) -> int:
+    from pathlib import Path
+
+    from entropo.telemetry.report import ReportError, write_report
+
+    try:
+        path = write_report([Path(r) for r in runs], Path(out) if out else Path(runs[0]) / "report")
+    except (ReportError, OSError) as e:
+        print(f"entropo: error: {e}", file=sys.stderr)
+        return 2
+    print(path)
+    return 0
+
+
+def _config(args: list[str]) -> int:
+    if not args:
+        from entropo.config_docs import markdown
+
+        print(markdown(), end="")
+        return 0
+    from entropo.config import to_yaml
+
+    config, overrides = _split(args)
+    try:
+        print(to_yaml(load_config(config, overrides)), end="")
+    except ConfigError as e:
+        print(f"entropo: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _eval(args: list[str]) -> int:
+    from entropo.trainer.run import RunError, evaluate_only
+
+    config, overrides = _split(args)
+    try:
+        metrics = evaluate_only(load_config(config, overrides))
+    except (ConfigError, RunError) as e:
+        print(f"entropo: error: {e}", file=sys.stderr)
+        return 2
+    width = max(len(k) for k in metrics)
+    for key in sorted(metrics):
+        print(f"{key:<{width}}  {metrics[key]:.4f}")
+    return 0
 
 
 def _pct(x: float | None) -> str:

@@ -23,16 +23,41 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from entropo.algorithms.advantages import GRPOConfig
+from entropo.algorithms.aepo import AepoConfig
 from entropo.algorithms.aggregate import AGG_MODES
+from entropo.algorithms.canon import CanonConfig
 from entropo.algorithms.dynamic_sampling import DynamicSamplingConfig
+from entropo.algorithms.epo import EpoConfig
+from entropo.algorithms.hapo import HapoAdvantageConfig, HapoClipConfig, HapoTemperatureConfig
 from entropo.algorithms.losses.clip_cov import ClipCovConfig
+from entropo.algorithms.losses.dmmpt import DmmptConfig
 from entropo.algorithms.losses.kl_cov import KLCovConfig
+from entropo.algorithms.losses.lp_reg import LpRegConfig
 from entropo.algorithms.losses.ppo_clip import PPOClipConfig
+from entropo.algorithms.losses.steer import SteerConfig
 from entropo.algorithms.masks import EntropyMaskConfig
-from entropo.algorithms.objective import Objective
+from entropo.algorithms.objective import REGULARIZERS, Objective
 from entropo.algorithms.overlong import OverlongConfig
-from entropo.algorithms.registry import ADVANTAGES, TOKEN_LOSSES, TOKEN_MASKS
+from entropo.algorithms.registry import (
+    ADVANTAGE_RESHAPERS,
+    ADVANTAGES,
+    TOKEN_LOSSES,
+    TOKEN_MASKS,
+    TOKEN_WEIGHTS,
+)
 from entropo.algorithms.regularizers import KL_ESTIMATORS, AdaptiveEntropyConfig
+from entropo.algorithms.reshapers import EttrlConfig, SeedConfig
+from entropo.algorithms.siren import SirenConfig
+from entropo.rewards.code_exec import CodeConfig
+from entropo.rewards.countdown import CountdownConfig
+from entropo.rewards.empo import EMPOConfig
+from entropo.rewards.math_answer import MathConfig
+from entropo.rewards.pear import PEARConfig
+from entropo.rewards.think_format import FormatConfig
+
+SAMPLING_METHODS = ("hapo_temperature", "aepo")
+LIST_KEYS = ("algorithm.token_mask", "algorithm.token_weight", "algorithm.regularizer", "algorithm.sampling",
+             "reward.fns", "logger.backends", "rollout.stop", "evaluation.k")
 
 
 class ConfigError(ValueError):
@@ -44,13 +69,25 @@ class AlgorithmConfig:
     """Which methods train the policy, and their hyperparameters."""
 
     advantage: str = "grpo"
-    """Advantage estimator: grpo, dr_grpo, rloo, reinforce_pp_baseline."""
+    """Advantage estimator (spec section 3): grpo, dr_grpo, rloo, reinforce_pp_baseline, hapo, canon."""
+
+    advantage_reshaper: str | None = None
+    """At most one multiplicative reshaper after the estimator: seed (A5) or ettrl (A6)."""
 
     loss: str = "ppo_clip"
-    """Token loss: ppo_clip, clip_cov, kl_cov (exactly one; spec section 7)."""
+    """Token loss (exactly one; spec section 7): ppo_clip, clip_cov, kl_cov, hapo_clip, lp_reg."""
+
+    token_weight: list[str] = field(default_factory=list)
+    """Multiplicative token weights applied to the loss, e.g. [steer] (spec L6)."""
 
     token_mask: list[str] = field(default_factory=list)
-    """Token masks applied after the loss, e.g. [high_entropy] (the 80/20 rule)."""
+    """Token masks applied after the weights: high_entropy (the 80/20 rule, L4), dmmpt (L7)."""
+
+    regularizer: list[str] = field(default_factory=list)
+    """Loss-side regularisers: siren (G2) or epo (G3); each replaces the plain entropy bonus."""
+
+    sampling: list[str] = field(default_factory=list)
+    """Sampling-stage methods: hapo_temperature (S2) or aepo (S3 + G4 batch mixing)."""
 
     loss_agg_mode: str = "token-mean"
     """Loss aggregation (spec 0.6): token-mean, seq-mean-token-mean, seq-mean-token-sum,
@@ -72,21 +109,34 @@ class AlgorithmConfig:
     adaptive_entropy: bool = False
     """Adapt c_H after each optimiser step towards ``entropy_adaptive.target`` (Skywork-OR1)."""
 
+    # Each method's own hyperparameters, documented in its config class.
     entropy_adaptive: AdaptiveEntropyConfig = field(default_factory=AdaptiveEntropyConfig)
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
+    hapo: HapoAdvantageConfig = field(default_factory=HapoAdvantageConfig)
+    canon: CanonConfig = field(default_factory=CanonConfig)
+    seed: SeedConfig = field(default_factory=SeedConfig)
+    ettrl: EttrlConfig = field(default_factory=EttrlConfig)
     ppo_clip: PPOClipConfig = field(default_factory=PPOClipConfig)
     clip_cov: ClipCovConfig = field(default_factory=ClipCovConfig)
     kl_cov: KLCovConfig = field(default_factory=KLCovConfig)
+    hapo_clip: HapoClipConfig = field(default_factory=HapoClipConfig)
+    lp_reg: LpRegConfig = field(default_factory=LpRegConfig)
+    steer: SteerConfig = field(default_factory=SteerConfig)
     high_entropy: EntropyMaskConfig = field(default_factory=EntropyMaskConfig)
+    dmmpt: DmmptConfig = field(default_factory=DmmptConfig)
+    siren: SirenConfig = field(default_factory=SirenConfig)
+    epo: EpoConfig = field(default_factory=EpoConfig)
+    hapo_temperature: HapoTemperatureConfig = field(default_factory=HapoTemperatureConfig)
+    aepo: AepoConfig = field(default_factory=AepoConfig)
     dynamic_sampling: DynamicSamplingConfig = field(default_factory=DynamicSamplingConfig)
     overlong: OverlongConfig = field(default_factory=OverlongConfig)
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    path: str = "embedded:tiny-qwen2"
-    """A local directory or hub name loadable with ``from_pretrained``; ``embedded:tiny-qwen2``
-    is the built-in tiny model."""
+    path: str = "embedded:tiny-qwen2-addition"
+    """A local directory or hub name loadable with ``from_pretrained``; ``embedded:tiny-qwen2-addition``
+    is the built-in tiny model, warm-started on the embedded addition task (``embedded:tiny-qwen2``: untrained)."""
 
     dtype: str = "auto"
     """float32, bfloat16 or auto (bfloat16 on GPU, float32 on CPU)."""
@@ -111,10 +161,36 @@ class DataConfig:
 @dataclass(frozen=True)
 class RewardConfig:
     fns: list[str] = field(default_factory=lambda: ["embedded"])
-    """Reward functions: built-in names, ``module:function`` or ``path.py:function``."""
+    """Reward functions, each ``[label=]target[*weight]``: a built-in name (math, countdown,
+    embedded, format, code, pear, empo), ``module:function`` or ``path.py:function`` in the
+    verl, TRL or native convention (entropo.rewards.loader). Scores add up, weighted."""
 
     fallback_score: float = 0.0
     """Score given when a reward function raises, times out or returns NaN."""
+
+    mode: str = "ray"
+    """Where rewards run: ray (worker processes, killed and replaced when they hang) or local
+    (threads in the controller; a hung call is abandoned, not killed)."""
+
+    workers: int = 2
+    """Reward workers (processes in ray mode, threads in local mode)."""
+
+    worker_cpus: float = 0.25
+    """Ray CPUs reserved per reward worker."""
+
+    worker_memory_growth_mb: float = 2048.0
+    """Restart a reward worker whose resident memory grew by more than this; 0 turns it off."""
+
+    cluster_answers: bool = False
+    """Cluster equivalent answers within each group (math_verify) even without empo; without it
+    the trainer clusters by exact final answer (used by SEED-GRPO)."""
+
+    math: MathConfig = field(default_factory=MathConfig)
+    countdown: CountdownConfig = field(default_factory=CountdownConfig)
+    format: FormatConfig = field(default_factory=FormatConfig)
+    code: CodeConfig = field(default_factory=CodeConfig)
+    pear: PEARConfig = field(default_factory=PEARConfig)
+    empo: EMPOConfig = field(default_factory=EMPOConfig)
 
     timeout_s: float = 30.0
     """Per-call time limit of a reward function."""
@@ -131,8 +207,9 @@ class RolloutConfig:
     n: int = 8
     """G, samples per prompt (the group size)."""
 
-    temperature: float = 1.0
-    """T, sampling temperature; every log-prob and entropy is computed at this T (spec 0.2)."""
+    temperature: float = 0.7
+    """T, sampling temperature; every log-prob and entropy is computed at this T (spec 0.2).
+    0.7 suits the embedded task's tiny model; the papers' recipes use 1.0."""
 
     top_p: float = 1.0
     """Nucleus sampling threshold."""
@@ -155,8 +232,8 @@ class LearnerConfig:
     offload: bool = False
     """Offload optimizer state (and ZeRO-3 parameters) to CPU memory."""
 
-    lr: float = 1e-6
-    """AdamW learning rate."""
+    lr: float = 5e-5
+    """AdamW learning rate. 5e-5 suits the embedded tiny model; papers use ~1e-6 for 1.5B-32B models."""
 
     weight_decay: float = 0.0
     """AdamW weight decay."""
@@ -179,8 +256,8 @@ class LearnerConfig:
 
 @dataclass(frozen=True)
 class EvalConfig:
-    every: int = 0
-    """Evaluate every this many steps; 0 evaluates only before the first and after the last step."""
+    every: int = 20
+    """Evaluate every this many steps (and before the first and after the last); 0: only those two."""
 
     n: int = 1
     """Samples per prompt (pass@k and maj@k need n >= k)."""
@@ -197,10 +274,10 @@ class EvalConfig:
 
 @dataclass(frozen=True)
 class TrainerConfig:
-    total_steps: int = 20
+    total_steps: int = 60
     """Training steps (each: rollout, rewards, advantages, update, weight sync)."""
 
-    prompts_per_step: int = 16
+    prompts_per_step: int = 24
     """B, prompts per step; the step trains on B·G responses."""
 
     output_dir: str = "runs/default"
@@ -251,7 +328,9 @@ class TrainConfig:
         return Objective(
             loss=a.loss,
             loss_cfg=getattr(a, a.loss),
+            weights=tuple((name, getattr(a, name)) for name in a.token_weight),
             masks=tuple((name, getattr(a, name)) for name in a.token_mask),
+            regularizers=tuple((name, getattr(a, name)) for name in a.regularizer),
             agg_mode=a.loss_agg_mode,
             l_norm=float(self.l_norm),
             entropy_coef=a.entropy_coef,
@@ -267,6 +346,19 @@ class TrainConfig:
 def _check_choice(key: str, value: str, choices: list[str] | tuple[str, ...]) -> None:
     if value not in choices:
         raise ConfigError(f"{key}: '{value}' is not one of {', '.join(choices)}")
+
+
+def _check_list(key: str, values: list[str], choices: list[str] | tuple[str, ...]) -> None:
+    for value in values:
+        _check_choice(key, value, choices)
+    dup = {v for v in values if values.count(v) > 1}
+    if dup:
+        raise ConfigError(f"{key}: '{sorted(dup)[0]}' is listed twice")
+
+
+def _exclusive(key: str, values: list[str], why: str) -> None:
+    if len(values) > 1:
+        raise ConfigError(f"{key}: '{values[0]}' and '{values[1]}' cannot be combined: {why}")
 
 
 def _check_composition(cfg: TrainConfig) -> None:
@@ -288,6 +380,31 @@ def _check_composition(cfg: TrainConfig) -> None:
         if name in seen:
             raise ConfigError(f"algorithm.token_mask: '{name}' is listed twice")
         seen.add(name)
+    _check_list("algorithm.token_weight", a.token_weight, TOKEN_WEIGHTS.names())
+    if a.advantage_reshaper is not None:
+        _check_choice("algorithm.advantage_reshaper", a.advantage_reshaper, ADVANTAGE_RESHAPERS.names())
+        if a.advantage_reshaper == "seed" and a.seed.alpha is None:
+            raise ConfigError("algorithm.seed.alpha: SEED-GRPO's α has no verified default (spec A5); set it")
+    _check_list("algorithm.regularizer", a.regularizer, REGULARIZERS)
+    _check_list("algorithm.sampling", a.sampling, SAMPLING_METHODS)
+    _exclusive("algorithm.regularizer", a.regularizer, "both define the entropy regulariser")
+    _exclusive("algorithm.sampling", a.sampling, "both change the sampling temperature")
+    for reg in a.regularizer:
+        if a.entropy_coef != 0.0 or a.adaptive_entropy:
+            raise ConfigError(
+                f"algorithm.regularizer={reg} replaces the plain entropy bonus (spec G2/G3): "
+                f"set algorithm.entropy_coef=0 and algorithm.adaptive_entropy=false to use '{reg}'"
+            )
+    if "hapo_temperature" in a.sampling and (cfg.rollout.top_p < 1.0 or cfg.rollout.engine != "hf"):
+        raise ConfigError(
+            "algorithm.sampling=hapo_temperature needs rollout.engine=hf and rollout.top_p=1.0 "
+            "(the per-token temperature must act before any truncation)"
+        )
+    if "dmmpt" in a.token_mask:
+        try:
+            a.dmmpt.validate()
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
     _check_choice("algorithm.loss_agg_mode", a.loss_agg_mode, AGG_MODES)
     _check_choice("algorithm.kl_estimator", a.kl_estimator, tuple(KL_ESTIMATORS))
     # A loss replacement's own knobs only apply when it is the selected loss: setting the
@@ -368,6 +485,15 @@ def _check_sections(cfg: TrainConfig) -> None:
             raise ConfigError(f"evaluation.k: {k} must be in [1, evaluation.n={ev.n}]")
     if ev.temperature == 0 and ev.n > 1:
         raise ConfigError("evaluation.n > 1 needs evaluation.temperature > 0 (greedy samples are identical)")
+    _check_choice("reward.mode", cfg.reward.mode, ("ray", "local"))
+    if cfg.reward.workers < 1 or cfg.reward.timeout_s <= 0:
+        raise ConfigError("reward.workers must be >= 1 and reward.timeout_s > 0")
+    from entropo.rewards.loader import RewardSpecError, parse_entries
+
+    try:
+        parse_entries(list(cfg.reward.fns))
+    except (RewardSpecError, ValueError) as e:
+        raise ConfigError(f"reward.fns: {e}") from None
     for backend in cfg.logger.backends:
         _check_choice("logger.backends", backend, ("console", "jsonl", "tensorboard", "wandb"))
 
@@ -383,7 +509,7 @@ def _normalise_overrides(overrides: list[str]) -> list[str]:
             raise ConfigError(f"override '{item}' is not of the form key=value")
         key, value = item.split("=", 1)
         # `algorithm.token_mask=high_entropy` is a one-element list.
-        if key in ("algorithm.token_mask", "reward.fns", "logger.backends", "rollout.stop") and not value.startswith("["):
+        if key in LIST_KEYS and not value.startswith("["):
             value = f"[{value}]" if value else "[]"
         out.append(f"{key}={value}")
     return out

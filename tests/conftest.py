@@ -21,11 +21,21 @@ def tiny_model_dir(tmp_path_factory) -> str:
     return str(save_tiny(tmp_path_factory.mktemp("tiny-model")))
 
 
+def start_local_ray():
+    """The session's local Ray instance (also restarted by modules that replace it for a while,
+    e.g. tests/trainer/test_multinode.py's simulated cluster)."""
+    import ray
+
+    os.environ.pop("RAY_ADDRESS", None)
+    # address="local": never attach to the last cluster recorded in /tmp/ray by another process
+    ray.init(address="local", num_cpus=8, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    return ray
+
+
 @pytest.fixture(scope="session")
 def ray_session():
     """One local Ray instance for every test that needs actors."""
     ray = pytest.importorskip("ray")
-    os.environ.pop("RAY_ADDRESS", None)
-    ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    start_local_ray()
     yield ray
     ray.shutdown()

@@ -19,7 +19,7 @@ def documented_patterns() -> list[re.Pattern]:
                 continue
             regex = re.escape(key)
             regex = regex.replace(re.escape("<name>"), r"[^/]+").replace(re.escape("<source>"), r".+")
-            regex = regex.replace(re.escape("<k>"), r"\d+")
+            regex = regex.replace(re.escape("<k>"), r"\d+").replace(re.escape("<key>"), r"[^/]+")
             patterns.append(re.compile(f"^{regex}$"))
     # `cov/entropy_q1` … `cov/entropy_q5`
     patterns.append(re.compile(r"^cov/entropy_q[1-5]$"))

@@ -70,7 +70,9 @@ WHITEN_VAR_EPS = 1e-8
 class AdvantageFn(Protocol):
     """The signature every registered advantage estimator has.
 
-    Returns the per-response advantage ``[N]`` and metrics (``adv/...``).
+    ``entropy`` is the π_old token entropy ``[N, T]`` for estimators that split on it (CANON);
+    the others ignore it, so the controller calls every estimator with ``mask=``, ``entropy=``
+    and ``reducer=``. Returns the per-response advantage ``[N]`` and metrics (``adv/...``).
     """
 
     def __call__(
@@ -80,6 +82,7 @@ class AdvantageFn(Protocol):
         cfg: Any,
         *,
         mask: torch.Tensor | None = None,
+        entropy: torch.Tensor | None = None,
         reducer: Reducer = LOCAL,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]: ...
 
@@ -161,6 +164,7 @@ def grpo(
     cfg: GRPOConfig | None = None,
     *,
     mask: torch.Tensor | None = None,
+    entropy: torch.Tensor | None = None,
     reducer: Reducer = LOCAL,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """GRPO: ``(R − mean_g R)/(std_g R + ε)``; a singleton group gives ``A = R/(1 + ε)``.
@@ -170,6 +174,7 @@ def grpo(
         group_ids: group of each response ``[N]`` (integer ids, any order).
         cfg: :class:`GRPOConfig` (``None`` = defaults).
         mask: unused (the advantage is per response).
+        entropy: unused (accepted so that every estimator is called alike).
         reducer: unused (groups are whole on each shard).
     """
     cfg = cfg or GRPOConfig()
@@ -188,6 +193,7 @@ def dr_grpo(
     cfg: None = None,
     *,
     mask: torch.Tensor | None = None,
+    entropy: torch.Tensor | None = None,
     reducer: Reducer = LOCAL,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Dr.GRPO: ``R − mean_g R``; a singleton group gives ``A = R``.
@@ -197,6 +203,7 @@ def dr_grpo(
         group_ids: group of each response ``[N]`` (integer ids, any order).
         cfg: unused (no hyperparameters).
         mask: unused (the advantage is per response).
+        entropy: unused (accepted so that every estimator is called alike).
         reducer: unused (groups are whole on each shard).
     """
     rewards = _check(rewards, group_ids)
@@ -211,6 +218,7 @@ def rloo(
     cfg: None = None,
     *,
     mask: torch.Tensor | None = None,
+    entropy: torch.Tensor | None = None,
     reducer: Reducer = LOCAL,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """RLOO: ``R_i − mean_{j≠i} R_j``; a singleton group gives ``A = R`` (zero baseline).
@@ -220,6 +228,7 @@ def rloo(
         group_ids: group of each response ``[N]`` (integer ids, any order).
         cfg: unused (no hyperparameters).
         mask: unused (the advantage is per response).
+        entropy: unused (accepted so that every estimator is called alike).
         reducer: unused (groups are whole on each shard).
     """
     rewards = _check(rewards, group_ids)
@@ -236,6 +245,7 @@ def reinforce_pp_baseline(
     cfg: None = None,
     *,
     mask: torch.Tensor | None = None,
+    entropy: torch.Tensor | None = None,
     reducer: Reducer = LOCAL,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """REINFORCE++-baseline: subtract the group mean, then whiten over the batch's valid tokens.
@@ -245,6 +255,7 @@ def reinforce_pp_baseline(
         group_ids: group of each response ``[N]`` (integer ids, any order).
         cfg: unused (no hyperparameters).
         mask: valid-token mask ``[N, T]``; required (it weights each response by its length).
+        entropy: unused (accepted so that every estimator is called alike).
         reducer: scope of the whitening statistics; :data:`LOCAL` = this process's responses,
             a distributed reducer = the whole batch across ranks.
     """

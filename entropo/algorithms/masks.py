@@ -96,7 +96,7 @@ def top_count(rho: float, n_valid: int) -> int:
     return max(1, int(rho * n_valid + ROUND_UP_SLACK)) if n_valid > 0 else 0
 
 
-@TOKEN_MASKS.register("high_entropy", config=EntropyMaskConfig)
+@TOKEN_MASKS.register("high_entropy", config=EntropyMaskConfig, needs=("entropy",))
 def high_entropy_mask(inp: TokenLossInputs, cfg: EntropyMaskConfig) -> tuple[TokenMask, dict[str, torch.Tensor]]:
     """Keep the top-ρ valid tokens by entropy over the reducer's scope."""
     if inp.entropy is None:

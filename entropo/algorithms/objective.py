@@ -1,23 +1,28 @@
-"""The composed token objective of one update (spec 0.8 step 5 and 6, section 7).
+"""The composed token objective of one update (spec 0.8 steps 5-6, section 7).
 
 For one micro-batch, in the spec's order:
 
-    ℓ_i  = token_loss(i)                        ppo_clip | clip_cov | kl_cov | ...   (one of them)
-    ℓ_i += β_ref · KL_est(π_θ ‖ π_ref)_i        when kl_coef > 0 (per token, before masks: TRL's order)
-    w_i  = Π_masks keep_i                       token masks (high_entropy, ...)
+    ℓ_i  = token_loss(i)                      ppo_clip | clip_cov | kl_cov | hapo_clip | lp_reg (one)
+    ℓ_i += β_ref · KL_est(π_θ ‖ π_ref)_i      when kl_coef > 0 (per token, before masks: TRL's order)
+    ℓ_i ← w_i · ℓ_i                           token weights (STEER), multiplied in order
+    k_i  = Π_masks keep_i                     token masks (high_entropy, dmmpt)
     m'_i = m_i · Π_{masks excluding from the denominator} keep_i
-    L    = agg(w·ℓ, m') − c_H · agg(H, m')      entropy bonus over the loss's denominator tokens m'
-                                                (TRL applies it over the 80/20 mask's tokens; that
-                                                is this rule with norm=selected)
+    L    = agg(k·ℓ, m')                       aggregation (spec 0.6), denominators after all masks
+         − c_H · agg(H, m')                   entropy bonus over the loss's denominator tokens m'
+                                              (TRL's rule for the 80/20 mask with norm=selected)
+         + regularisers                       SIREN (G2) or EPO (G3), each its own share
 
 Global statistics are prepared once per mini-batch by :func:`prepare_minibatch` (run by the
 learner on its shard of the whole mini-batch, with the data-parallel reducer): the
-selections of every ``global``-scope method and the denominators counted after all masks.
-:func:`micro_objective` then computes each micro-batch's share of ``L``; the shares of all
-micro-batches and ranks add up to ``L`` exactly. Methods in ``micro`` scope select inside
-:func:`micro_objective` on the micro-batch alone, as the official codes do; if any of them
-excludes tokens from the denominator, the denominator cannot be known before the
+selections and weights of every ``global``-scope method and the denominators counted after
+all masks. :func:`micro_objective` then computes each micro-batch's share of ``L``; the
+shares of all micro-batches and ranks add up to ``L``. Methods in ``micro`` scope decide
+inside :func:`micro_objective` on the micro-batch alone, as the official codes do; if one of
+them excludes tokens from the denominator, the denominator cannot be known before the
 micro-batch and falls back to the micro-batch's own count (logged as ``objective/micro_norm``).
+
+Step-level inputs (the adaptive c_H, SIREN's anchor, EPO's reference entropy, the step batch
+entropy for DMMPT's gate) arrive in a :class:`StepContext`: the config stays immutable.
 """
 
 from __future__ import annotations
@@ -29,10 +34,14 @@ from typing import Any
 import torch
 
 from entropo.algorithms.aggregate import LossNorm, aggregate, loss_norm
-from entropo.algorithms.losses.base import TokenLossInputs
+from entropo.algorithms.epo import epo_term
+from entropo.algorithms.losses.base import TokenLossInputs, valid_mean
 from entropo.algorithms.masks import TokenMask
-from entropo.algorithms.registry import TOKEN_LOSSES, TOKEN_MASKS
+from entropo.algorithms.registry import TOKEN_LOSSES, TOKEN_MASKS, TOKEN_WEIGHTS
 from entropo.algorithms.regularizers import kl_penalty
+from entropo.algorithms.siren import siren_term
+
+REGULARIZERS = ("siren", "epo")
 
 
 @dataclass(frozen=True)
@@ -42,12 +51,14 @@ class Objective:
     Attributes:
         loss: registered token-loss name.
         loss_cfg: that loss's config dataclass.
+        weights: ``(name, cfg)`` of each token-weight method (STEER), applied in order.
         masks: ``(name, cfg)`` of each token mask, applied in order.
         agg_mode: loss aggregation mode (spec 0.6).
         l_norm: ``L_norm`` of ``seq-mean-token-sum-norm``.
         entropy_coef: c_H of the entropy bonus (0 turns it off).
         kl_coef: β_ref of the KL to the reference policy (0 turns it off).
         kl_estimator: ``k1``, ``k2`` or ``k3``.
+        regularizers: ``(name, cfg)`` of loss-side regularisers: ``siren``, ``epo``.
     """
 
     loss: str
@@ -58,17 +69,64 @@ class Objective:
     entropy_coef: float = 0.0
     kl_coef: float = 0.0
     kl_estimator: str = "k3"
+    weights: tuple[tuple[str, Any], ...] = ()
+    regularizers: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def needs(self) -> frozenset[str]:
+        """Inputs beyond log-probs/advantages/mask that the selected methods read."""
+        out = set(TOKEN_LOSSES.get(self.loss).needs)
+        for name, _ in self.weights:
+            out |= TOKEN_WEIGHTS.get(name).needs
+        for name, _ in self.masks:
+            out |= TOKEN_MASKS.get(name).needs
+        if self.entropy_coef != 0.0 or self.has("epo"):
+            out.add("entropy")
+        if self.has("siren"):
+            out.add("topp_entropy")
+        return frozenset(out)
 
     @property
     def needs_entropy(self) -> bool:
-        return self.entropy_coef != 0.0 or bool(self.masks)
+        return "entropy" in self.needs
 
-    def _global(self, cfg: Any) -> bool:
-        return getattr(cfg, "stat_scope", "micro") == "global"
+    def has(self, regularizer: str) -> bool:
+        return any(name == regularizer for name, _ in self.regularizers)
+
+    def regularizer_cfg(self, regularizer: str) -> Any:
+        return next(cfg for name, cfg in self.regularizers if name == regularizer)
 
     @property
     def loss_is_global(self) -> bool:
-        return TOKEN_LOSSES.get(self.loss).selector is not None and self._global(self.loss_cfg)
+        return TOKEN_LOSSES.get(self.loss).selector is not None and _global(self.loss_cfg)
+
+    @property
+    def needs_policy_prepass(self) -> bool:
+        """Some global-scope decision reads π_θ (log-probs or entropies) of the mini-batch."""
+        return self.loss_is_global or any(_global(cfg) for _, cfg in (*self.weights, *self.masks))
+
+
+@dataclass(frozen=True)
+class StepContext:
+    """Step-level inputs of the objective, owned by the controller.
+
+    Attributes:
+        step: the training step (EPO's phase weight β_k).
+        entropy_coef: c_H of this update (adaptive c_H changes it; None keeps the config's).
+        step_entropy: the step batch's token-mean π_old entropy (DMMPT's gate).
+        siren_anchor: SIREN's H_anc (fixed after step 1).
+        epo_reference: EPO's H̄, the cumulative mean of the step entropies so far.
+    """
+
+    step: int = 1
+    entropy_coef: float | None = None
+    step_entropy: float | None = None
+    siren_anchor: float | None = None
+    epo_reference: float | None = None
+
+
+def _global(cfg: Any) -> bool:
+    return getattr(cfg, "stat_scope", "micro") == "global"
 
 
 @dataclass
@@ -76,16 +134,19 @@ class Prepared:
     """Per-mini-batch statistics of one rank's shard, sliced per micro-batch by :meth:`rows`.
 
     Attributes:
-        loss_selected: ``[n, T]`` selection of a global-scope token loss, else None.
+        loss_selected: ``[n, T]`` selection (or per-token statistic) of a global-scope token
+            loss, else None.
+        weights: one entry per token-weight method: its global-scope ``[n, T]`` weights, or None.
         mask_keeps: one entry per mask: its global-scope :class:`TokenMask`, or None (micro).
         norm: the mini-batch denominators, or None when a micro-scope mask prevents it.
-        metrics: metrics of the global selections (whole-scope values).
+        metrics: metrics of the global decisions (whole-scope values).
     """
 
     loss_selected: torch.Tensor | None
     mask_keeps: list[TokenMask | None]
     norm: LossNorm | None
     metrics: dict[str, torch.Tensor] = field(default_factory=dict)
+    weights: list[torch.Tensor | None] = field(default_factory=list)
 
     def rows(self, index: slice | torch.Tensor) -> Prepared:
         """The same statistics restricted to the micro-batch rows ``index``."""
@@ -97,15 +158,15 @@ class Prepared:
             ],
             norm=self.norm,
             metrics={},
+            weights=[None if w is None else w[index] for w in self.weights],
         )
 
 
 def prepare_minibatch(inp: TokenLossInputs, obj: Objective) -> Prepared:
-    """Global selections and denominators over a mini-batch shard ``[n, T]`` (no grad).
+    """Global selections, weights and denominators over a mini-batch shard ``[n, T]`` (no grad).
 
     ``inp.logp`` and ``inp.entropy`` must come from π_θ at the mini-batch's parameters (a
-    no-grad pass, or π_old when that is what the method's config asks for); ``inp.reducer``
-    spans the data-parallel ranks.
+    no-grad pass, or π_old when they coincide); ``inp.reducer`` spans the data-parallel ranks.
     """
     metrics: dict[str, torch.Tensor] = {}
     with torch.no_grad():
@@ -113,11 +174,19 @@ def prepare_minibatch(inp: TokenLossInputs, obj: Objective) -> Prepared:
         if obj.loss_is_global:
             loss_selected, m = TOKEN_LOSSES.get(obj.loss).selector(inp, obj.loss_cfg)
             metrics.update(m)
+        weights: list[torch.Tensor | None] = []
+        for name, cfg in obj.weights:
+            if _global(cfg):
+                w, m = TOKEN_WEIGHTS.get(name).fn(inp, cfg)
+                metrics.update(m)
+                weights.append(w)
+            else:
+                weights.append(None)
         keeps: list[TokenMask | None] = []
         denom_mask = inp.mask.bool()
         micro_exclusion = False
         for name, cfg in obj.masks:
-            if obj._global(cfg):
+            if _global(cfg):
                 keep, m = TOKEN_MASKS.get(name).fn(inp, cfg)
                 metrics.update(m)
                 keeps.append(keep)
@@ -125,13 +194,14 @@ def prepare_minibatch(inp: TokenLossInputs, obj: Objective) -> Prepared:
                     denom_mask = denom_mask & keep.keep
             else:
                 keeps.append(None)
-                micro_exclusion |= _excludes_from_denominator(cfg)
+                micro_exclusion |= _excludes_from_denominator(name, cfg)
         norm = None if micro_exclusion else loss_norm(denom_mask, inp.reducer)
-    return Prepared(loss_selected, keeps, norm, metrics)
+    return Prepared(loss_selected, keeps, norm, metrics, weights)
 
 
-def _excludes_from_denominator(cfg: Any) -> bool:
-    return getattr(cfg, "norm", "all_valid") == "selected"
+def _excludes_from_denominator(name: str, cfg: Any) -> bool:
+    # high_entropy excludes with norm=selected; dmmpt always excludes (spec L7, 0.3(a))
+    return name == "dmmpt" or getattr(cfg, "norm", "all_valid") == "selected"
 
 
 def micro_objective(
@@ -139,38 +209,52 @@ def micro_objective(
     obj: Objective,
     prepared: Prepared | None = None,
     ref_logp: torch.Tensor | None = None,
+    ctx: StepContext | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """This micro-batch's share of the mini-batch loss, and its metrics.
 
     Args:
-        inp: the micro-batch; ``inp.logp`` (and ``inp.entropy`` for the bonus) carry gradient.
+        inp: the micro-batch; ``inp.logp`` (and ``inp.entropy`` for the bonus, and
+            ``inp.extras["topp_entropy"]`` for SIREN) carry gradient.
         obj: the composed objective.
         prepared: :meth:`Prepared.rows` of :func:`prepare_minibatch` for these rows; None
             treats the micro-batch as the whole scope (single process, tests).
         ref_logp: ``[n, T]`` log π_ref, required when ``obj.kl_coef > 0``.
+        ctx: step-level inputs (see :class:`StepContext`).
     """
+    ctx = ctx or StepContext()
+    metrics: dict[str, torch.Tensor] = {}
     if prepared is None:
         prepared = prepare_minibatch(inp, obj)
-    metrics: dict[str, torch.Tensor] = {}
-    loss_inp = inp if prepared.loss_selected is None else _with_selected(inp, prepared.loss_selected)
+        metrics.update(prepared.metrics)
+    if ctx.step_entropy is not None and inp.step_entropy is None:
+        inp = dataclasses.replace(inp, step_entropy=ctx.step_entropy)
+    loss_inp = inp if prepared.loss_selected is None else dataclasses.replace(inp, selected=prepared.loss_selected)
     per_token, m = TOKEN_LOSSES.get(obj.loss).fn(loss_inp, obj.loss_cfg)  # [n, T]
     metrics.update(m)
-    metrics["actor/pg_loss_token_mean"] = (per_token.detach() * inp.mask).sum() / inp.mask.sum().clamp(min=1)
+    metrics["actor/pg_loss_token_mean"] = valid_mean(per_token, inp.mask)
+    metrics["actor/neg_logp"] = valid_mean(-inp.logp, inp.mask)
 
     if obj.kl_coef > 0:
         if ref_logp is None:
             raise ValueError("kl_coef > 0 needs reference log-probs (ref_logp)")
         kl = kl_penalty(inp.logp, ref_logp, obj.kl_estimator)  # [n, T]
         per_token = per_token + obj.kl_coef * kl
-        metrics["actor/ref_kl"] = (kl.detach() * inp.mask).sum() / inp.mask.sum().clamp(min=1)
+        metrics["actor/ref_kl"] = valid_mean(kl, inp.mask)
 
-    weights = torch.ones_like(per_token)
+    for (name, cfg), w in zip(obj.weights, prepared.weights or [None] * len(obj.weights)):
+        if w is None:
+            w, m = TOKEN_WEIGHTS.get(name).fn(inp, cfg)
+            metrics.update(m)
+        per_token = per_token * w.detach()
+
+    keep_all = torch.ones_like(per_token)
     denom_mask = inp.mask.bool()
     for (name, cfg), keep in zip(obj.masks, prepared.mask_keeps):
         if keep is None:
             keep, m = TOKEN_MASKS.get(name).fn(inp, cfg)
             metrics.update(m)
-        weights = weights * keep.keep.to(weights.dtype)
+        keep_all = keep_all * keep.keep.to(keep_all.dtype)
         if keep.exclude_from_denominator:
             denom_mask = denom_mask & keep.keep
     norm = prepared.norm
@@ -178,16 +262,38 @@ def micro_objective(
         norm = loss_norm(denom_mask)
         metrics["objective/micro_norm"] = torch.ones(())
 
-    loss = aggregate(per_token * weights, denom_mask, obj.agg_mode, norm, obj.l_norm)
+    loss = aggregate(per_token * keep_all, denom_mask, obj.agg_mode, norm, obj.l_norm)
     metrics["actor/pg_loss"] = loss.detach()
-    if obj.entropy_coef != 0.0:
+    coef = obj.entropy_coef if ctx.entropy_coef is None else ctx.entropy_coef
+    if coef != 0.0:
         if inp.entropy is None:
             raise ValueError("entropy_coef != 0 needs token entropies with gradient (inputs.entropy)")
         bonus = aggregate(inp.entropy, denom_mask, obj.agg_mode, norm, obj.l_norm)
-        loss = loss - obj.entropy_coef * bonus
-        metrics["actor/entropy_bonus"] = (obj.entropy_coef * bonus).detach()
-    return loss, metrics
+        loss = loss - coef * bonus
+        metrics["actor/entropy_bonus"] = (coef * bonus).detach()
+    return loss + _regularizers(inp, obj, ctx, denom_mask, norm, metrics), metrics
 
 
-def _with_selected(inp: TokenLossInputs, selected: torch.Tensor) -> TokenLossInputs:
-    return dataclasses.replace(inp, selected=selected)
+def _regularizers(inp: TokenLossInputs, obj: Objective, ctx: StepContext, denom_mask: torch.Tensor,
+                  norm: LossNorm, metrics: dict[str, torch.Tensor]) -> torch.Tensor:
+    """SIREN / EPO shares of this micro-batch (0 when neither is on)."""
+    total = torch.zeros((), dtype=inp.logp.dtype, device=inp.logp.device)
+    if obj.has("siren"):
+        cfg = obj.regularizer_cfg("siren")
+        h_hat = inp.extras.get("topp_entropy")
+        if h_hat is None or ctx.siren_anchor is None:
+            raise ValueError("siren needs top-p entropies (inputs.extras['topp_entropy']) and its anchor")
+        # Official scope: H_sel over the micro-batch. Its term is weighted by the micro-batch's
+        # share of the mini-batch's sequences, so that the micro-batch terms average.
+        term, m = siren_term(h_hat, inp.mask, ctx.siren_anchor, cfg.coef, cfg.mask_quantile)
+        n_seqs = float((inp.mask.sum(-1) > 0).sum())
+        total = total + term * (n_seqs / max(norm.num_seqs, 1.0))
+        metrics.update(m)
+    if obj.has("epo"):
+        if inp.entropy is None:
+            raise ValueError("epo needs token entropies with gradient (inputs.entropy)")
+        term, m = epo_term(inp.entropy, denom_mask, ctx.epo_reference, obj.regularizer_cfg("epo"), ctx.step,
+                           obj.agg_mode, norm, obj.l_norm)
+        total = total + term
+        metrics.update(m)
+    return total

@@ -1,6 +1,6 @@
 """Name -> implementation registries, so that configs pick methods by name.
 
-Each family (advantage estimators, token losses, token masks, ...) has one
+Each family (advantage estimators, token losses, token masks, token weights, ...) has one
 :class:`Registry`. Modules register themselves with a decorator at import time;
 :func:`load_all` imports every module so that the registries are complete.
 """
@@ -23,6 +23,10 @@ class Entry:
         config_cls: the method's own frozen dataclass of hyperparameters (None if it has none).
         selector: for a token loss with a batch statistic, the function that computes its
             selection over a whole scope (run once per mini-batch in ``global`` scope).
+        needs: per-token or step inputs the method reads beyond log-probs, advantages and
+            mask (names of :class:`~entropo.algorithms.losses.base.TokenLossInputs` fields:
+            ``entropy``, ``old_entropy``, ``proxy_logp``, ``step_entropy``), so the learner
+            computes them only when a selected method asks.
         needs_adv_variation: the method's statistic is degenerate unless advantages vary
             inside its scope (spec section 7); the config validator warns about it.
     """
@@ -32,6 +36,7 @@ class Entry:
     config_cls: type | None = None
     selector: Callable[..., Any] | None = None
     needs_adv_variation: bool = False
+    needs: frozenset[str] = frozenset()
 
 
 class Registry:
@@ -48,11 +53,12 @@ class Registry:
         config: type | None = None,
         selector: Callable[..., Any] | None = None,
         needs_adv_variation: bool = False,
+        needs: tuple[str, ...] = (),
     ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         def decorator(fn: Callable[..., Any]) -> Callable[..., Any]:
             if name in self._entries:
                 raise ValueError(f"{self.family} '{name}' is registered twice")
-            self._entries[name] = Entry(name, fn, config, selector, needs_adv_variation)
+            self._entries[name] = Entry(name, fn, config, selector, needs_adv_variation, frozenset(needs))
             return fn
 
         return decorator
@@ -76,6 +82,8 @@ class Registry:
 ADVANTAGES = Registry("advantage estimator")
 TOKEN_LOSSES = Registry("token loss")
 TOKEN_MASKS = Registry("token mask")
+TOKEN_WEIGHTS = Registry("token weight")
+ADVANTAGE_RESHAPERS = Registry("advantage reshaper")
 
 _MODULES = (
     "entropo.algorithms.advantages",
@@ -83,6 +91,12 @@ _MODULES = (
     "entropo.algorithms.losses.ppo_clip",
     "entropo.algorithms.losses.clip_cov",
     "entropo.algorithms.losses.kl_cov",
+    "entropo.algorithms.hapo",
+    "entropo.algorithms.losses.steer",
+    "entropo.algorithms.losses.lp_reg",
+    "entropo.algorithms.losses.dmmpt",
+    "entropo.algorithms.canon",
+    "entropo.algorithms.reshapers",
 )
 
 

@@ -6,7 +6,10 @@
   maps each name to a builder that writes a ``save_pretrained`` directory. The first use
   builds it under the cache root (env ``ENTROPO_CACHE``, default ``~/.cache/entropo``), in
   ``models/<name>-<version>``; later uses, in this or any other process, reuse it. Register
-  more with :func:`register_embedded_model` (e.g. a supervised warm start of the tiny model).
+  more with :func:`register_embedded_model`. Modules that register built-in embedded models
+  (:data:`BUILTIN_MODULES`, e.g. :mod:`entropo.models.warm_start` for
+  ``embedded:tiny-qwen2-addition``) are imported when an ``embedded:`` name is resolved: they
+  import this module, so importing them here at the top would be a cycle.
 - a local directory: returned unchanged; a path that looks local and does not exist fails
   here, naming ``model.path``, instead of deep inside ``from_pretrained``.
 - anything else: a hub name, returned unchanged for ``from_pretrained``.
@@ -21,6 +24,7 @@ building; if a process dies mid-build its temporary directory is left behind and
 from __future__ import annotations
 
 import fcntl
+import importlib
 import os
 import shutil
 import tempfile
@@ -64,6 +68,9 @@ class EmbeddedModel:
 
 EMBEDDED_MODELS: dict[str, EmbeddedModel] = {}
 """Registered embedded models, by name."""
+
+BUILTIN_MODULES = ("entropo.models.warm_start",)
+"""Modules whose import registers more embedded models; imported by :func:`resolve_model_path`."""
 
 
 def register_embedded_model(name: str, version: str = "1") -> Callable[[Builder], Builder]:
@@ -146,6 +153,8 @@ def resolve_model_path(path: str) -> str:
         FileNotFoundError: ``path`` looks like a local path and does not exist.
     """
     if path.startswith(EMBEDDED_PREFIX):
+        for module in BUILTIN_MODULES:
+            importlib.import_module(module)  # registers on first import; a no-op afterwards
         name = path[len(EMBEDDED_PREFIX):]
         if name not in EMBEDDED_MODELS:
             known = ", ".join(f"{EMBEDDED_PREFIX}{n}" for n in sorted(EMBEDDED_MODELS))

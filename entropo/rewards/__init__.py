@@ -1,1 +1,55 @@
-"""Verifiable rewards: the API, the built-ins, and scoring a batch."""
+"""Verifiable rewards: the API, the built-ins, custom functions, and the worker pool.
+
+Entry point (the controller calls only this)::
+
+    from entropo.rewards import RewardManager, Sample
+    rm = RewardManager(cfg.reward, tokenizer)     # loads reward.fns; bad entries fail here
+    res = rm.score(samples)                       # RewardResult
+    res.rewards [N], res.components {name: [N]}, res.correct [N], res.cluster_ids [N], res.metrics
+    rm.close()
+
+``reward.fns`` entries: ``[label=]target[*weight]`` where target is a built-in name,
+``module:function`` or ``path/to/file.py:function`` (details and the calling conventions —
+verl ``compute_score``, TRL ``f(prompts, completions, **kw)``, native ``f(sample)``,
+``@group_reward f(samples)``, sync or async — in :mod:`entropo.rewards.loader`). E.g.
+``reward.fns=[math,format*0.1]`` or ``reward.fns=[my_rewards.py:compute_score]``.
+
+Built-ins (options under ``reward.<name>``):
+
+| name | level | what | module |
+|---|---|---|---|
+| ``math`` | sample | \\boxed / <answer> / #### / last number, math_verify equivalence | math_answer |
+| ``countdown`` | sample | reach a target with given numbers (JSON ground truth) | countdown |
+| ``embedded`` | sample | the embedded addition task | embedded |
+| ``format`` | sample | ``<think>…</think>`` then a non-empty answer | think_format |
+| ``code`` | sample | run the program on JSON test cases in a sandbox | code_exec, sandbox |
+| ``pear`` | sample | PEAR phase-entropy reward (spec R3); needs the tokenizer and π_old entropies | pear |
+| ``empo`` | group | EMPO semantic-cluster reward (spec R4), unsupervised | empo |
+
+DAPO overlong shaping (spec R2) is not here: the controller adds it as the ``overlong``
+component.
+
+Metrics returned in ``RewardResult.metrics`` (the controller adds ``reward/mean`` and
+``reward/<name>/mean`` from the rewards and components):
+
+| key | meaning |
+|---|---|
+| ``reward/errors`` | (function, sample) scores replaced by the fallback: exception + timeout + nan |
+| ``reward/errors/exception`` | … because the function raised or returned something unusable (or its worker died) |
+| ``reward/errors/timeout`` | … because one call passed ``reward.timeout_s`` |
+| ``reward/errors/nan`` | … because the score was NaN or infinite |
+| ``reward/skipped`` | (function, sample) pairs that returned None (fallback score, not an error) |
+| ``reward/workers_replaced`` | workers killed for a timeout, or found dead, and restarted |
+| ``reward/workers_recycled`` | Ray workers restarted because their resident memory grew by more than ``worker_memory_growth_mb`` |
+| ``reward/pear/h_think_correct``, ``…_wrong``, ``reward/pear/h_answer_correct``, ``…_wrong`` | mean phase entropies by correctness (spec R3) |
+| ``reward/pear/p_mean``, ``reward/pear/p_pos_frac_correct``, ``reward/pear/p_gt1_frac`` | mean P; correct responses with P > 0; responses with P > 1 |
+| ``reward/empo/se_mean``, ``reward/empo/gated_frac``, ``reward/empo/majority_p_mean`` | mean semantic entropy per prompt; prompts gated off; majority-cluster probability (spec R4) |
+| ``reward/code/pass_frac``, ``reward/code/isolated`` | mean fraction of test cases passed; fraction run with namespace isolation |
+| ``reward/<name>/<key>`` | mean of any other numeric key a custom function's dict returns |
+"""
+
+from entropo.rewards.api import RewardResult, Sample, group_reward
+from entropo.rewards.loader import RewardSpecError
+from entropo.rewards.manager import RewardManager
+
+__all__ = ["RewardManager", "RewardResult", "RewardSpecError", "Sample", "group_reward"]

@@ -1,8 +1,15 @@
-"""What a reward function sees and returns.
+"""What a reward function sees and returns, and what the reward stage hands back.
 
-A reward function scores one sample: ``fn(sample: Sample) -> float | dict``; a dict carries
-``"score"`` (the reward) and optionally ``"acc"`` (1 for a verified-correct answer, the
-metric dynamic sampling filters on) and other numeric components, each logged.
+A *per-sample* reward scores one response: ``fn(sample: Sample) -> float | dict | None``.
+A *group* reward scores all responses of one prompt at once (EMPO clusters a group's
+answers): ``fn(samples: list[Sample]) -> list[float | dict | None]``, one entry per sample,
+in order; mark a custom one with :func:`group_reward`.
+
+A returned dict carries ``"score"`` (the reward) and optionally ``"acc"`` (1 for a
+verified-correct answer, the metric dynamic sampling filters on), ``"cluster"`` (the answer
+cluster id within the group, see :class:`RewardResult`) and other numeric entries, which are
+summarised into metrics. ``None`` means "no score for this sample": it gets the fallback
+score and is counted in ``reward/skipped``, not as an error.
 """
 
 from __future__ import annotations
@@ -42,4 +49,52 @@ class Sample:
     old_logp: torch.Tensor | None = None
 
 
-RewardFn = Callable[[Sample], "float | dict[str, float]"]
+RewardFn = Callable[[Sample], "float | dict[str, float] | None"]
+"""A per-sample reward: one :class:`Sample` in, a score or a dict with ``"score"`` out."""
+
+GroupRewardFn = Callable[[list[Sample]], "list[float | dict[str, float] | None]"]
+"""A group reward: the samples of one prompt in, one score or dict per sample out."""
+
+GROUP_LEVEL_ATTR = "__entropo_group_reward__"
+
+
+def group_reward(fn: GroupRewardFn) -> GroupRewardFn:
+    """Mark a custom ``fn(samples: list[Sample]) -> list`` as a group reward.
+
+    The reward stage then calls it once per prompt group, with that group's samples in
+    batch order, and expects one result per sample.
+
+    Args:
+        fn: the function to mark (sync or ``async``).
+
+    Returns:
+        ``fn`` itself, marked.
+    """
+    setattr(fn, GROUP_LEVEL_ATTR, True)
+    return fn
+
+
+@dataclass
+class RewardResult:
+    """The reward stage's output for ``N`` samples.
+
+    Attributes:
+        rewards: ``[N]`` float32, the total reward ``R_i = Σ_f w_f · score_f(i)`` (a failed
+            call contributes ``w_f · fallback_score``).
+        components: name -> ``[N]``, each function's weighted contribution; they sum to
+            ``rewards``.
+        correct: ``[N]`` float, the ``acc`` of the first function (in ``reward.fns`` order)
+            that reports one for the sample, else ``1.0 if rewards > 0``.
+        cluster_ids: ``[N]`` int64, the answer-cluster id of each response within its group
+            (0, 1, ... in order of first appearance; equivalent answers share an id; the
+            empty answer is a cluster too). Filled by the first group reward that reports
+            ``"cluster"`` (EMPO) or, with ``reward.cluster_answers``, by a clustering pass;
+            ``-1`` where nothing computed one. SEED-GRPO (spec A5) and EMPO read it.
+        metrics: flat ``reward/...`` metrics (floats), see the package docstring.
+    """
+
+    rewards: torch.Tensor
+    components: dict[str, torch.Tensor]
+    correct: torch.Tensor
+    cluster_ids: torch.Tensor
+    metrics: dict[str, float]

@@ -19,9 +19,12 @@ the step; none rebuilds the batch (dynamic sampling keeps a subset of rows with
 | ``weight_version`` | int, the policy version that generated the batch | rollout |
 | ``old_logp`` / ``entropy`` | [N, T] π_old log-probs and entropies at T | learner forward |
 | ``ref_logp`` | [N, T] π_ref log-probs, when ``kl_coef > 0`` | learner forward |
+| ``proxy_logp`` | [N, T] Lp-Reg's min-p proxy log-probs of π_old, when ``loss=lp_reg`` | learner forward |
+| ``topp_entropy`` | [N, T] SIREN's top-p entropy of π_old (step 1, for its anchor) | learner forward |
 | ``rewards`` | [N] scalar reward R_i | rewards |
 | ``reward_components`` | name -> [N] | rewards |
 | ``correct`` | [N] float, 1 for a verified-correct answer (the ``acc`` metric) | rewards |
+| ``cluster_ids`` | [N] int64, answer-equivalence cluster within each group (SEED, EMPO) | rewards |
 | ``advantages`` | [N, T] advantages broadcast over valid tokens | advantages |
 """
 
@@ -49,9 +52,12 @@ class StepBatch:
     old_logp: torch.Tensor | None = None
     entropy: torch.Tensor | None = None
     ref_logp: torch.Tensor | None = None
+    proxy_logp: torch.Tensor | None = None
+    topp_entropy: torch.Tensor | None = None
     rewards: torch.Tensor | None = None
     reward_components: dict[str, torch.Tensor] = field(default_factory=dict)
     correct: torch.Tensor | None = None
+    cluster_ids: torch.Tensor | None = None
     advantages: torch.Tensor | None = None
 
     def __len__(self) -> int:

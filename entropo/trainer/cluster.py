@@ -1,66 +1,494 @@
-"""The Ray side of a run: actors for learner ranks and rollout workers, and the calls that
-fan work out to them and gather results. The controller talks to this class only.
+"""The Ray side of a run: where the actors go, the actors themselves (learner ranks and
+rollout workers), and the calls that fan work out to them and gather results. The
+controller talks to this class only.
+
+Placement (docs/multinode.md). Every actor gets one bundle of a Ray placement group
+(https://docs.ray.io/en/releases-2.49.0/ray-core/scheduling/placement-group.html):
+
+- separate roles (default): one group of ``learner.ranks`` bundles ``{CPU: cpus_per_rank,
+  GPU: gpus_per_rank}`` and one of ``rollout.workers`` bundles ``{CPU: cpus_per_worker,
+  GPU: gpus_per_worker}``, each with the strategy ``trainer.placement``, so ``SPREAD``
+  spreads the learner ranks over nodes whatever the rollout workers do;
+- colocated (``trainer.colocate``): one group of ``max(ranks, workers)`` bundles; bundle
+  ``i`` holds learner rank ``i`` and rollout worker ``i``, which share its GPU (each asks for
+  an equal fraction of it) and add up their CPUs.
+
+Before any group is created, the request is checked against the cluster (totals, the
+largest node for every bundle, one node for ``STRICT_PACK``, distinct nodes for
+``STRICT_SPREAD``, ``trainer.nodes``); a request that cannot fit fails at once with a
+message that names the shortfall and the fields behind it. Groups that are not ready
+within ``trainer.placement_timeout_s`` (resources held by other work, an autoscaler that
+does not deliver) fail the same way.
+
+Fault tolerance. A rollout worker that dies (``RayActorError``) during a rollout or a
+weight sync is recreated in its bundle; the weight-sync group, a torch.distributed group
+with a fixed world size built from a ``TCPStore`` (:mod:`entropo.trainer.weight_sync`), is
+then rebuilt on all members with a fresh store on a fresh port, the learner's current
+weights are broadcast, and the failed call is retried (a rollout is retried with the same
+seeds, so it reproduces what the lost worker would have generated). Restarts are counted
+in ``rollout/worker_restarts`` and limited by ``rollout.max_restarts``. A learner rank
+that dies is fatal: DeepSpeed's process group cannot lose a member.
+
+Configuration fields that config.py does not have yet are read with ``getattr`` and the
+defaults of :class:`Placement` (the one place they live until they move to config.py).
 """
 
 from __future__ import annotations
 
+import math
 import os
-import socket
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import ray
 import torch
+from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
 from entropo.config import TrainConfig
 from entropo.trainer.batch import StepBatch
 from entropo.trainer.learner import LearnerRank, LearnerShard
 from entropo.trainer.rollout import RolloutOutput, RolloutWorker, SamplingParams
+from entropo.trainer.run import RunError
 from entropo.trainer.weight_sync import DEFAULT_BUCKET_BYTES
 
+STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("", 0))
-        return s.getsockname()[1]
+# Configuration key -> Placement field. Read with getattr until config.py has them all.
+CONFIG_FIELDS = {
+    "trainer.placement": "strategy",
+    "trainer.colocate": "colocate",
+    "trainer.nodes": "nodes",
+    "trainer.placement_timeout_s": "timeout_s",
+    "learner.cpus_per_rank": "learner_cpus",
+    "learner.gpus_per_rank": "learner_gpus",
+    "rollout.cpus_per_worker": "rollout_cpus",
+    "rollout.gpus_per_worker": "rollout_gpus",
+}
+
+# After a failed call, how long the calls still in flight may take to finish before the
+# workers are pinged. Equal to the weight-sync group's gloo timeout (weight_sync.init_sync_group):
+# a surviving worker blocked in a broadcast with a dead peer returns by then at the latest.
+SETTLE_TIMEOUT_S = 600.0
+# A live worker answers a ping at once once its calls have settled; one that does not
+# within this time is treated as lost (killed and recreated).
+PING_TIMEOUT_S = 60.0
 
 
-def actor_threads(cfg: TrainConfig) -> int:
-    """Torch threads per actor: the machine's cores shared among the actors on it."""
-    actors = cfg.learner.ranks + cfg.rollout.workers
-    return max(1, (os.cpu_count() or 1) // actors)
+class PlacementError(RunError):
+    """The cluster cannot hold the requested actors; the message names the shortfall."""
+
+
+class WorkerLostError(RuntimeError):
+    """Rollout workers died more often than ``rollout.max_restarts`` allows."""
+
+
+# ---------------------------------------------------------------------------------------
+# placement: what to ask for (pure; tested without Ray)
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Resources per actor and how the actors are laid out over nodes.
+
+    Each field mirrors a configuration field (named in its comment); ``from_config`` reads them.
+    """
+
+    strategy: str = "PACK"  # trainer.placement
+    colocate: bool = False  # trainer.colocate
+    nodes: int = 1  # trainer.nodes
+    timeout_s: float = 300.0  # trainer.placement_timeout_s
+    learner_cpus: float = 1.0  # learner.cpus_per_rank
+    learner_gpus: float | None = None  # learner.gpus_per_rank (None: 1 if the cluster has GPUs)
+    rollout_cpus: float = 1.0  # rollout.cpus_per_worker
+    rollout_gpus: float | None = None  # rollout.gpus_per_worker (None: 1 if the cluster has GPUs)
+
+    @classmethod
+    def from_config(cls, cfg: TrainConfig) -> Placement:
+        d = cls()
+        values = {}
+        for key, name in CONFIG_FIELDS.items():
+            section, field_name = key.split(".")
+            values[name] = getattr(getattr(cfg, section), field_name, getattr(d, name))
+        values["strategy"] = str(values["strategy"]).upper()
+        return cls(**values).validated()
+
+    def validated(self) -> Placement:
+        if self.strategy not in STRATEGIES:
+            raise PlacementError(f"trainer.placement: '{self.strategy}' is not one of {', '.join(STRATEGIES)}")
+        if self.nodes < 1:
+            raise PlacementError(f"trainer.nodes: must be >= 1, got {self.nodes}")
+        if self.timeout_s <= 0:
+            raise PlacementError(f"trainer.placement_timeout_s: must be > 0, got {self.timeout_s}")
+        # a bundle must ask for something: Ray rejects empty bundles
+        for key, v in (("learner.cpus_per_rank", self.learner_cpus), ("rollout.cpus_per_worker", self.rollout_cpus)):
+            if not v > 0:
+                raise PlacementError(f"{key}: must be > 0, got {v}")
+        for key, v in (("learner.gpus_per_rank", self.learner_gpus), ("rollout.gpus_per_worker", self.rollout_gpus)):
+            if v is not None and v < 0:
+                raise PlacementError(f"{key}: must be >= 0, got {v}")
+        return self
+
+    def resolved(self, cluster_has_gpus: bool) -> Placement:
+        """GPUs per actor filled in: ``None`` means one GPU each when the cluster has GPUs."""
+        auto = 1.0 if cluster_has_gpus else 0.0
+        return replace(
+            self,
+            learner_gpus=auto if self.learner_gpus is None else float(self.learner_gpus),
+            rollout_gpus=auto if self.rollout_gpus is None else float(self.rollout_gpus),
+        )
+
+
+@dataclass(frozen=True)
+class Slot:
+    """One actor's place: placement group ``group``, bundle ``bundle``, and its own request."""
+
+    group: int
+    bundle: int
+    cpus: float
+    gpus: float
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Bundles per placement group, each actor's slot, and why each resource is needed."""
+
+    groups: tuple[tuple[dict[str, float], ...], ...]
+    names: tuple[str, ...]
+    strategy: str
+    learners: tuple[Slot, ...]
+    workers: tuple[Slot, ...]
+    why: dict[str, str]  # resource -> the fields that ask for it, for messages
+
+    def total(self, resource: str) -> float:
+        return sum(b.get(resource, 0.0) for g in self.groups for b in g)
+
+
+def plan_placement(ranks: int, workers: int, p: Placement) -> Plan:
+    """One bundle per actor (colocated: per learner/worker pair). ``p`` must be resolved."""
+    assert p.learner_gpus is not None and p.rollout_gpus is not None, "resolve the placement first"
+    lc, lg, rc, rg = p.learner_cpus, p.learner_gpus, p.rollout_cpus, p.rollout_gpus
+    if not p.colocate:
+        groups = (tuple(_bundle(lc, lg) for _ in range(ranks)), tuple(_bundle(rc, rg) for _ in range(workers)))
+        learners = tuple(Slot(0, i, lc, lg) for i in range(ranks))
+        rollout = tuple(Slot(1, i, rc, rg) for i in range(workers))
+        why = {
+            res: f"learner.ranks={ranks} × learner.{per_l}={_fmt(vl)} + rollout.workers={workers} × rollout.{per_r}={_fmt(vr)}"
+            for res, per_l, vl, per_r, vr in (("CPU", "cpus_per_rank", lc, "cpus_per_worker", rc),
+                                              ("GPU", "gpus_per_rank", lg, "gpus_per_worker", rg))
+        }
+        return Plan(groups, ("learner", "rollout"), p.strategy, learners, rollout, why)
+    n = max(ranks, workers)
+    bundles, learners_l, rollout_l = [], [], []
+    for i in range(n):
+        has_l, has_r = i < ranks, i < workers
+        gpu = max(lg if has_l else 0.0, rg if has_r else 0.0)
+        sharers = int(has_l and lg > 0) + int(has_r and rg > 0)
+        bundles.append(_bundle(lc * has_l + rc * has_r, gpu))
+        if has_l:
+            learners_l.append(Slot(0, i, lc, gpu / sharers if lg > 0 else 0.0))
+        if has_r:
+            rollout_l.append(Slot(0, i, rc, gpu / sharers if rg > 0 else 0.0))
+    why = {
+        "CPU": (f"max(learner.ranks={ranks}, rollout.workers={workers}) colocated bundles of learner.cpus_per_rank="
+                f"{_fmt(lc)} + rollout.cpus_per_worker={_fmt(rc)}"),
+        "GPU": (f"max(learner.ranks={ranks}, rollout.workers={workers}) colocated bundles sharing "
+                f"max(learner.gpus_per_rank={_fmt(lg)}, rollout.gpus_per_worker={_fmt(rg)}) GPU"),
+    }
+    return Plan((tuple(bundles),), ("colocated",), p.strategy, tuple(learners_l), tuple(rollout_l), why)
+
+
+def check_capacity(plan: Plan, total: dict[str, float], available: dict[str, float],
+                   nodes: Sequence[dict[str, float]], min_nodes: int = 1) -> list[str]:
+    """Raise :class:`PlacementError` when ``plan`` can never fit; return notes otherwise.
+
+    Args:
+        plan: the bundles to place.
+        total: ``ray.cluster_resources()``.
+        available: ``ray.available_resources()``; a shortfall here only delays the start
+            (the placement groups wait for other work to release resources).
+        nodes: each alive node's total resources.
+        min_nodes: ``trainer.nodes``.
+    """
+    if len(nodes) < min_nodes:
+        raise PlacementError(f"trainer.nodes={min_nodes}, but the Ray cluster has {len(nodes)} alive node(s)")
+    notes, short = [], []
+    for res in ("CPU", "GPU"):
+        need = plan.total(res)
+        if need > total.get(res, 0.0) + 1e-9:
+            short.append(f"needs {_fmt(need)} {res}s for {plan.why[res]}, cluster has {_fmt(total.get(res, 0.0))}")
+        elif need > available.get(res, 0.0) + 1e-9:
+            notes.append(f"needs {_fmt(need)} {res}s, {_fmt(available.get(res, 0.0))} available now: "
+                         "waiting for other work to release them")
+    if short:
+        raise PlacementError("; ".join(short))
+    for name, group in zip(plan.names, plan.groups):
+        for b in group:
+            if not any(_fits(b, n) for n in nodes):
+                raise PlacementError(
+                    f"a {name} bundle needs {_show(b)} on one node ({_role_fields(name)}); "
+                    f"the largest node has {_show(_largest(nodes, b), b)}"
+                )
+        if plan.strategy == "STRICT_PACK":
+            whole = {res: sum(b.get(res, 0.0) for b in group) for res in ("CPU", "GPU")}
+            if not any(_fits(whole, n) for n in nodes):
+                raise PlacementError(
+                    f"trainer.placement=STRICT_PACK needs {_show(whole)} on one node for the {len(group)} "
+                    f"{name} bundles; the largest node has {_show(_largest(nodes, whole), whole)}"
+                )
+        if plan.strategy == "STRICT_SPREAD":
+            placed = _distinct_nodes(group, nodes)
+            if placed < len(group):
+                raise PlacementError(
+                    f"trainer.placement=STRICT_SPREAD needs {len(group)} distinct nodes for the {name} "
+                    f"bundles ({_show(group[0])} each), but only {placed} node(s) can hold one"
+                )
+    return notes
+
+
+def _role_fields(name: str) -> str:
+    return {"learner": "learner.cpus_per_rank, learner.gpus_per_rank",
+            "rollout": "rollout.cpus_per_worker, rollout.gpus_per_worker"}.get(
+        name, "learner.*_per_rank + rollout.*_per_worker, trainer.colocate=true")
+
+
+def _bundle(cpus: float, gpus: float) -> dict[str, float]:
+    return {"CPU": float(cpus), **({"GPU": float(gpus)} if gpus > 0 else {})}
+
+
+def _fits(bundle: dict[str, float], node: dict[str, float]) -> bool:
+    return all(v <= node.get(k, 0.0) + 1e-9 for k, v in bundle.items() if v > 0)
+
+
+def _largest(nodes: Sequence[dict[str, float]], bundle: dict[str, float]) -> dict[str, float]:
+    """The node closest to holding ``bundle`` (most of its scarcest resource), for messages."""
+    keys = [k for k, v in bundle.items() if v > 0]
+    best = max(nodes, key=lambda n: tuple(n.get(k, 0.0) for k in sorted(keys, reverse=True)), default={})
+    return {k: best.get(k, 0.0) for k in ("CPU", "GPU")}
+
+
+def _distinct_nodes(bundles: Sequence[dict[str, float]], nodes: Sequence[dict[str, float]]) -> int:
+    """Most bundles placeable one per node (bipartite matching by augmenting paths)."""
+    owner: dict[int, int] = {}
+
+    def assign(b: int, seen: set[int]) -> bool:
+        for j, node in enumerate(nodes):
+            if j in seen or not _fits(bundles[b], node):
+                continue
+            seen.add(j)
+            if j not in owner or assign(owner[j], seen):
+                owner[j] = b
+                return True
+        return False
+
+    return sum(assign(b, set()) for b in range(len(bundles)))
+
+
+def _show(resources: dict[str, float], like: dict[str, float] | None = None) -> str:
+    """``"4 CPU, 1 GPU"``: CPU always, GPU when ``like`` (default: ``resources``) has some."""
+    like = resources if like is None else like
+    return ", ".join(f"{_fmt(resources.get(k, 0.0))} {k}" for k in ("CPU", "GPU")
+                     if k == "CPU" or like.get(k, 0.0) > 0)
+
+
+def _fmt(x: float | None) -> str:
+    if x is None:
+        return "auto"
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+
+# ---------------------------------------------------------------------------------------
+# Ray: connect, create placement groups
+
+
+def connect(cfg: TrainConfig, placement: Placement | None = None) -> None:
+    """Attach to ``trainer.ray_address`` (else ``RAY_ADDRESS``) when set; otherwise start a
+    local Ray sized for the actors. A no-op when Ray is already initialised."""
+    if ray.is_initialized():
+        return
+    address = getattr(cfg.trainer, "ray_address", "") or os.environ.get("RAY_ADDRESS", "")
+    if address:
+        ray.init(address=address, log_to_driver=True)
+        return
+    p = placement or Placement.from_config(cfg)
+    need = cfg.learner.ranks * p.learner_cpus + cfg.rollout.workers * p.rollout_cpus  # colocated or not
+    if getattr(cfg.reward, "mode", "local") == "ray":
+        need += cfg.reward.workers * cfg.reward.worker_cpus
+    # address="local": a new instance, never the last cluster recorded in /tmp/ray
+    # (ray.init() with no address would attach to it)
+    ray.init(address="local", num_cpus=max(math.ceil(need) + 1, os.cpu_count() or 1), include_dashboard=False,
+             log_to_driver=True, configure_logging=False)
+
+
+def alive_nodes() -> list[dict[str, float]]:
+    """Total resources of each alive node."""
+    return [dict(n["Resources"]) for n in ray.nodes() if n.get("Alive")]
+
+
+def create_placement_groups(plan: Plan, timeout_s: float) -> list:
+    """One placement group per entry of ``plan.groups``, ready, or a :class:`PlacementError`."""
+    from ray.util import placement_group, remove_placement_group
+
+    # every group has >= 1 bundle (learner.ranks, rollout.workers >= 1): Slot.group indexes this list
+    groups = [placement_group(list(bundles), strategy=plan.strategy) for bundles in plan.groups]
+    try:
+        ray.get([g.ready() for g in groups], timeout=timeout_s)
+    except GetTimeoutError:
+        for g in groups:
+            remove_placement_group(g)
+        avail, total = ray.available_resources(), ray.cluster_resources()
+        have = ", ".join(f"{_fmt(avail.get(r, 0.0))}/{_fmt(total.get(r, 0.0))} {r}" for r in ("CPU", "GPU"))
+        raise PlacementError(
+            f"placement groups ({', '.join(f'{n}: {len(b)} × {_show(b[0])}' for n, b in zip(plan.names, plan.groups) if b)}, "
+            f"trainer.placement={plan.strategy}) not ready after trainer.placement_timeout_s={_fmt(timeout_s)} s; "
+            f"needs {_fmt(plan.total('CPU'))} CPUs and {_fmt(plan.total('GPU'))} GPUs, available/total now: {have}"
+        ) from None
+    return groups
+
+
+def actor_threads(cfg: TrainConfig, cpus: float, single_node: bool) -> int:
+    """Torch threads of one actor. On a one-node cluster (a laptop, CI) the machine's cores are
+    shared among all actors, whatever fraction of a CPU each reserved; on many nodes an actor
+    uses the CPUs it reserved."""
+    if single_node:
+        return max(1, (os.cpu_count() or 1) // (cfg.learner.ranks + cfg.rollout.workers))
+    return max(1, int(cpus))
+
+
+# ---------------------------------------------------------------------------------------
+# the actors
 
 
 class Cluster:
-    """Learner ranks and rollout workers as Ray actors."""
+    """Learner ranks and rollout workers as Ray actors, placed by :class:`Placement`.
 
-    def __init__(self, cfg: TrainConfig) -> None:
+    Args:
+        cfg: the run's configuration.
+        placement: overrides the placement read from ``cfg`` (tests; programmatic use).
+    """
+
+    def __init__(self, cfg: TrainConfig, placement: Placement | None = None) -> None:
         self.cfg = cfg
-        threads = actor_threads(cfg)
-        env = {"env_vars": {"DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "cpu") if not torch.cuda.is_available() else "cuda",
-                            "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": str(threads),
-                            "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "0")}}
-        gpu = 1 if torch.cuda.is_available() else 0
-        Learner = ray.remote(num_cpus=0.01, num_gpus=gpu, runtime_env=env)(LearnerRank)
-        Worker = ray.remote(num_cpus=0.01, num_gpus=gpu, runtime_env=env)(RolloutWorker)
+        connect(cfg, placement)
+        total = ray.cluster_resources()
+        p = (placement or Placement.from_config(cfg)).validated()
+        self.placement = p.resolved(cluster_has_gpus=total.get("GPU", 0.0) > 0)
+        self.max_restarts = int(getattr(cfg.rollout, "max_restarts", 3))
+        self.restarts = 0  # rollout workers recreated over this run
+        self._version = 0  # weight version the workers hold (the last sync)
+        self.learners: list = []
+        self.workers: list = []
+        self.groups: list = []
+        nodes = alive_nodes()
+        self.plan = plan_placement(cfg.learner.ranks, cfg.rollout.workers, self.placement)
+        for note in check_capacity(self.plan, total, ray.available_resources(), nodes, self.placement.nodes):
+            print(f"[cluster] {note}", flush=True)
+        self._single_node = len(nodes) == 1
+        self.groups = create_placement_groups(self.plan, self.placement.timeout_s)
+        try:
+            self._start_actors()
+        except BaseException:
+            self.shutdown()
+            raise
+
+    def _start_actors(self) -> None:
+        cfg = self.cfg
         world = cfg.learner.ranks
-        self.learners = [Learner.remote(cfg, r, world, threads) for r in range(world)]
+        self.learners = [
+            self._actor(LearnerRank, slot, cfg, r, world, actor_threads(cfg, slot.cpus, self._single_node))
+            for r, slot in enumerate(self.plan.learners)
+        ]
         host, port = ray.get(self.learners[0].address.remote())
         ray.get([a.setup.remote(host, port) for a in self.learners])
-        self.workers = [
-            Worker.remote(cfg.model.path, cfg.rollout.engine, "float32", "cuda" if gpu else "cpu", threads)
-            for _ in range(cfg.rollout.workers)
-        ]
+        self.workers = [self._new_worker(i) for i in range(cfg.rollout.workers)]
         ray.get([w.ready.remote() for w in self.workers])
-        self._join_sync_group(host)
+        self._build_sync_group()
 
-    def _join_sync_group(self, host: str) -> None:
-        port = _free_port()
+    def _actor(self, cls: type, slot: Slot, *args):
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        env = {
+            "DS_ACCELERATOR": "cuda" if slot.gpus > 0 else "cpu",
+            "TOKENIZERS_PARALLELISM": "false",
+            "OMP_NUM_THREADS": str(actor_threads(self.cfg, slot.cpus, self._single_node)),
+            "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "0"),
+        }
+        strategy = PlacementGroupSchedulingStrategy(self.groups[slot.group], placement_group_bundle_index=slot.bundle)
+        return ray.remote(cls).options(num_cpus=slot.cpus, num_gpus=slot.gpus, runtime_env={"env_vars": env},
+                                       scheduling_strategy=strategy).remote(*args)
+
+    def _new_worker(self, i: int):
+        slot = self.plan.workers[i]
+        return self._actor(RolloutWorker, slot, self.cfg.model.path, self.cfg.rollout.engine, "float32",
+                           "cuda" if slot.gpus > 0 else "cpu", actor_threads(self.cfg, slot.cpus, self._single_node))
+
+    def _build_sync_group(self) -> None:
+        """(Re)build the weight-sync group on all members, with a fresh store on a fresh port
+        of learner rank 0's node (a rebuilt group never meets the old one's store)."""
+        host, port = ray.get(self.learners[0].address.remote())
         world = 1 + len(self.workers)
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        gpu = self.plan.learners[0].gpus > 0 and all(s.gpus > 0 for s in self.plan.workers)
+        backend = "nccl" if gpu else "gloo"
         calls = [a.join_sync_group.remote(host, port, world, backend, DEFAULT_BUCKET_BYTES) for a in self.learners]
         calls += [w.join_sync_group.remote(host, port, i + 1, world, backend, DEFAULT_BUCKET_BYTES)
                   for i, w in enumerate(self.workers)]
         ray.get(calls)
+
+    # ---- fault tolerance: lost rollout workers ---------------------------------------------
+    def _on_workers(self, launch: Callable[[], list]) -> list:
+        """``ray.get(launch())``; a rollout worker lost on the way is recreated and the call retried."""
+        while True:
+            futures = launch()
+            try:
+                return ray.get(futures)
+            except (RayActorError, RayTaskError) as error:
+                ray.wait(futures, num_returns=len(futures), timeout=SETTLE_TIMEOUT_S)
+                lost = self._lost_workers()
+                if not lost:
+                    raise
+                self._recover(lost, error)
+
+    def _lost_workers(self) -> list[int]:
+        pings = [w.ready.remote() for w in self.workers]
+        done, _ = ray.wait(pings, num_returns=len(pings), timeout=PING_TIMEOUT_S)
+        lost = []
+        for i, ping in enumerate(pings):
+            if ping not in done:
+                lost.append(i)  # unresponsive: presumably blocked in a broken collective
+                continue
+            try:
+                ray.get(ping)
+            except RayActorError:
+                lost.append(i)
+        return lost
+
+    def _recover(self, lost: list[int], error: BaseException) -> None:
+        reason = f"{type(error).__name__}: {str(error).strip().splitlines()[0][:200]}" if str(error).strip() else type(error).__name__
+        if self.restarts + len(lost) > self.max_restarts:
+            raise WorkerLostError(
+                f"rollout worker(s) {lost} lost ({reason}); {self.restarts} restart(s) so far, "
+                f"rollout.max_restarts={self.max_restarts}"
+            ) from error
+        for i in lost:
+            print(f"[cluster] WARNING: rollout worker {i} lost ({reason}); recreating it and rebuilding "
+                  f"the weight-sync group (restart {self.restarts + 1} of at most {self.max_restarts})", flush=True)
+            ray.kill(self.workers[i], no_restart=True)
+            self.workers[i] = self._new_worker(i)
+            self.restarts += 1
+        try:
+            ray.get([self.workers[i].ready.remote() for i in lost], timeout=self.placement.timeout_s)
+        except GetTimeoutError:
+            raise PlacementError(
+                f"recreated rollout worker(s) {lost} not ready after trainer.placement_timeout_s="
+                f"{_fmt(self.placement.timeout_s)} s (its node gone and no room elsewhere?)"
+            ) from error
+        self._build_sync_group()
+        # a worker lost during this resync is recovered the same way (bounded by max_restarts)
+        self._on_workers(lambda: self._push_calls(self._version))
+
+    def metrics(self) -> dict[str, float]:
+        """Cluster-level metrics: ``rollout/worker_restarts`` (cumulative over the run)."""
+        return {"rollout/worker_restarts": float(self.restarts)}
 
     # ---- rollout ------------------------------------------------------------------------
     def rollout(self, rows: list, params: SamplingParams, tokenizer) -> StepBatch:
@@ -69,11 +497,13 @@ class Cluster:
         prompts = [encode_prompt(r, tokenizer) for r in rows]
         w = len(self.workers)
         chunks = [list(range(i, len(prompts), w)) for i in range(w)]
-        futures = [
-            worker.generate.remote([prompts[i] for i in idx], _with_seed(params, k))
-            for k, (worker, idx) in enumerate(zip(self.workers, chunks)) if idx
-        ]
-        outs: list[RolloutOutput] = ray.get(futures)
+
+        def launch() -> list:
+            # self.workers is read at each attempt: a retry goes to the recreated worker
+            return [self.workers[k].generate.remote([prompts[i] for i in idx], _with_seed(params, k))
+                    for k, idx in enumerate(chunks) if idx]
+
+        outs: list[RolloutOutput] = self._on_workers(launch)
         parts = []
         for out, idx in zip(outs, [c for c in chunks if c]):
             group_ids = torch.tensor(idx).repeat_interleave(params.n)
@@ -95,24 +525,30 @@ class Cluster:
                              batch.response_ids[i * k:(i + 1) * k], batch.mask[i * k:(i + 1) * k])
                 for i in range(r)]
 
-    def forward(self, batch: StepBatch) -> None:
-        """Adds ``old_logp``, ``entropy`` (and ``ref_logp``) to the batch."""
+    def forward(self, batch: StepBatch, extras: frozenset[str] = frozenset()) -> None:
+        """Adds ``old_logp``, ``entropy`` (``ref_logp``, ``proxy_logp``, and requested
+        ``extras`` such as ``topp_entropy``) to the batch."""
         shards = self._split(batch)
-        outs = ray.get([a.forward.remote(s) for a, s in zip(self.learners, shards)])
-        batch.old_logp = torch.cat([o.old_logp for o in outs])
-        batch.entropy = torch.cat([o.entropy for o in outs])
-        if outs[0].ref_logp is not None:
-            batch.ref_logp = torch.cat([o.ref_logp for o in outs])
+        outs = ray.get([a.forward.remote(s, extras) for a, s in zip(self.learners, shards)])
+        for name in ("old_logp", "entropy", "ref_logp", "proxy_logp", "topp_entropy"):
+            if getattr(outs[0], name) is not None:
+                setattr(batch, name, torch.cat([getattr(o, name) for o in outs]))
 
-    def update(self, minibatches: list[list[LearnerShard]], entropy_coef: float, step: int) -> dict[str, float]:
+    def update(self, minibatches: list[list[LearnerShard]], ctx) -> dict[str, float]:
+        """One update of every learner rank on its shards; ``ctx`` is the step's StepContext."""
         per_rank = [[mb[r] for mb in minibatches] for r in range(len(self.learners))]
-        results = ray.get([a.update.remote(s, entropy_coef, step) for a, s in zip(self.learners, per_rank)])
-        return results[0]
+        results = ray.get([a.update.remote(s, ctx) for a, s in zip(self.learners, per_rank)])
+        # The cluster's own metrics ride along with the update's until the controller asks
+        # for them itself (Controller.train_step: metrics.update(cluster.metrics())).
+        return {**results[0], **self.metrics()}
 
     def sync_weights(self, version: int) -> None:
-        calls = [a.send_weights.remote() for a in self.learners]
-        calls += [w.receive_weights.remote(version) for w in self.workers]
-        ray.get(calls)
+        self._on_workers(lambda: self._push_calls(version))
+        self._version = version
+
+    def _push_calls(self, version: int) -> list:
+        return ([a.send_weights.remote() for a in self.learners]
+                + [w.receive_weights.remote(version) for w in self.workers])
 
     def save(self, path: Path) -> None:
         """Every rank's DeepSpeed state into ``path/learner``; the policy into ``path/hf``."""
@@ -124,14 +560,17 @@ class Cluster:
 
     def node_ids(self) -> dict[str, list[str]]:
         return {"learner": ray.get([a.node_id.remote() for a in self.learners]),
-                "rollout": ray.get([w.node_id.remote() for w in self.workers])}
+                "rollout": self._on_workers(lambda: [w.node_id.remote() for w in self.workers])}
 
     def shutdown(self) -> None:
+        from ray.util import remove_placement_group
+
         for a in self.learners + self.workers:
             ray.kill(a)
+        for g in self.groups:
+            remove_placement_group(g)
+        self.learners, self.workers, self.groups = [], [], []
 
 
 def _with_seed(params: SamplingParams, worker: int) -> SamplingParams:
-    from dataclasses import replace
-
     return replace(params, seed=params.seed * 131 + worker)

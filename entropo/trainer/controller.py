@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import time
 from contextlib import contextmanager
@@ -19,18 +20,30 @@ import torch
 
 from entropo.algorithms import diagnostics
 from entropo.algorithms.advantages import broadcast_to_tokens
+from entropo.algorithms.aepo import (
+    AEPO_INITIAL_ENTROPY,
+    aepo_mix,
+    aepo_num_injected,
+    aepo_num_prompts,
+    aepo_temperature,
+)
+from entropo.algorithms.canon import canon_token_scale
 from entropo.algorithms.dynamic_sampling import (
     dynamic_sampling_metrics,
     group_keep_mask,
     need_more_batches,
     select_groups,
 )
+from entropo.algorithms.hapo import entropy_h_hat
+from entropo.algorithms.objective import StepContext
 from entropo.algorithms.overlong import filter_truncated, overlong_metrics, overlong_penalty
-from entropo.algorithms.registry import ADVANTAGES
+from entropo.algorithms.registry import ADVANTAGE_RESHAPERS, ADVANTAGES
 from entropo.algorithms.regularizers import adaptive_entropy_coef
+from entropo.algorithms.siren import siren_anchor
 from entropo.config import TrainConfig, to_yaml
 from entropo.trainer.batch import StepBatch
 from entropo.trainer.checkpoint import Checkpoints, load_controller, save_controller
+from entropo.trainer.evaluation import answer_key
 from entropo.trainer.learner import LearnerShard
 from entropo.trainer.rollout import SamplingParams
 
@@ -46,6 +59,11 @@ class ControllerState:
     accuracy_end: float | None = None
     entropy_start: float | None = None
     entropy_end: float | None = None
+    siren_anchor: float | None = None  # SIREN's H_anc, fixed at step 1 (spec G2)
+    epo_count: int = 0  # EPO's cumulative mean of step entropies (spec G3)
+    epo_total: float = 0.0
+    hapo_stats: tuple[float, float, float, float] | None = None  # S2: (μ, σ, s⁺, s⁻) of the last step
+    aepo_entropy: float = AEPO_INITIAL_ENTROPY  # S3/G4: Ĥ of the last update
 
 
 class Timer:
@@ -62,13 +80,13 @@ class Timer:
 class Controller:
     """Drives a :class:`~entropo.trainer.cluster.Cluster` of actors through training."""
 
-    def __init__(self, cfg: TrainConfig, cluster, sampler, tokenizer, reward_fns, sinks,
+    def __init__(self, cfg: TrainConfig, cluster, sampler, tokenizer, rewards, sinks,
                  eval_rows: list | None = None) -> None:
         self.cfg = cfg
         self.cluster = cluster
         self.sampler = sampler
         self.tokenizer = tokenizer
-        self.reward_fns = reward_fns
+        self.rewards = rewards  # a RewardManager
         self.sinks = sinks
         self.state = ControllerState(entropy_coef=cfg.algorithm.entropy_coef)
         self.run_dir = Path(cfg.trainer.output_dir)
@@ -83,9 +101,13 @@ class Controller:
             batch, gen_metrics = self.collect(step, t)          # rollout, forward, rewards, filtering
             with t("advantage"):
                 batch, adv_metrics = self.advantages(batch)
+            if "aepo" in self.cfg.algorithm.sampling:
+                with t("aepo"):
+                    batch, aepo_metrics = self.aepo_inject(batch, step)
+                adv_metrics.update(aepo_metrics)
             with t("update"):
-                coef = self.entropy_coef_now(batch)
-                update_metrics = self.cluster.update(self.minibatches(batch), coef, step)
+                ctx = self.step_context(batch, step)
+                update_metrics = self.cluster.update(self.minibatches(batch), ctx)
             with t("sync"):
                 self.cluster.sync_weights(step)
         self.state.step = step
@@ -110,7 +132,7 @@ class Controller:
             with t("rollout"):
                 batch = self.cluster.rollout(prompts, self.sampling(step, n_gen), self.tokenizer)
             with t("forward"):
-                self.cluster.forward(batch)
+                self.cluster.forward(batch, self.forward_extras())
             with t("reward"):
                 metrics.update(self.score(batch))
             if not ds.enable:
@@ -132,11 +154,23 @@ class Controller:
         return merged.select(rows), metrics
 
     def sampling(self, step: int, attempt: int) -> SamplingParams:
-        r = self.cfg.rollout
+        r, a = self.cfg.rollout, self.cfg.algorithm
+        adaptive = None
+        if "hapo_temperature" in a.sampling and self.state.hapo_stats is not None:
+            h = a.hapo_temperature
+            adaptive = (h.tau, h.code_compat, *self.state.hapo_stats)
         return SamplingParams(
             n=r.n, temperature=r.temperature, top_p=r.top_p, max_new_tokens=r.max_new_tokens,
             stop=tuple(r.stop), seed=self.cfg.trainer.seed * 1_000_003 + step * 101 + attempt,
+            hapo_temperature=adaptive,
         )
+
+    def forward_extras(self) -> frozenset[str]:
+        """Extra π_old quantities this step needs (SIREN's anchor is measured at step 1)."""
+        a = self.cfg.algorithm
+        if "siren" in a.regularizer and self.state.siren_anchor is None:
+            return frozenset({"topp_entropy"})
+        return frozenset()
 
     def samples(self, batch: StepBatch) -> list:
         """One reward-function input per response (π_old statistics when the batch has them)."""
@@ -158,16 +192,11 @@ class Controller:
 
     def correctness(self, batch: StepBatch) -> torch.Tensor:
         """Plain correctness ``[N]`` (the reward functions' ``acc``), for evaluation."""
-        from entropo.rewards.scoring import score_samples
-
-        _, _, correct, _ = score_samples(self.samples(batch), self.reward_fns, self.cfg.reward.fallback_score)
-        return correct
+        return self.rewards.score(self.samples(batch)).correct
 
     def score(self, batch: StepBatch) -> dict[str, float]:
-        from entropo.rewards.scoring import score_samples
-
-        rewards, comps, correct, metrics = score_samples(
-            self.samples(batch), self.reward_fns, self.cfg.reward.fallback_score)
+        res = self.rewards.score(self.samples(batch))
+        rewards, comps, correct, metrics = res.rewards, dict(res.components), res.correct, dict(res.metrics)
         ov = self.cfg.algorithm.overlong
         if ov.enable:
             lengths = batch.response_lengths
@@ -177,19 +206,80 @@ class Controller:
             metrics.update({k: float(v) for k, v in overlong_metrics(
                 lengths, self.cfg.rollout.max_new_tokens, ov, batch.truncated).items()})
         batch.rewards, batch.reward_components, batch.correct = rewards, comps, correct
+        clusters = res.cluster_ids
+        if clusters is None or bool((clusters < 0).any()):
+            clusters = answer_clusters(batch.group_ids, [answer_key(t) for t in batch.response_text])
+        batch.cluster_ids = clusters
         return metrics
 
     def advantages(self, batch: StepBatch) -> tuple[StepBatch, dict[str, float]]:
+        """The estimator (spec A1-A4), then at most one reshaper (A5/A6), broadcast to tokens."""
         a = self.cfg.algorithm
+        if a.overlong.filter_truncated:
+            batch.mask = filter_truncated(batch.mask, batch.truncated)
         entry = ADVANTAGES.get(a.advantage)
         cfg = getattr(a, a.advantage, None) if entry.config_cls else None
-        adv, metrics = entry.fn(batch.rewards, batch.group_ids, cfg, mask=batch.mask)
-        mask = batch.mask
-        if a.overlong.filter_truncated:
-            mask = filter_truncated(mask, batch.truncated)
-        batch.mask = mask
-        batch.advantages = broadcast_to_tokens(adv, mask)
+        adv, metrics = entry.fn(batch.rewards, batch.group_ids, cfg, mask=batch.mask, entropy=batch.entropy)
+        if a.advantage == "canon":
+            adv = adv * canon_token_scale(a.loss_agg_mode, self.cfg.rollout.max_new_tokens)
+        if a.advantage_reshaper is not None:
+            reshaper = ADVANTAGE_RESHAPERS.get(a.advantage_reshaper)
+            adv, m = reshaper.fn(adv, batch.group_ids, getattr(a, a.advantage_reshaper), mask=batch.mask,
+                                 entropy=batch.entropy, cluster_ids=batch.cluster_ids)
+            metrics.update(m)
+        batch.advantages = broadcast_to_tokens(adv, batch.mask)
         return batch, {k: float(v) for k, v in metrics.items()}
+
+    def aepo_inject(self, batch: StepBatch, step: int) -> tuple[StepBatch, dict[str, float]]:
+        """AEPO (spec S3 + G4): re-generate the first prompts at T', and let the first n_s
+        positive responses replace rows 0..n_s−1 of the batch with advantage ≡ 1."""
+        a, r = self.cfg.algorithm, self.cfg.rollout
+        cfg, h_hat = a.aepo, self.state.aepo_entropy
+        t_prime = aepo_temperature(h_hat, cfg.entropy_target, cfg.T_high, cfg.T_low)
+        n_prompts = aepo_num_prompts(self.cfg.trainer.prompts_per_step, cfg.prompt_fraction)
+        metrics = {"aepo/temperature": t_prime, "aepo/entropy_estimate": h_hat}
+        if n_prompts == 0:
+            return batch, metrics
+        first_rows = [batch.rows[i] for i in range(0, n_prompts * r.n, r.n)]
+        params = dataclasses.replace(self.sampling(step, attempt=0), temperature=t_prime, seed=step * 7919 + 17)
+        extra = self.cluster.rollout(first_rows, params, self.tokenizer)
+        self.cluster.forward(extra)  # π_old at the base temperature for every row (spec G4)
+        self.score(extra)
+        adv, _ = ADVANTAGES.get("grpo").fn(extra.rewards, extra.group_ids, a.grpo, mask=extra.mask)
+        n_pos = int((adv > cfg.positive_threshold).sum())
+        n_s = min(aepo_num_injected(h_hat, cfg.entropy_target, cfg.reinforce_sample_num, n_pos), len(batch))
+        plan, m = aepo_mix(len(batch), adv, n_s, cfg.positive_threshold)
+        metrics.update({k: float(v) for k, v in m.items()})
+        if n_s == 0:
+            return batch, metrics
+        metrics["aepo/injected_reward_mean"] = float(extra.rewards[plan.source_rows].mean())
+        extra.advantages = broadcast_to_tokens(torch.ones(len(extra)), extra.mask)
+        merged = StepBatch.concat([batch, extra])
+        order = torch.arange(len(batch))
+        order[plan.target_rows] = len(batch) + plan.source_rows
+        mixed = merged.select(order)
+        # an injected row keeps its own (new) group: it must not join the group it replaced
+        mixed.group_ids = mixed.group_ids.clone()
+        mixed.group_ids[plan.target_rows] = -1 - plan.source_rows
+        return mixed, metrics
+
+    def step_context(self, batch: StepBatch, step: int) -> StepContext:
+        """Step-level inputs of the objective (and the running state they come from)."""
+        a = self.cfg.algorithm
+        h = float((batch.entropy * batch.mask).sum() / batch.mask.sum().clamp(min=1))
+        if "siren" in a.regularizer and self.state.siren_anchor is None:
+            self.state.siren_anchor = float(siren_anchor(batch.topp_entropy, batch.mask, a.siren.mask_quantile))
+        if "hapo_temperature" in a.sampling:  # S2: this step's π_old statistics drive the next rollout
+            ht = a.hapo_temperature
+            _, st = entropy_h_hat(batch.entropy, batch.mask, ht.entropy_pivot, ht.code_compat)
+            self.state.hapo_stats = (float(st.mu), float(st.sigma), float(st.s_pos), float(st.s_neg))
+        epo_reference = None
+        if "epo" in a.regularizer:
+            self.state.epo_count += 1
+            self.state.epo_total += h
+            epo_reference = self.state.epo_total / self.state.epo_count
+        return StepContext(step=step, entropy_coef=self.entropy_coef_now(batch), step_entropy=h,
+                           siren_anchor=self.state.siren_anchor, epo_reference=epo_reference)
 
     def minibatches(self, batch: StepBatch) -> list[list[LearnerShard]]:
         """Mini-batches of whole groups, each split evenly across learner ranks: ``[mb][rank]``."""
@@ -241,6 +331,8 @@ class Controller:
         h["entropy"].append(metrics["entropy/mean"])
         fit = diagnostics.fit_entropy_change(h["cov"], h["entropy"])
         out.update({k: float(v) for k, v in fit.items()})
+        if "aepo" in a.sampling and math.isfinite(metrics.get("actor/neg_logp", float("nan"))):
+            self.state.aepo_entropy = metrics["actor/neg_logp"]  # Ĥ: sampled-token NLL of the update (G4)
         if a.adaptive_entropy:
             out["actor/entropy_coef"] = self.state.entropy_coef
             out["actor/entropy_bonus_active"] = float(metrics["entropy/mean"] <= a.entropy_adaptive.target)
@@ -310,6 +402,20 @@ class Controller:
             if final or (cfg.save_every and step % cfg.save_every == 0):
                 self.checkpoint()
         return last
+
+
+def answer_clusters(group_ids: torch.Tensor, answers: list[str]) -> torch.Tensor:
+    """``[N]`` cluster id of each response's final answer within its group (exact match;
+    ids numbered by first appearance), for SEED-GRPO's semantic entropy."""
+    seen: dict[tuple[int, str], int] = {}
+    per_group: dict[int, int] = {}
+    out = []
+    for g, a in zip(group_ids.tolist(), answers):
+        if (g, a) not in seen:
+            seen[(g, a)] = per_group.get(g, 0)
+            per_group[g] = seen[(g, a)] + 1
+        out.append(seen[(g, a)])
+    return torch.tensor(out, dtype=torch.long)
 
 
 def _shard(b: StepBatch) -> LearnerShard:

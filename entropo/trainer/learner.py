@@ -20,17 +20,17 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 
 from entropo.algorithms.losses.base import TokenLossInputs
-from entropo.algorithms.objective import Objective, micro_objective, prepare_minibatch
+from entropo.algorithms.objective import Objective, StepContext, micro_objective, prepare_minibatch
 from entropo.config import TrainConfig
 from entropo.trainer import weight_sync
 
 # Metrics that are each micro-batch's share of the mini-batch loss: summed, not averaged.
-SHARE_METRICS = ("actor/pg_loss", "actor/entropy_bonus")
+SHARE_METRICS = ("actor/pg_loss", "actor/entropy_bonus", "epo/term", "epo/bonus_agg", "epo/penalty_agg")
 
 
 @dataclass
@@ -45,6 +45,8 @@ class LearnerShard:
     entropy: torch.Tensor | None = None
     ref_logp: torch.Tensor | None = None
     advantages: torch.Tensor | None = None
+    proxy_logp: torch.Tensor | None = None
+    topp_entropy: torch.Tensor | None = None
 
     def rows(self, index: slice) -> LearnerShard:
         return LearnerShard(**{k: (None if v is None else v[index]) for k, v in vars(self).items()})
@@ -105,36 +107,61 @@ class LearnerRank:
             self.ref.requires_grad_(False)
 
     # ---- π_old / π_ref ------------------------------------------------------------------
+    def _extras(self, names: set[str] | frozenset[str]) -> dict:
+        """Per-token functions of the logits that the selected methods need."""
+        from functools import partial
+
+        a, temperature = self.cfg.algorithm, self.cfg.rollout.temperature
+        out = {}
+        if "proxy_logp" in names:
+            from entropo.algorithms.losses.lp_reg import minp_proxy_logprobs
+
+            out["proxy_logp"] = partial(minp_proxy_logprobs, kappa=a.lp_reg.kappa, temperature=temperature)
+        if "topp_entropy" in names:
+            from entropo.algorithms.siren import top_p_entropy
+
+            s = a.siren
+            out["topp_entropy"] = lambda logits, _labels: top_p_entropy(
+                logits, p_top=s.p_top, top_k=s.top_k, temperature=temperature, rule=s.top_p_rule)
+        return out
+
     @torch.no_grad()
-    def forward(self, shard: LearnerShard) -> LearnerShard:
-        """π_old log-probs and entropies (and π_ref log-probs) for this rank's rows."""
-        from entropo.models.forward import response_logprobs
+    def forward(self, shard: LearnerShard, extras: frozenset[str] = frozenset()) -> LearnerShard:
+        """π_old log-probs and entropies (π_ref log-probs, and requested ``extras`` such as
+        ``proxy_logp`` or ``topp_entropy``) for this rank's rows."""
+        from entropo.models.forward import response_logprobs, response_outputs
 
         module = self.strategy.module
         was_training = module.training
         module.eval()
-        logps, ents, refs = [], [], []
+        fns = self._extras(extras | (self.objective.needs & {"proxy_logp"}))
+        parts: dict[str, list[torch.Tensor]] = {}
         for rows in self._micro_slices(len(shard)):
             s = shard.rows(rows)
-            args = (s.prompt_ids, s.prompt_mask, s.response_ids, s.mask, self.cfg.rollout.temperature)
-            lp, h = response_logprobs(module, *[self._dev(a) for a in args[:4]], args[4])
-            logps.append((lp * self._dev(s.mask)).cpu())
-            ents.append((h * self._dev(s.mask)).cpu())
+            dev = [self._dev(x) for x in (s.prompt_ids, s.prompt_mask, s.response_ids, s.mask)]
+            out = response_outputs(module, *dev, self.cfg.rollout.temperature, extras=fns)
+            values = {"old_logp": out.logp, "entropy": out.entropy, **out.extras}
             if self.ref is not None:
-                rl, _ = response_logprobs(self.ref, *[self._dev(a) for a in args[:4]], args[4], with_entropy=False)
-                refs.append((rl * self._dev(s.mask)).cpu())
+                values["ref_logp"], _ = response_logprobs(self.ref, *dev, self.cfg.rollout.temperature,
+                                                          with_entropy=False)
+            for key, v in values.items():
+                parts.setdefault(key, []).append((v * dev[3]).cpu())
         module.train(was_training)
-        return LearnerShard(
-            shard.prompt_ids, shard.prompt_mask, shard.response_ids, shard.mask,
-            old_logp=torch.cat(logps), entropy=torch.cat(ents), ref_logp=torch.cat(refs) if refs else None,
-        )
+        return LearnerShard(shard.prompt_ids, shard.prompt_mask, shard.response_ids, shard.mask,
+                            **{k: torch.cat(v) for k, v in parts.items()})
+
+    @property
+    def objective(self) -> Objective:
+        return self.cfg.objective()
 
     # ---- update -------------------------------------------------------------------------
-    def update(self, minibatches: list[LearnerShard], entropy_coef: float, seed: int) -> dict[str, float]:
+    def update(self, minibatches: list[LearnerShard], ctx: StepContext) -> dict[str, float]:
         """Epochs × mini-batches × micro-batches; returns metrics averaged over the whole update."""
-        from entropo.models.forward import response_logprobs
+        from entropo.models.forward import response_outputs
 
-        obj = replace(self.cfg.objective(), entropy_coef=entropy_coef)
+        obj = self.objective
+        fns = self._extras(obj.needs & {"topp_entropy"})
+        seed = ctx.step
         module = self.strategy.module
         module.train()
         sums: dict[str, float] = {}
@@ -147,22 +174,18 @@ class LearnerRank:
                 gen = torch.Generator().manual_seed(
                     (self.cfg.trainer.seed * 1_000_003 + seed) * 100_003 + epoch * 1009 + k
                 )
-                prepared = self._prepare(mb, obj, gen, reuse_old=(epoch == 0 and k == 0))
+                prepared = self._prepare(mb, obj, ctx, gen, reuse_old=(epoch == 0 and k == 0))
                 for key, v in prepared.metrics.items():
                     _acc(sums, weights, key, float(v), 1.0)
                 slices = self._micro_slices(len(mb))
                 for j, rows in enumerate(slices):
                     s = mb.rows(rows)
                     dev = [self._dev(x) for x in (s.prompt_ids, s.prompt_mask, s.response_ids, s.mask)]
-                    logp, entropy = response_logprobs(
-                        self.strategy.train_model, *dev, self.cfg.rollout.temperature, with_entropy=obj.needs_entropy
-                    )
-                    inp = TokenLossInputs(
-                        logp=logp, old_logp=self._dev(s.old_logp), advantages=self._dev(s.advantages),
-                        mask=dev[3], entropy=entropy, generator=gen,
-                    )
+                    out = response_outputs(self.strategy.train_model, *dev, self.cfg.rollout.temperature,
+                                           with_entropy=obj.needs_entropy, extras=fns)
+                    inp = self._inputs(s, out.logp, out.entropy, ctx, generator=gen, extras=out.extras)
                     ref = self._dev(s.ref_logp) if s.ref_logp is not None else None
-                    loss, metrics = micro_objective(inp, obj, prepared.rows(rows), ref_logp=ref)
+                    loss, metrics = micro_objective(inp, obj, prepared.rows(rows), ref_logp=ref, ctx=ctx)
                     last = j == len(slices) - 1
                     self.strategy.backward(loss, boundary=last)
                     tokens = float(s.mask.sum())
@@ -182,19 +205,22 @@ class LearnerRank:
         out["actor/optimizer_steps"] = float(len(grad_norms))
         return out
 
-    def _prepare(self, mb: LearnerShard, obj: Objective, gen: torch.Generator, reuse_old: bool):
-        """Global selections and denominators of one mini-batch (see the module docstring)."""
-        needs_policy = obj.loss_is_global or any(
-            getattr(cfg, "stat_scope", "micro") == "global" for _, cfg in obj.masks
+    def _inputs(self, s: LearnerShard, logp: torch.Tensor, entropy: torch.Tensor | None, ctx: StepContext,
+                **kwargs) -> TokenLossInputs:
+        """The objective's inputs for rows ``s`` given π_θ's log-probs and entropies."""
+        return TokenLossInputs(
+            logp=logp, old_logp=self._dev(s.old_logp), advantages=self._dev(s.advantages), mask=self._dev(s.mask),
+            entropy=entropy, old_entropy=self._dev(s.entropy), proxy_logp=self._dev(s.proxy_logp),
+            step_entropy=ctx.step_entropy, **kwargs,
         )
+
+    def _prepare(self, mb: LearnerShard, obj: Objective, ctx: StepContext, gen: torch.Generator, reuse_old: bool):
+        """Global selections and denominators of one mini-batch (see the module docstring)."""
         logp, entropy = mb.old_logp, mb.entropy
-        if needs_policy and not reuse_old:
+        if obj.needs_policy_prepass and not reuse_old:
             fresh = self.forward(mb)
             logp, entropy = fresh.old_logp, fresh.entropy
-        inp = TokenLossInputs(
-            logp=self._dev(logp), old_logp=self._dev(mb.old_logp), advantages=self._dev(mb.advantages),
-            mask=self._dev(mb.mask), entropy=self._dev(entropy), reducer=self.reducer, generator=gen,
-        )
+        inp = self._inputs(mb, self._dev(logp), self._dev(entropy), ctx, reducer=self.reducer, generator=gen)
         return prepare_minibatch(inp, obj)
 
     def _reduce_metrics(self, sums: dict[str, float], weights: dict[str, float], n_updates: int) -> dict[str, float]:

@@ -30,6 +30,8 @@ class SamplingParams:
     max_new_tokens: int
     stop: tuple[str, ...] = ()
     seed: int = 0
+    hapo_temperature: tuple[float, bool, float, float, float, float] | None = None
+    """HAPO S2: ``(τ, code_compat, μ, σ, s⁺, s⁻)`` of the previous step; None samples at T."""
 
 
 @dataclass
@@ -74,6 +76,9 @@ class HFEngine:
         torch.manual_seed(params.seed)
         greedy = params.temperature == 0
         sampling = {} if greedy else {"temperature": params.temperature, "top_p": params.top_p, "top_k": 0}
+        if params.hapo_temperature is not None and not greedy:
+            # the processor applies T_t itself (base T included), so generate's own T is 1
+            sampling.update(temperature=1.0, logits_processor=[AdaptiveTemperature(params)])
         out = self.model.generate(
             input_ids=prompt_ids,
             attention_mask=prompt_mask,
@@ -110,6 +115,28 @@ class HFEngine:
             response_text=texts,
             weight_version=self.weight_version,
         )
+
+
+class AdaptiveTemperature:
+    """HAPO's per-token temperature (spec S2) as a ``transformers`` logits processor:
+    ``T_t = T·(1 + τ·clip(ĥ_t, −1, 1))`` from the entropy of the raw decode-step logits."""
+
+    def __init__(self, params: SamplingParams) -> None:
+        from entropo.algorithms.hapo import HapoStats
+
+        tau, code_compat, mu, sigma, s_pos, s_neg = params.hapo_temperature
+        self.base_T, self.tau, self.code_compat = params.temperature, tau, code_compat
+        self.stats = HapoStats(*(torch.tensor(x, dtype=torch.float64) for x in (mu, sigma, s_pos, s_neg)))
+        self.seen: list[torch.Tensor] = []
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        from entropo.algorithms.hapo import adaptive_temperature
+
+        logp = torch.log_softmax(scores.float(), dim=-1)
+        entropy = -(logp.exp() * logp.clamp(min=-1e4)).sum(-1)  # [N]
+        t = adaptive_temperature(entropy, self.stats, self.base_T, self.tau, self.code_compat)
+        self.seen.append(t.detach().float())
+        return scores / t.to(scores.dtype).unsqueeze(-1)
 
 
 def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

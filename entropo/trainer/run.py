@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
@@ -14,30 +13,16 @@ class RunError(RuntimeError):
     """A run that cannot start (bad model path, empty dataset, ...); the message says why."""
 
 
-def start_ray(num_actors: int) -> None:
-    """Attach to ``RAY_ADDRESS`` when set, else start a local instance sized for the actors."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    address = os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, log_to_driver=True)
-    else:
-        ray.init(num_cpus=max(num_actors + 1, os.cpu_count() or 1), include_dashboard=False,
-                 log_to_driver=True, configure_logging=False)
-
-
 def train(cfg: TrainConfig) -> dict:
     """Train to ``trainer.total_steps``; returns the run summary (also in ``summary.json``)."""
     from entropo.data.loading import DataError, load_rows
     from entropo.data.prompts import filter_long
     from entropo.data.sampler import PromptSampler
     from entropo.models.loading import load_tokenizer, resolve_model_path
-    from entropo.rewards.scoring import resolve
+    from entropo.rewards import RewardManager, RewardSpecError
     from entropo.telemetry.sinks import make_sinks
     from entropo.trainer.checkpoint import CheckpointError, Checkpoints
-    from entropo.trainer.cluster import Cluster
+    from entropo.trainer.cluster import Cluster, connect
     from entropo.trainer.controller import Controller
 
     started = time.time()
@@ -61,7 +46,6 @@ def train(cfg: TrainConfig) -> dict:
             eval_rows = list(load_rows(cfg.data.eval, split="eval"))[: cfg.evaluation.max_prompts]
         except DataError as e:
             raise RunError(f"data.eval: {e}") from None
-    reward_fns = resolve(cfg.reward.fns)
     run_dir = Path(cfg.trainer.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
 
@@ -70,10 +54,14 @@ def train(cfg: TrainConfig) -> dict:
     except CheckpointError as e:
         raise RunError(str(e)) from None
 
-    start_ray(cfg.learner.ranks + cfg.rollout.workers)
+    connect(cfg)  # trainer.ray_address / RAY_ADDRESS, else a local Ray sized for the actors
+    try:
+        rewards = RewardManager(cfg.reward, tokenizer)
+    except (RewardSpecError, ValueError) as e:
+        raise RunError(str(e)) from None
     cluster = Cluster(cfg)
     sampler = PromptSampler(rows, cfg.trainer.prompts_per_step, cfg.trainer.seed)
-    controller = Controller(cfg, cluster, sampler, tokenizer, reward_fns, sinks=None, eval_rows=eval_rows)
+    controller = Controller(cfg, cluster, sampler, tokenizer, rewards, sinks=None, eval_rows=eval_rows)
     if resume_from is not None:
         controller.restore(resume_from)
         print(f"[resume] continuing from {resume_from} (step {controller.state.step})")
@@ -84,6 +72,7 @@ def train(cfg: TrainConfig) -> dict:
         last = controller.fit()
     finally:
         sinks.close()
+        rewards.close()
         cluster.shutdown()
     st = controller.state
     summary = {

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -51,30 +52,58 @@ def test_no_checkpoint_yet_starts_fresh(tmp_path):
 def test_resume_reproduces_the_uninterrupted_run(ray_session, tiny_model_dir, tmp_path):
     """Killed after step 2 and resumed: steps 3-4 equal the uninterrupted run's within 1e-4."""
     from entropo.config import load_config
-    from entropo.rewards import scoring
     from entropo.trainer.run import train
 
-    scoring.BUILTINS["digit_fraction_ckpt"] = lambda s: sum(c.isdigit() for c in s.response) / max(len(s.response), 1)
-    common = [f"model.path={tiny_model_dir}", "trainer.prompts_per_step=4", "rollout.n=4",
-              "rollout.max_new_tokens=12", "learner.lr=1e-3", "learner.ranks=2", "learner.zero_stage=2",
-              "rollout.workers=1", "reward.fns=[digit_fraction_ckpt]", "logger.backends=[jsonl]",
-              "algorithm.loss=clip_cov", "algorithm.clip_cov.clip_ratio=0.05", "algorithm.clip_cov.cov_low=0.01"]
-    try:
-        full_dir, cut_dir = tmp_path / "full", tmp_path / "cut"
-        train(load_config(overrides=[*common, f"trainer.output_dir={full_dir}", "trainer.total_steps=4"]))
-        train(load_config(overrides=[*common, f"trainer.output_dir={cut_dir}", "trainer.total_steps=2",
-                                     "trainer.save_every=2"]))
-        saved = cut_dir / "checkpoints" / "step_000002"
-        assert (saved / MARKER).is_file() and (saved / "hf" / "config.json").is_file()
-        # a later save that crashed half-way must not be picked up
-        shutil.copytree(saved, cut_dir / "checkpoints" / "step_000003.tmp")
-        train(load_config(overrides=[*common, f"trainer.output_dir={cut_dir}", "trainer.total_steps=4",
-                                     "trainer.resume=auto"]))
-    finally:
-        scoring.BUILTINS.pop("digit_fraction_ckpt")
+    reward = f"digits={Path(__file__).parent / 'rewards_for_tests.py'}:digit_fraction"
+    common = [
+        f"model.path={tiny_model_dir}",
+        "trainer.prompts_per_step=4",
+        "rollout.n=4",
+        "rollout.max_new_tokens=12",
+        "learner.lr=1e-3",
+        "learner.ranks=2",
+        "learner.zero_stage=2",
+        "rollout.workers=1",
+        f"reward.fns=[{reward}]",
+        "logger.backends=[jsonl]",
+        "evaluation.max_prompts=8",
+        "algorithm.loss=clip_cov",
+        "algorithm.clip_cov.clip_ratio=0.05",
+        "algorithm.clip_cov.cov_low=0.01",
+    ]
+    full_dir, cut_dir = tmp_path / "full", tmp_path / "cut"
+    train(
+        load_config(overrides=[*common, f"trainer.output_dir={full_dir}", "trainer.total_steps=4"])
+    )
+    train(
+        load_config(
+            overrides=[
+                *common,
+                f"trainer.output_dir={cut_dir}",
+                "trainer.total_steps=2",
+                "trainer.save_every=2",
+            ]
+        )
+    )
+    saved = cut_dir / "checkpoints" / "step_000002"
+    assert (saved / MARKER).is_file() and (saved / "hf" / "config.json").is_file()
+    # a later save that crashed half-way must not be picked up
+    shutil.copytree(saved, cut_dir / "checkpoints" / "step_000003.tmp")
+    train(
+        load_config(
+            overrides=[
+                *common,
+                f"trainer.output_dir={cut_dir}",
+                "trainer.total_steps=4",
+                "trainer.resume=auto",
+            ]
+        )
+    )
 
     def rows(d):
-        return {r["step"]: r for r in map(json.loads, (d / "metrics.jsonl").read_text().splitlines())}
+        return {
+            r["step"]: r for r in map(json.loads, (d / "metrics.jsonl").read_text().splitlines())
+        }
 
     full, cut = rows(full_dir), rows(cut_dir)
     assert sorted(cut) == [1, 2, 3, 4]  # no duplicated steps after resume

@@ -34,9 +34,11 @@ class FakeCluster:
             rows=[r for r in rows for _ in range(g)],
         )
 
-    def forward(self, batch):
+    def forward(self, batch, extras=frozenset()):
         batch.old_logp = torch.zeros_like(batch.mask)
         batch.entropy = torch.full_like(batch.mask, 0.1)
+        if "topp_entropy" in extras:
+            batch.topp_entropy = torch.full_like(batch.mask, 0.05)
 
 
 class ListSampler:
@@ -53,10 +55,10 @@ ROWS = [PromptRow(prompt=f"{i}+0=?", ground_truth=str(i + 10), data_source="t", 
 
 
 def _controller(*overrides):
-    from entropo.rewards.scoring import resolve
+    from entropo.rewards import RewardManager
 
-    cfg = load_config(overrides=["trainer.prompts_per_step=4", "rollout.n=2", *overrides])
-    return Controller(cfg, FakeCluster(), ListSampler(ROWS, 4), None, resolve(["embedded"]), sinks=None), cfg
+    cfg = load_config(overrides=["trainer.prompts_per_step=4", "rollout.n=2", "reward.mode=local", *overrides])
+    return Controller(cfg, FakeCluster(), ListSampler(ROWS, 4), None, RewardManager(cfg.reward), sinks=None), cfg
 
 
 def test_dynamic_sampling_keeps_only_mixed_groups_across_generation_batches():
@@ -99,3 +101,45 @@ def test_adaptive_entropy_bonus_only_below_target():
     assert ctl.state.entropy_coef == pytest.approx(0.01 - 0.005)  # decreased by δ
     batch.entropy.fill_(0.01)
     assert ctl.entropy_coef_now(batch) == pytest.approx(0.005)
+
+
+def test_aepo_injects_positive_high_temperature_samples_into_the_first_rows():
+    # Ĥ starts at 0 <= target 0.5: T' = T_high; 1 of 4 prompts re-generated (prompt_fraction 0.25)
+    ctl, _ = _controller("algorithm.sampling=[aepo]", "trainer.prompts_per_step=8")
+    ctl.sampler = ListSampler([r for r in ROWS if r.index % 3 == 2], 8)  # only mixed prompts
+    batch, _ = ctl.collect(1, Timer())
+    batch, _ = ctl.advantages(batch)
+    mixed, metrics = ctl.aepo_inject(batch, step=1)
+    assert metrics["aepo/temperature"] == 1.2
+    # 2 re-generated prompts x 2 samples, one correct per group -> 2 positives, n_s = min(60, 2) = 2
+    assert metrics["aepo/n_injected"] == 2.0
+    assert len(mixed) == len(batch)
+    assert torch.equal(mixed.advantages[:2], mixed.mask[:2])  # A ≡ 1 on valid tokens
+    assert torch.equal(mixed.advantages[2:], batch.advantages[2:])
+    assert all(c == 1.0 for c in mixed.correct[:2].tolist())
+    assert (mixed.group_ids[:2] < 0).all()  # own groups, not the replaced rows' groups
+
+
+def test_step_context_carries_siren_anchor_and_epo_reference():
+    ctl, _ = _controller("algorithm.regularizer=[siren]")
+    batch, _ = ctl.collect(1, Timer())
+    ctx = ctl.step_context(batch, 1)
+    # all top-p entropies 0.05: H_sel of the per-sequence top 20% is 0.05... except that strict
+    # ">" the 0.8-quantile of equal values selects nothing, so every sequence contributes 0
+    assert ctx.siren_anchor == pytest.approx(0.0)
+    assert ctx.step_entropy == pytest.approx(0.1)
+    ctl2, _ = _controller("algorithm.regularizer=[epo]")
+    batch, _ = ctl2.collect(1, Timer())
+    assert ctl2.step_context(batch, 1).epo_reference == pytest.approx(0.1)
+    batch.entropy.fill_(0.3)
+    assert ctl2.step_context(batch, 2).epo_reference == pytest.approx(0.2)  # cumulative mean
+
+
+def test_hapo_temperature_statistics_feed_the_next_rollout():
+    ctl, _ = _controller("algorithm.sampling=[hapo_temperature]")
+    assert ctl.sampling(1, 1).hapo_temperature is None  # step 1: no statistics yet
+    batch, _ = ctl.collect(1, Timer())
+    batch.entropy = torch.tensor([0.01, 0.05, 0.2, 0.5, 1.0, 2.0]).repeat(8, 1)[:, :3]
+    ctl.step_context(batch, 1)
+    params = ctl.sampling(2, 1)
+    assert params.hapo_temperature[0] == 0.05 and params.hapo_temperature[1] is False

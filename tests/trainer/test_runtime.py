@@ -7,36 +7,33 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
 
+from entropo.algorithms.objective import StepContext
 from entropo.config import load_config
-from entropo.rewards import scoring
 from entropo.trainer.batch import StepBatch
 from tests.metrics_doc import undocumented
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 
 
+DIGITS = f"digits={Path(__file__).parent / 'rewards_for_tests.py'}:digit_fraction"
+
+
 @pytest.fixture(scope="module")
 def digits_reward():
     """A reward with variance for a random model: the fraction of digits in the response."""
-
-    def digit_fraction(sample):
-        text = sample.response
-        return {"score": sum(c.isdigit() for c in text) / max(len(text), 1), "acc": float("</think>" in text)}
-
-    scoring.BUILTINS["digit_fraction"] = digit_fraction
-    yield "digit_fraction"
-    scoring.BUILTINS.pop("digit_fraction")
+    return DIGITS
 
 
 def _cfg(model_dir, tmp_path, *overrides):
     return load_config(overrides=[
         f"model.path={model_dir}", f"trainer.output_dir={tmp_path}", "trainer.prompts_per_step=4",
         "rollout.n=4", "rollout.max_new_tokens=12", "learner.micro_batch_size=4", "learner.lr=1e-2",
-        "logger.backends=[jsonl]", *overrides,
+        "logger.backends=[jsonl]", "reward.mode=local", "evaluation.max_prompts=8", *overrides,
     ])
 
 
@@ -45,11 +42,12 @@ def _fixed_batch(cfg, cluster, reward):
     from entropo.data.loading import load_rows
     from entropo.data.sampler import PromptSampler
     from entropo.models.loading import load_tokenizer
+    from entropo.rewards import RewardManager
     from entropo.trainer.controller import Controller
 
     tok = load_tokenizer(cfg.model.path)
     ctl = Controller(cfg, cluster, PromptSampler(load_rows("embedded:addition"), 4, 0), tok,
-                     scoring.resolve([reward]), sinks=None)
+                     RewardManager(cfg.reward, tok), sinks=None)
     batch, _ = ctl.collect(1, __import__("entropo.trainer.controller", fromlist=["Timer"]).Timer())
     batch, _ = ctl.advantages(batch)
     return ctl, batch
@@ -68,7 +66,7 @@ def test_weight_sync_makes_rollout_logprobs_equal_learner(ray_session, tiny_mode
         args = (batch.prompt_ids, batch.prompt_mask, batch.response_ids, batch.mask, cfg.rollout.temperature)
         # before any update, rollout log-probs from generate equal the learner's π_old
         assert (batch.rollout_logp - batch.old_logp).abs().max() < 1e-5
-        cluster.update(ctl.minibatches(batch), 0.0, 1)
+        cluster.update(ctl.minibatches(batch), StepContext(step=1))
         learner = ray_session.get(cluster.learners[0].score.remote(shard))
         stale = ray_session.get(cluster.workers[0].score.remote(*args))
         assert (learner - stale).abs().max() > 1e-3  # the update moved the policy
@@ -102,7 +100,7 @@ def test_gradient_is_independent_of_ranks_zero_and_micro_batch(ray_session, tiny
                 cluster.forward(batch)
                 from entropo.trainer.controller import Controller
                 ctl = Controller(cfg, cluster, None, None, None, None)
-            results.append(cluster.update(ctl.minibatches(batch), 0.0, 1))
+            results.append(cluster.update(ctl.minibatches(batch), StepContext(step=1)))
         finally:
             cluster.shutdown()
     one, many = results
@@ -120,8 +118,17 @@ def test_gradient_is_independent_of_ranks_zero_and_micro_batch(ray_session, tiny
         (3, ["algorithm.loss=clip_cov", "algorithm.clip_cov.clip_ratio=0.05", "algorithm.clip_cov.cov_low=0.01"]),
         (2, ["algorithm.loss=kl_cov", "algorithm.kl_cov.k=0.05"]),
         (3, ["algorithm.token_mask=[high_entropy]"]),
+        (2, ["algorithm.advantage=hapo", "algorithm.loss=hapo_clip", "algorithm.sampling=[hapo_temperature]"]),
+        (2, ["algorithm.loss=lp_reg", "algorithm.lp_reg.rho_neg=0.2", "algorithm.token_weight=[steer]"]),
+        (0, ["algorithm.regularizer=[siren]", "algorithm.advantage=dr_grpo",
+             "algorithm.loss_agg_mode=seq-mean-token-sum-norm"]),
+        (2, ["algorithm.regularizer=[epo]", "algorithm.advantage=canon", "algorithm.canon.metric=length"]),
+        (2, ["algorithm.sampling=[aepo]", "algorithm.advantage_reshaper=seed", "algorithm.seed.alpha=0.5"]),
+        (3, ["algorithm.token_mask=[dmmpt]", "algorithm.dmmpt.sigma=10.0", "algorithm.dmmpt.tau=0.0",
+             "algorithm.advantage_reshaper=ettrl"]),
     ],
-    ids=["grpo-zero2", "clip_cov-zero3", "kl_cov-zero2", "entropy_mask-zero3"],
+    ids=["grpo-zero2", "clip_cov-zero3", "kl_cov-zero2", "entropy_mask-zero3", "hapo-zero2",
+         "lp_reg+steer-zero2", "siren+dr_grpo-zero0", "epo+canon-zero2", "aepo+seed-zero2", "dmmpt+ettrl-zero3"],
 )
 def test_training_runs_end_to_end(ray_session, tiny_model_dir, tmp_path, digits_reward, zero, recipe_overrides):
     from entropo.trainer.run import train
@@ -141,10 +148,23 @@ def test_training_runs_end_to_end(ray_session, tiny_model_dir, tmp_path, digits_
         assert 0 < row["entropy/mean"] < math.log(90) + 1e-6  # bounded by ln |V|
         assert row["actor/grad_norm"] > 0
         assert row["rollout/weight_version"] == row["step"] - 1  # generated with the last sync
-    control_key = {"clip_cov": "clip_cov/selected_frac", "kl_cov": "kl_cov/selected_frac"}.get(cfg.algorithm.loss)
-    if cfg.algorithm.token_mask:
+    a = cfg.algorithm
+    control_key = {"clip_cov": "clip_cov/selected_frac", "kl_cov": "kl_cov/selected_frac",
+                   "lp_reg": "lp_reg/selected_frac", "hapo_clip": "hapo/h_pos_frac"}.get(a.loss)
+    if "high_entropy" in a.token_mask:
         control_key = "entropy_mask/keep_frac"
         assert rows[0][control_key] == pytest.approx(0.2, abs=0.05)
+    if "dmmpt" in a.token_mask:
+        # gate open (H̄ < σ = 10) and τ = 0: every token of a positive-advantage response is masked
+        assert rows[0]["dmmpt/gate_active"] == 1.0 and rows[0]["dmmpt/masked_frac"] > 0
+    if "steer" in a.token_weight:
+        assert 0.8 <= rows[0]["steer/weight_min"] <= rows[0]["steer/weight_mean"] <= 1.0
+    if "siren" in a.regularizer:
+        assert all(r["siren/H_anc"] == rows[0]["siren/H_anc"] for r in rows)  # fixed after step 1
+    if "epo" in a.regularizer:
+        assert rows[0]["epo/in_range_frac"] > 0
+    if "aepo" in a.sampling:
+        assert rows[0]["aepo/temperature"] == 1.2  # Ĥ starts at 0 <= target
     if control_key:
         assert all(r[control_key] > 0 for r in rows)
     assert (tmp_path / "config.yaml").exists()

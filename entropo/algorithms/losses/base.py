@@ -15,7 +15,7 @@ https://github.com/volcengine/verl/blob/b178a3cd5/verl/trainer/ppo/core_algos.py
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -33,14 +33,17 @@ class TokenLossInputs:
         advantages: ``[n, T]`` advantages, already broadcast over tokens.
         mask: ``[n, T]`` valid-token mask (1 for response tokens).
         entropy: ``[n, T]`` π_θ entropy at the rollout temperature, when a method needs it.
-        selected: ``[n, T]`` bool, a selection precomputed over the whole mini-batch in
-            ``global`` scope; ``None`` makes the loss select within these tensors (``micro``).
+        selected: ``[n, T]``, a selection (bool) or per-token statistic (HAPO's ĥ) precomputed
+            over the whole mini-batch in ``global`` scope; ``None`` makes the loss decide
+            within these tensors (``micro``).
         reducer: reduces statistics over the scope when the loss selects by itself.
         generator: seeded RNG for random selections (Clip-Cov).
         old_entropy: ``[n, T]`` π_old entropy at the rollout temperature (STEER's H_i).
         proxy_logp: ``[n, T]`` log-prob of the sampled token under a proxy distribution built
             from π_old (Lp-Reg's min-p proxy).
         step_entropy: the step batch's token-mean π_old entropy H̄ (step-level gates, DMMPT).
+        extras: other per-token tensors a method computes from the logits (SIREN's
+            ``topp_entropy``, with gradient).
     """
 
     logp: torch.Tensor
@@ -54,6 +57,7 @@ class TokenLossInputs:
     old_entropy: torch.Tensor | None = None
     proxy_logp: torch.Tensor | None = None
     step_entropy: float | None = None
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 Metrics = dict[str, torch.Tensor]

@@ -1,0 +1,179 @@
+"""AEPO: temperature-shifted REINFORCE samples mixed into the batch (spec S3 + G4), pure pieces.
+
+Each step, with Ĥ the previous update's entropy estimate and H_tgt the target:
+
+    T'   = T_high if Ĥ ≤ H_tgt else T_low
+    re-generate n responses at T' for the first ⌊B·f⌋ prompts (f = 1/4), score them, GRPO
+    positives = those responses with advantage > 0.05 (the correct answers of mixed groups)
+    n_s  = min(reinforce_sample_num, |positives|)         if Ĥ ≤ H_tgt
+         = ⌊min(reinforce_sample_num, |positives|) / 2⌋   otherwise
+    rows 0..n_s−1 of the main batch ← the first n_s positives, with A ≡ 1 on every token
+    Ĥ    = −mean over valid tokens of log π_θ(sampled token)   (a Monte-Carlo entropy estimate)
+
+The update is then the normal GRPO update on the mixed batch; its effective coefficient α of
+the paper's ``∇J_GRPO + α·E_{o∼π^{T'}}[∇log π_θ(o|q)·R]`` is set by n_s relative to the batch.
+
+- Paper: Wang et al., "Arbitrary Entropy Policy Optimization", arXiv 2510.08141.
+- Official code: ``RayPPOTrainer.fit`` (branch ``algorithm == "AEPO"``) and
+  ``_select_by_advantage`` in ``verl/trainer/ray_trainer.py``,
+  https://github.com/597358816/AEPO/tree/b353a05 (read at 1a3e368, the version stored, which
+  has the first-quarter prompt slice).
+
+Conventions:
+- The code starts with Ĥ = 0 (:data:`AEPO_INITIAL_ENTROPY`), so the first step uses T_high.
+- π_old is recomputed at the base temperature for every row, the injected ones included: the
+  ratio of an injected row is against the base-T policy (spec G4). Aggregation: token-mean.
+- The code takes the positives in batch order and crashes when there are none; here n_s = 0
+  and nothing is replaced.
+- The code's Ĥ is the mean over micro-batches of each micro-batch's token mean;
+  :func:`aepo_entropy_estimate` is the token mean over the reducer's scope (equal when the
+  micro-batches hold equal token counts).
+- Not implemented here (controller work): the extra generation at T', scoring, and replacing
+  the rows' tokens, masks and rewards with the injected samples'.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+
+from entropo.algorithms.reduce import LOCAL, Reducer, masked_sum_count
+
+AEPO_INITIAL_ENTROPY = 0.0
+"""Ĥ before the first update (the code initialises ``entropy = 0``): the first step uses T_high."""
+
+
+@dataclass(frozen=True)
+class AepoConfig:
+    """Hyperparameters of AEPO (spec S3/G4; defaults: the official config and example script)."""
+
+    T_high: float = 1.2
+    """T' when Ĥ ≤ H_tgt (``temperature_high``). > 0."""
+
+    T_low: float = 0.8
+    """T' when Ĥ > H_tgt (``temperature_low``). > 0."""
+
+    entropy_target: float = 0.5
+    """H_tgt (``entropy_base``); the example script uses 0.5, the README reports H = 0.75."""
+
+    reinforce_sample_num: int = 60
+    """Maximum number of injected samples per step (``reinforce_sample_num``). ≥ 0."""
+
+    positive_threshold: float = 0.05
+    """A re-generated response is injected when its GRPO advantage exceeds this (code: 0.05)."""
+
+    prompt_fraction: float = 0.25
+    """Fraction of the step's prompts that are re-generated at T' (code: the first quarter)."""
+
+    def __post_init__(self) -> None:
+        if not (self.T_high > 0 and self.T_low > 0):
+            raise ValueError(f"algorithm.aepo.T_high and T_low must be > 0, got {self.T_high}, {self.T_low}")
+        if self.reinforce_sample_num < 0:
+            raise ValueError(f"algorithm.aepo.reinforce_sample_num must be >= 0, got {self.reinforce_sample_num}")
+        if not 0.0 < self.prompt_fraction <= 1.0:
+            raise ValueError(f"algorithm.aepo.prompt_fraction must be in (0, 1], got {self.prompt_fraction}")
+
+
+def _check_entropy(H_hat: float) -> None:
+    if not math.isfinite(H_hat):
+        raise ValueError(f"AEPO's entropy estimate Ĥ must be finite, got {H_hat}")
+
+
+def aepo_temperature(H_hat: float, H_target: float, T_high: float = 1.2, T_low: float = 0.8) -> float:
+    """T' for this step's extra rollouts: ``T_high`` if ``Ĥ ≤ H_target`` else ``T_low``.
+
+    Args:
+        H_hat: Ĥ from the previous update (:data:`AEPO_INITIAL_ENTROPY` before the first).
+        H_target: H_tgt.
+        T_high: temperature that raises entropy.
+        T_low: temperature that lowers it.
+    """
+    _check_entropy(H_hat)
+    return T_high if H_hat <= H_target else T_low
+
+
+def aepo_num_prompts(num_prompts: int, prompt_fraction: float = 0.25) -> int:
+    """How many of the step's first prompts are re-generated: ``⌊num_prompts·f⌋`` (code: ``//4``).
+
+    Args:
+        num_prompts: prompts in the step batch.
+        prompt_fraction: f.
+    """
+    return math.floor(num_prompts * prompt_fraction)
+
+
+def aepo_num_injected(H_hat: float, H_target: float, reinforce_sample_num: int, n_positive: int) -> int:
+    """n_s: ``min(reinforce_sample_num, n_positive)``, halved (floor) when ``Ĥ > H_target``.
+
+    Args:
+        H_hat: Ĥ from the previous update.
+        H_target: H_tgt.
+        reinforce_sample_num: the cap.
+        n_positive: re-generated responses with advantage above the threshold.
+    """
+    _check_entropy(H_hat)
+    n = min(int(reinforce_sample_num), int(n_positive))
+    return n if H_hat <= H_target else n // 2
+
+
+class AepoMix(NamedTuple):
+    """Which rows of the main batch the injected samples replace.
+
+    Attributes:
+        target_rows: ``[n_s]`` rows of the main batch (always ``0..n_s−1``, the code's order).
+        source_rows: ``[n_s]`` rows of the re-generated batch that go there (its first n_s
+            positives, in batch order).
+        advantages: ``[n_s]`` their advantage, ≡ 1 (broadcast to every valid token).
+    """
+
+    target_rows: torch.Tensor
+    source_rows: torch.Tensor
+    advantages: torch.Tensor
+
+
+def aepo_mix(
+    batch_size: int, injected_adv: torch.Tensor, n_s: int, positive_threshold: float = 0.05
+) -> tuple[AepoMix, dict[str, torch.Tensor]]:
+    """The replacement plan: the first ``n_s`` positives overwrite rows ``0..n_s−1`` with A ≡ 1.
+
+    Args:
+        batch_size: rows of the main batch.
+        injected_adv: ``[M]`` GRPO advantage of each re-generated response (within its new group).
+        n_s: how many to inject (:func:`aepo_num_injected`); at most the positives and the batch.
+        positive_threshold: strict lower bound on the advantage of an injected response.
+
+    Returns:
+        The plan and metrics ``aepo/n_positive``, ``aepo/n_injected``, ``aepo/injected_frac``.
+    """
+    positives = torch.nonzero(injected_adv.detach() > positive_threshold).squeeze(-1)  # [n_pos]
+    if not 0 <= n_s <= min(positives.numel(), batch_size):
+        raise ValueError(
+            f"n_s = {n_s} must be in [0, min(#positives = {positives.numel()}, batch_size = {batch_size})]"
+        )
+    device = injected_adv.device
+    plan = AepoMix(
+        target_rows=torch.arange(n_s, device=device),
+        source_rows=positives[:n_s],
+        advantages=torch.ones(n_s, dtype=injected_adv.dtype, device=device),
+    )
+    metrics = {
+        "aepo/n_positive": torch.tensor(float(positives.numel())),
+        "aepo/n_injected": torch.tensor(float(n_s)),
+        "aepo/injected_frac": torch.tensor(n_s / max(batch_size, 1)),
+    }
+    return plan, metrics
+
+
+def aepo_entropy_estimate(logp: torch.Tensor, mask: torch.Tensor, reducer: Reducer = LOCAL) -> torch.Tensor:
+    """Ĥ = −mean of log π_θ(sampled token) over valid tokens of the scope (detached).
+
+    Args:
+        logp: ``[n, T]`` log π_θ of the sampled tokens (from the update's forward passes).
+        mask: ``[n, T]`` valid-token mask.
+        reducer: spans the ranks (and is the identity on one process).
+    """
+    total, count = masked_sum_count(-logp.detach(), mask, reducer)
+    return total / count.clamp(min=1)

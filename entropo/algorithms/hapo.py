@@ -1,0 +1,358 @@
+"""HAPO: normalised entropy ĥ, adaptive temperature (S2), token-level advantage (A3), adaptive clip (L5).
+
+Normalised log-entropy ĥ (spec L5 "compute ĥ"; no grad; over the valid tokens of a scope):
+
+    e = log max(H, 1e-8);   μ = nearest-rank q-quantile of e (q = entropy_pivot)
+    h = (e − μ) / σ,        σ = sqrt(mean_valid (e − μ)²)        RMS around the pivot, not the std
+    pos_max = max(max_{h>0} h, 1e-8),   neg_min = min(min_{h<0} h, −1e-8)
+    ĥ = h / pos_max  (h > 0);   ĥ = h / |neg_min|  (h ≤ 0)         signed, the paper's intent
+                                ĥ = h / neg_min   (h ≤ 0)          code_compat: ĥ ≥ 0 everywhere
+
+S2, adaptive temperature at decode time, from the previous step's statistics (μ, σ, s⁺, s⁻):
+
+    h_t = (log max(H_t, 1e-6) − μ) / (σ + 1e-6);   ĥ_t = h_t·s⁺ (h_t > 0), h_t·s⁻ (h_t ≤ 0)
+    T_t = T · (1 + τ · clip(ĥ_t, −1, 1))                                (T_t = T at step 1)
+
+A3, "hapo" advantage (per group g, |o_i| = valid tokens of response i):
+
+    μ_tok = Σ |o_i| R_i / Σ |o_i|,   σ_tok = sqrt(Σ |o_i| (R_i − μ_tok)² / Σ |o_i|)
+    A_i = (R_i − μ_tok) / (σ_tok + ε);   if any |A_i| ≥ 5 in g: A_i = GRPO's A_i for all of g
+
+L5, per-token clip bounds and advantage redistribution, then the 0.7 surrogate (dual clip c):
+
+    ĥ ≤ 0: ε_low' = ε_low·(1 − α_c·ĥ), ε_high' = ε_high;   ĥ > 0: ε_high' = ε_high·(1 + α_c·ĥ), ε_low' = ε_low
+    Z = (1 − ε_low'/2, 1 + ε_high'/2), r detached
+    ĥ > 0: A' = A if r ∈ Z else A·(1 + β_a·ĥ);     ĥ ≤ 0: A' = A·(1 + β_a·ĥ) if r ∈ Z else A
+    ℓ = max(−A'·r, −A'·clip(r, 1 − ε_low', 1 + ε_high')), then min(ℓ, −A'·c) where A' < 0
+
+- Paper: Liu et al., "HAPO: Heterogeneous Adaptive Policy Optimization" (2025); the arXiv id
+  could not be confirmed (the README link is a placeholder), so no equation numbers.
+- Official code: https://github.com/starriver030515/HAPO/tree/7671dde,
+  ``verl/trainer/ppo/core_algos.py`` (``compute_entropy_h``, ``ada_clip``, ``ada_advantage``,
+  ``compute_policy_loss``, ``compute_hapo_outcome_advantage``) and
+  ``vllm/v1/sample/sampler.py`` (``compute_entropy_based_temperature``).
+
+Deviations and conventions:
+- Sign: the released code uses s⁻ = 1/neg_min < 0, so its ĥ is ≥ 0 for every token and S2 only
+  ever raises T (spec S2 notes). Signed ĥ is our default; ``code_compat=True`` reproduces the
+  code. :class:`HapoStats` stores the code's s⁻ = 1/neg_min either way; the mode decides its sign.
+- The quantile index is ``round(q·(N−1))`` with Python's round (half to even), as the code's
+  ``torch_quantile(..., interpolation="nearest")``. With no valid token μ = 0 (the code's
+  ``nan_to_num``).
+- σ: the code floors the *variance* at 1e-8 (σ ≥ 1e-4); the spec writes "σ ≥ 1e-8". We follow
+  the code. ĥ = h/pos_max does not depend on σ, so only S2's h_t is affected, and only when
+  every valid log-entropy lies within ~1e-4 of the pivot.
+- ĥ is set to 0 on masked positions (the code leaves values there; they never reach the loss).
+- A3: the fallback test looks at responses with at least one valid token. The code tests every
+  position of ``[g, T]``, padding included, where the score is 0, so ``−μ_tok/σ_tok`` can trigger
+  the fallback spuriously (e.g. a constant group, or non-binary rewards); with 0/1 rewards the
+  outcome is the same. A singleton group gets A = 0 (its token mean is its reward).
+  ``norm_adv_by_std=False`` of the code is not implemented.
+- Scope of ĥ (L5): ``micro`` (the code: each micro-batch on its own rank) or ``global``, in
+  which case the learner runs :func:`hapo_clip_select` over the whole mini-batch and passes ĥ
+  as ``inputs.selected`` (a float tensor here, not a bool selection).
+- Validated: the spec's unit numbers (tests/algorithms/test_hapo.py). Not validated: training
+  behaviour.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from entropo.algorithms.advantages import GRPOConfig, advantage_metrics, grpo
+from entropo.algorithms.losses.base import (
+    TokenLossInputs,
+    clipped_surrogate,
+    valid_frac,
+    valid_mean,
+)
+from entropo.algorithms.reduce import LOCAL, STAT_SCOPES, Reducer, gather_valid
+from entropo.algorithms.registry import ADVANTAGES, TOKEN_LOSSES
+
+# The code's eps in compute_entropy_h: floors H before log (H = 0 would give −inf), floors the
+# variance (σ ≥ 1e-4) and bounds pos_max / neg_min away from 0 so that 1/pos_max is finite.
+H_HAT_EPS = 1e-8
+# The decode-time sampler's eps: floors H before log and is added to σ (sampler.py).
+DECODE_EPS = 1e-6
+# compute_hapo_outcome_advantage falls back to GRPO for a group whose token-level advantage
+# reaches this magnitude (a near-constant group whose σ_tok is tiny).
+FALLBACK_ABS_ADV = 5.0
+
+
+@dataclass(frozen=True)
+class HapoStats:
+    """The scope statistics of ĥ, as the code's ``(median, std, scale_pos, scale_neg)``.
+
+    Attributes:
+        mu: μ, the pivot quantile of the log-entropy.
+        sigma: σ, the RMS deviation of the log-entropy around μ.
+        s_pos: s⁺ = 1/pos_max > 0.
+        s_neg: s⁻ = 1/neg_min < 0 (the code's value; signed mode uses |s⁻|).
+    """
+
+    mu: torch.Tensor
+    sigma: torch.Tensor
+    s_pos: torch.Tensor
+    s_neg: torch.Tensor
+
+
+def _scope_extremes(x: torch.Tensor, flags: torch.Tensor, reducer: Reducer) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(max, min)`` of ``x`` over ``flags`` across shards (``−inf``/``inf`` when empty)."""
+    sel = x.detach()[flags.bool()]
+    inf = torch.tensor(float("inf"), dtype=x.dtype, device=x.device)
+    local = torch.stack([sel.max() if sel.numel() else -inf, -sel.min() if sel.numel() else -inf])
+    both, _ = reducer.gather(local)
+    both = both.view(-1, 2).amax(dim=0)
+    return both[0], -both[1]
+
+
+def _apply_scales(h: torch.Tensor, s_pos: torch.Tensor, s_neg: torch.Tensor, code_compat: bool) -> torch.Tensor:
+    return torch.where(h > 0, h * s_pos, h * (s_neg if code_compat else s_neg.abs()))
+
+
+def entropy_h_hat(
+    entropy: torch.Tensor,
+    mask: torch.Tensor,
+    pivot_quantile: float = 0.8,
+    code_compat: bool = False,
+    reducer: Reducer = LOCAL,
+) -> tuple[torch.Tensor, HapoStats]:
+    """ĥ ``[n, T]`` (0 on masked positions) and the scope's :class:`HapoStats`; no gradient.
+
+    Args:
+        entropy: ``[n, T]`` token entropies H (detached inside).
+        mask: ``[n, T]`` valid-token mask.
+        pivot_quantile: q of the pivot μ (``entropy_pivot``), in [0, 1].
+        code_compat: reproduce the released code's non-negative ĥ.
+        reducer: spans the scope (identity: these tensors alone).
+    """
+    valid = mask.bool()
+    e = torch.log(entropy.detach().to(torch.promote_types(entropy.dtype, torch.float32)).clamp(min=H_HAT_EPS))
+    flat, _ = gather_valid(e, valid, reducer)  # [N_scope]
+    if flat.numel() > 0:
+        k = round(pivot_quantile * (flat.numel() - 1))  # the code's nearest rank (half to even)
+        mu = torch.kthvalue(flat, k + 1).values
+    else:
+        mu = e.new_zeros(())
+    h = e - mu
+    sums = reducer.sum(torch.stack([(h.square() * valid).sum(), valid.sum().to(h.dtype)]))
+    sigma = (sums[0] / sums[1].clamp(min=1.0)).clamp(min=H_HAT_EPS).sqrt()
+    h = h / sigma
+    pos_max, _ = _scope_extremes(h, valid & (h > 0), reducer)
+    _, neg_min = _scope_extremes(h, valid & (h < 0), reducer)
+    pos_max = pos_max.clamp(min=H_HAT_EPS)  # −inf (none above the pivot) → 1e-8
+    neg_min = neg_min.clamp(max=-H_HAT_EPS)
+    stats = HapoStats(mu=mu, sigma=sigma, s_pos=1.0 / pos_max, s_neg=1.0 / neg_min)
+    h_hat = _apply_scales(h, stats.s_pos, stats.s_neg, code_compat) * valid
+    return h_hat, stats
+
+
+@dataclass(frozen=True)
+class HapoTemperatureConfig:
+    """HAPO adaptive sampling temperature (spec S2; defaults: the released code)."""
+
+    tau: float = 0.05
+    """τ (``temperature_tau``): T_t = T·(1 + τ·clip(ĥ_t, −1, 1)). Lower it if training collapses."""
+
+    entropy_pivot: float = 0.8
+    """Quantile of the log-entropy used as the pivot μ of ĥ."""
+
+    code_compat: bool = False
+    """Reproduce the released code's sign of s⁻ (T only ever rises); default: the paper's signed ĥ."""
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.tau < 1.0:
+            raise ValueError(f"algorithm.hapo_temperature.tau must be in [0, 1), got {self.tau}")
+        if not 0.0 <= self.entropy_pivot <= 1.0:
+            raise ValueError(f"algorithm.hapo_temperature.entropy_pivot must be in [0, 1], got {self.entropy_pivot}")
+
+
+def adaptive_temperature(
+    decode_entropy: torch.Tensor,
+    stats: HapoStats | None,
+    base_T: float = 1.0,
+    tau: float = 0.05,
+    code_compat: bool = False,
+) -> torch.Tensor:
+    """S2: per-token sampling temperature ``T_t`` (shape of ``decode_entropy``).
+
+    Args:
+        decode_entropy: ``[...]`` entropy of the decode-step logits *before* temperature.
+        stats: the previous step's :class:`HapoStats` (π_old, its rollout batch); None at step 1.
+        base_T: the base sampling temperature T.
+        tau: τ (``temperature_tau``); the code's default is 0.05.
+        code_compat: the released code's sign of s⁻ (T only ever rises).
+    """
+    dtype = torch.promote_types(decode_entropy.dtype, torch.float32)
+    if stats is None:
+        return torch.full_like(decode_entropy, float(base_T), dtype=dtype)
+    e = torch.log(decode_entropy.detach().to(dtype).clamp(min=DECODE_EPS))
+    h = (e - stats.mu) / (stats.sigma + DECODE_EPS)
+    h_hat = _apply_scales(h, stats.s_pos, stats.s_neg, code_compat).clamp(-1.0, 1.0)
+    return base_T * (1.0 + tau * h_hat)
+
+
+@dataclass(frozen=True)
+class HapoAdvantageConfig:
+    """Hyperparameters of the ``hapo`` advantage estimator (spec A3)."""
+
+    eps: float = 1e-6
+    """ε in ``(R − μ_tok)/(σ_tok + ε)``, also passed to the GRPO fallback. Code: 1e-6. > 0."""
+
+    def __post_init__(self) -> None:
+        if not self.eps > 0:
+            raise ValueError(f"algorithm.hapo.eps must be > 0, got {self.eps}")
+
+
+@ADVANTAGES.register("hapo", config=HapoAdvantageConfig)
+def hapo_advantage(
+    rewards: torch.Tensor,
+    group_ids: torch.Tensor,
+    cfg: HapoAdvantageConfig | None = None,
+    *,
+    mask: torch.Tensor | None = None,
+    reducer: Reducer = LOCAL,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """A3: token-weighted group normalisation with a per-group fallback to GRPO.
+
+    Args:
+        rewards: ``R`` ``[N]``.
+        group_ids: group of each response ``[N]`` (integer ids, any order).
+        cfg: :class:`HapoAdvantageConfig` (``None`` = defaults).
+        mask: valid-token mask ``[N, T]``; required (|o_i| = its row sums).
+        reducer: unused (groups are whole on each shard).
+    """
+    cfg = cfg or HapoAdvantageConfig()
+    if mask is None:
+        raise ValueError("the hapo advantage needs the token mask [N, T] (it weights responses by length)")
+    if group_ids.is_floating_point() or rewards.shape != group_ids.shape or rewards.dim() != 1:
+        raise ValueError("rewards and group_ids must both be [N], group_ids an integer tensor")
+    r = rewards.detach().to(torch.float32) if not rewards.is_floating_point() else rewards.detach()
+    length = mask.detach().to(r.dtype).sum(-1)  # [N] |o_i|
+    _, inv = torch.unique(group_ids, return_inverse=True)  # [N] in 0..K-1
+    zeros = r.new_zeros(int(inv.max()) + 1 if inv.numel() else 0)
+    weight = zeros.index_add(0, inv, length)  # [K] Σ |o_i|
+    mu = (zeros.index_add(0, inv, length * r) / weight.clamp(min=1.0))[inv]  # [N]
+    var = zeros.index_add(0, inv, length * (r - mu) ** 2) / weight.clamp(min=1.0)
+    adv = (r - mu) / (var.sqrt()[inv] + cfg.eps)  # [N]
+    big = ((adv.abs() >= FALLBACK_ABS_ADV) & (length > 0)).to(r.dtype)
+    fallback = (zeros.scatter_reduce(0, inv, big, reduce="amax", include_self=False) > 0)[inv]
+    grpo_adv, _ = grpo(r, group_ids, GRPOConfig(eps=cfg.eps))
+    adv = torch.where(fallback, grpo_adv, adv)
+    metrics = advantage_metrics(adv)
+    metrics["adv/hapo_fallback_frac"] = fallback.to(r.dtype).mean() if adv.numel() else r.new_zeros(())
+    return adv, metrics
+
+
+@dataclass(frozen=True)
+class HapoClipConfig:
+    """Hyperparameters of HAPO's adaptive clipping and advantage redistribution (spec L5)."""
+
+    entropy_pivot: float = 0.8
+    """q: the pivot μ is the q-quantile of the valid log-entropies. HAPO: 0.8. In [0, 1]."""
+
+    clip_alpha: float = 1.0
+    """α_c: how far ĥ widens the clip bounds (up to (1 + α_c)·ε). HAPO: 1.0. ≥ 0."""
+
+    adv_beta: float = 1.0
+    """β_a: advantage redistribution strength, A' = A·(1 + β_a·ĥ). HAPO: 1.0. ≥ 0."""
+
+    eps_low: float = 0.2
+    """ε_low before adaptation. HAPO: 0.2. ≥ 0."""
+
+    eps_high: float = 0.2
+    """ε_high before adaptation. HAPO: 0.2. ≥ 0."""
+
+    dual_clip_c: float | None = 10.0
+    """c > 1: the loss of a token with A' < 0 is bounded by −A'·c; None turns dual clip off.
+    HAPO's DAPO-based scripts: 10."""
+
+    code_compat: bool = False
+    """Reproduce the released code's non-negative ĥ (sign bug, spec S2 notes) instead of the
+    paper's signed ĥ."""
+
+    stat_scope: str = "global"
+    """Scope of ĥ's statistics: ``micro`` (official code) or ``global`` (whole mini-batch). Default ``global``: the
+    method must not change with the micro-batch size or the number of ranks."""
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.entropy_pivot <= 1.0:
+            raise ValueError(f"algorithm.hapo_clip.entropy_pivot must be in [0, 1], got {self.entropy_pivot}")
+        for name in ("clip_alpha", "adv_beta", "eps_low", "eps_high"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"algorithm.hapo_clip.{name} must be >= 0, got {getattr(self, name)}")
+        if self.dual_clip_c is not None and self.dual_clip_c <= 1:
+            raise ValueError(f"algorithm.hapo_clip.dual_clip_c must be > 1, got {self.dual_clip_c}")
+        if self.stat_scope not in STAT_SCOPES:
+            raise ValueError(f"algorithm.hapo_clip.stat_scope must be one of {STAT_SCOPES}, got '{self.stat_scope}'")
+
+
+def hapo_clip_select(inp: TokenLossInputs, cfg: HapoClipConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """ĥ ``[n, T]`` (float) over the reducer's scope, from ``inp.entropy`` (π_θ, detached)."""
+    if inp.entropy is None:
+        raise ValueError("the hapo_clip loss needs π_θ token entropies (inputs.entropy)")
+    h_hat, stats = entropy_h_hat(inp.entropy, inp.mask, cfg.entropy_pivot, cfg.code_compat, inp.reducer)
+    metrics = {
+        "hapo/mu": stats.mu,
+        "hapo/sigma": stats.sigma,
+        "hapo/s_pos": stats.s_pos,
+        "hapo/s_neg": stats.s_neg,
+    }
+    return h_hat, metrics
+
+
+def adaptive_bounds_and_advantage(
+    h_hat: torch.Tensor, advantages: torch.Tensor, log_ratio: torch.Tensor, cfg: HapoClipConfig
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-token ``(ε_low', ε_high', A')``, each ``[n, T]``, all without gradient.
+
+    Args:
+        h_hat: ``[n, T]`` ĥ.
+        advantages: ``[n, T]`` A.
+        log_ratio: ``[n, T]`` log r (detached inside: the neutral zone is a no-grad test).
+        cfg: :class:`HapoClipConfig` (α_c, β_a, ε_low, ε_high).
+    """
+    high = h_hat > 0
+    eps_low = torch.where(high, cfg.eps_low, cfg.eps_low * (1.0 - cfg.clip_alpha * h_hat))
+    eps_high = torch.where(high, cfg.eps_high * (1.0 + cfg.clip_alpha * h_hat), cfg.eps_high)
+    ratio = torch.exp(log_ratio.detach())
+    in_zone = (ratio > 1.0 - eps_low / 2) & (ratio < 1.0 + eps_high / 2)  # Z, open interval
+    scaled = advantages * (1.0 + cfg.adv_beta * h_hat)
+    adv = torch.where(high ^ in_zone, scaled, advantages)  # high & out of Z, or low & in Z
+    return eps_low, eps_high, adv.detach()
+
+
+@TOKEN_LOSSES.register("hapo_clip", config=HapoClipConfig, selector=hapo_clip_select, needs=("entropy",))
+def hapo_clip_loss(inp: TokenLossInputs, cfg: HapoClipConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Per-token HAPO loss ``[n, T]``; ĥ from ``inp.selected`` when given, else over the scope."""
+    metrics: dict[str, torch.Tensor] = {}
+    h_hat = inp.selected
+    if h_hat is None:
+        h_hat, metrics = hapo_clip_select(inp, cfg)
+    h_hat = h_hat.detach().to(inp.logp.dtype)
+    log_ratio = inp.logp - inp.old_logp  # [n, T]
+    eps_low, eps_high, adv = adaptive_bounds_and_advantage(h_hat, inp.advantages, log_ratio, cfg)
+    s = clipped_surrogate(log_ratio, adv, eps_low, eps_high, cfg.dual_clip_c)
+    high = h_hat > 0
+
+    mask = inp.mask
+    nonzero = mask.bool() & (inp.advantages != 0)
+    seq_len = mask.sum(-1).to(torch.float32)  # [n]
+    seq_adv = (inp.advantages * mask).sum(-1)  # [n]; outcome advantages share one sign per row
+    pos, neg = seq_adv > 0, seq_adv <= 0
+    metrics.update({
+        "hapo/h_pos_frac": valid_frac(high, mask),
+        "hapo/eps_low_mean": valid_mean(eps_low, mask),
+        "hapo/eps_high_mean": valid_mean(eps_high, mask),
+        "hapo/adv_changed_frac": valid_frac(adv != inp.advantages, mask),
+        "hapo/adv_abs_scale_mean": valid_mean((adv / torch.where(nonzero, inp.advantages, 1.0)).abs(), nonzero),
+        "hapo/code_compat": inp.logp.new_tensor(float(cfg.code_compat)).detach(),
+        "hapo/pos_len_mean": (seq_len * pos).sum() / pos.sum().clamp(min=1),
+        "hapo/neg_len_mean": (seq_len * neg).sum() / neg.sum().clamp(min=1),
+        "actor/pg_clipfrac": valid_frac(s.clipped, mask),
+        "actor/pg_clipfrac_dual": valid_frac(s.dual_clipped, mask),
+        "actor/ppo_kl": valid_mean(-log_ratio, mask),
+    })
+    return s.loss, metrics

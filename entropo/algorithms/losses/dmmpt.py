@@ -1,0 +1,94 @@
+"""UloRL DMMPT: mask well-mastered positive tokens while entropy is below a target (spec L7).
+
+    MPT_i = [A_i > 0] ∧ [π_θ(y_i) ≥ τ]                 (π_θ detached; A > 0 stands for R = 1)
+    m'_i  = m_i · (1 − MPT_i · [H̄ < σ])
+
+H̄ is the step batch's token-mean π_old entropy, decided once per step (``inputs.step_entropy``).
+Masked tokens leave the aggregation denominator (spec 0.3(a)).
+
+- Paper: Du et al., "UloRL: An Ultra-Long Output RL Approach for Advancing LLMs' Reasoning
+  Abilities", arXiv 2507.19766 (the DMMPT section; equation numbers not confirmed).
+- Official code: not released (https://github.com/liushulinle/ULORL at 5b07062 holds a README
+  only). The spec entry is [SECONDARY]: taken from write-ups quoting the paper.
+
+Deviations and open choices (none verified against the paper's PDF):
+- σ has no default ([UNVERIFIED]); one suggestion is the initial model's H̄. The config can be
+  built without it, because the config schema instantiates every method's config, but
+  :meth:`DmmptConfig.validate` (called by the mask itself, and by the config loader when
+  ``dmmpt`` is selected) raises if it is unset.
+- "Positive response" is read as ``A > 0``; "π(y_i)" as π_θ of the training forward; H̄ as the
+  π_old step mean; masking as exclusion from the denominator. Each is the spec's stated choice.
+- The decision is per token (no batch statistic); ``stat_scope`` only says where the objective
+  computes the mask: ``global`` (default) in the mini-batch preparation pass, so that the
+  aggregation denominator is counted after the mask over the whole mini-batch (spec section 7).
+- Validated: the spec's unit numbers (tests/algorithms/test_dmmpt.py). Not validated: training.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from entropo.algorithms.losses.base import TokenLossInputs, valid_frac
+from entropo.algorithms.masks import TokenMask
+from entropo.algorithms.reduce import STAT_SCOPES
+from entropo.algorithms.registry import TOKEN_MASKS
+
+
+@dataclass(frozen=True)
+class DmmptConfig:
+    """Hyperparameters of DMMPT (spec L7)."""
+
+    tau: float = 0.99
+    """τ: a positive token with π_θ(y) ≥ τ is "well mastered". Secondary sources: 0.99. In (0, 1]."""
+
+    sigma: float | None = None
+    """σ: the entropy target; MPTs are masked while H̄ < σ. [UNVERIFIED], no default: must be
+    set when ``dmmpt`` is used (e.g. the initial model's H̄). ≥ 0."""
+
+    stat_scope: str = "global"
+    """Where the objective computes the mask: ``global`` (mini-batch preparation pass; the
+    denominator is counted after the mask) or ``micro``. The mask itself is per token."""
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.tau <= 1.0:
+            raise ValueError(f"algorithm.dmmpt.tau must be in (0, 1], got {self.tau}")
+        if self.sigma is not None and self.sigma < 0:
+            raise ValueError(f"algorithm.dmmpt.sigma must be >= 0, got {self.sigma}")
+        if self.stat_scope not in STAT_SCOPES:
+            raise ValueError(f"algorithm.dmmpt.stat_scope must be one of {STAT_SCOPES}, got '{self.stat_scope}'")
+
+    def validate(self) -> None:
+        """Raise unless the config can run: σ must be set (spec L7 gives no default)."""
+        if self.sigma is None:
+            raise ValueError(
+                "algorithm.dmmpt.sigma must be set: the entropy target of DMMPT has no verified "
+                "default (spec L7); e.g. use the initial model's mean token entropy"
+            )
+
+
+@TOKEN_MASKS.register("dmmpt", config=DmmptConfig, needs=("step_entropy",))
+def dmmpt_mask(inp: TokenLossInputs, cfg: DmmptConfig) -> tuple[TokenMask, dict[str, torch.Tensor]]:
+    """Keep every valid token except well-mastered positive ones while ``H̄ < σ``.
+
+    Args:
+        inp: uses ``logp`` (π_θ), ``advantages``, ``mask`` and ``step_entropy`` (H̄).
+        cfg: :class:`DmmptConfig` with σ set.
+    """
+    cfg.validate()
+    if inp.step_entropy is None:
+        raise ValueError("the dmmpt token mask needs the step's mean π_old entropy (inputs.step_entropy)")
+    valid = inp.mask.bool()
+    step_entropy = float(inp.step_entropy)
+    gate = step_entropy < cfg.sigma
+    mastered = valid & (inp.advantages > 0) & (torch.exp(inp.logp.detach()) >= cfg.tau)  # [n, T]
+    drop = mastered & gate
+    metrics = {
+        "dmmpt/gate_active": torch.tensor(float(gate)),
+        "dmmpt/masked_frac": valid_frac(drop, inp.mask),
+        "dmmpt/mastered_frac": valid_frac(mastered, inp.mask),
+        "dmmpt/step_entropy": torch.tensor(step_entropy),
+        "dmmpt/sigma": torch.tensor(float(cfg.sigma)),
+    }
+    return TokenMask(keep=valid & ~drop, exclude_from_denominator=True), metrics

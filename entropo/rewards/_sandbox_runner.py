@@ -1,0 +1,275 @@
+"""The process that runs untrusted code for :mod:`entropo.rewards.sandbox` (stdlib only).
+
+Run as ``python -I _sandbox_runner.py RESULT_FD ISOLATION`` with a JSON job on stdin;
+writes one JSON line per test case to ``RESULT_FD``, then ``{"done": true}``. ``ISOLATION``
+is ``namespace`` (inside ``unshare``: set up mounts first) or ``plain``. The order matters:
+read the job, set up mounts (needs the mount syscall), set resource limits, install the
+seccomp filter (blocks mount and the rest), install the audit hook, run the cases. What
+each layer guarantees is documented in :mod:`entropo.rewards.sandbox`.
+"""
+
+import builtins
+import ctypes
+import ctypes.util
+import io
+import json
+import os
+import platform
+import resource
+import signal
+import struct
+import sys
+
+# ---- mounts (namespace mode) ----------------------------------------------------------------
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT, MS_BIND = 1, 2, 4, 8, 32, 4096
+MS_NOATIME, MS_NODIRATIME, MS_RELATIME, MS_STRICTATIME = 1024, 2048, 1 << 21, 1 << 24
+_FLAG_NAMES = {"nosuid": MS_NOSUID, "nodev": MS_NODEV, "noexec": MS_NOEXEC, "noatime": MS_NOATIME,
+               "nodiratime": MS_NODIRATIME, "relatime": MS_RELATIME, "strictatime": MS_STRICTATIME}
+
+
+def _libc():
+    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+
+def _mount(libc, src, target, fstype, flags, data):
+    enc = lambda s: None if s is None else s.encode()  # noqa: E731
+    if libc.mount(enc(src), enc(target), enc(fstype), ctypes.c_ulong(flags), enc(data)) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"mount {target}: {os.strerror(err)}")
+
+
+def _mount_points():
+    points = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            parts = line.split()
+            point = parts[4].encode().decode("unicode_escape")  # "\040" is a space
+            points.append((point, parts[5].split(",")))
+    return points
+
+
+def setup_namespace(workdir, tmpfs_mb, pid_max):
+    """Private writable tmpfs at the workdir; every other mount read-only, nodev, nosuid."""
+    libc = _libc()
+    try:
+        with open("/proc/sys/kernel/pid_max", "w") as f:  # the new PID namespace's own limit
+            f.write(str(pid_max))
+    except OSError as e:
+        raise OSError(f"pid_max: {e}") from None
+    _mount(libc, "tmpfs", workdir, "tmpfs", MS_NOSUID | MS_NODEV, f"size={tmpfs_mb}m,mode=0700")
+    os.chdir(workdir)
+    failed = []
+    for point, opts in _mount_points():
+        if point == workdir:
+            continue
+        keep = 0
+        for o in opts:
+            keep |= _FLAG_NAMES.get(o, 0)
+        try:
+            _mount(libc, None, point, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NODEV | MS_NOSUID | keep, None)
+        except OSError:
+            failed.append(point)
+    if "/" in failed:
+        raise OSError("could not make / read-only")
+    return failed
+
+
+# ---- resource limits ---------------------------------------------------------------------------
+def set_limits(lim):
+    mb = 1 << 20
+    for res, value in ((resource.RLIMIT_CPU, lim["cpu_s"]), (resource.RLIMIT_AS, lim["memory_mb"] * mb),
+                       (resource.RLIMIT_FSIZE, lim["fsize_mb"] * mb), (resource.RLIMIT_NPROC, lim["nproc"]),
+                       (resource.RLIMIT_NOFILE, lim["nofile"]), (resource.RLIMIT_CORE, 0)):
+        resource.setrlimit(res, (value, value))
+
+
+# ---- seccomp -------------------------------------------------------------------------------------
+PR_SET_NO_NEW_PRIVS, PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 38, 22, 2
+RET_ALLOW, RET_ERRNO, RET_KILL_PROCESS = 0x7FFF0000, 0x00050000, 0x80000000
+EPERM, ENOSYS = 1, 38
+CLONE_THREAD = 0x00010000
+# Blocked: sockets (all families: no network, no unix sockets), new processes and programs,
+# debugging other processes, mounts and namespaces, bpf, io_uring, signals to other processes.
+_ARCHES = {
+    "x86_64": dict(audit=0xC000003E, x32_bit=0x40000000, block=dict(
+        socket=41, socketpair=53, fork=57, vfork=58, execve=59, execveat=322, ptrace=101,
+        mount=165, umount2=166, pivot_root=155, chroot=161, unshare=272, setns=308, bpf=321,
+        io_uring_setup=425, process_vm_readv=310, process_vm_writev=311, kill=62, tkill=200),
+        clone=56, clone3=435, tgkill=234),
+    "aarch64": dict(audit=0xC00000B7, x32_bit=None, block=dict(
+        socket=198, socketpair=199, execve=221, execveat=281, ptrace=117, mount=40, umount2=39,
+        pivot_root=41, chroot=51, unshare=97, setns=268, bpf=280, io_uring_setup=425,
+        process_vm_readv=270, process_vm_writev=271, kill=129, tkill=130),
+        clone=220, clone3=435, tgkill=131),
+}
+
+
+def _bpf(code, k, jt=0, jf=0):
+    return struct.pack("HBBI", code, jt, jf, k)
+
+
+def install_seccomp():
+    """A seccomp filter returning EPERM for the blocked syscalls (see ``_ARCHES``)."""
+    arch = _ARCHES.get(platform.machine())
+    if arch is None:
+        raise OSError(f"no seccomp syscall table for {platform.machine()}")
+    LD, JEQ, JSET, RET = 0x20, 0x15, 0x45, 0x06  # BPF_LD|W|ABS, BPF_JMP|JEQ|K, JSET|K, BPF_RET|K
+    deny = RET_ERRNO | EPERM
+    prog = [_bpf(LD, 4), _bpf(JEQ, arch["audit"], 1, 0), _bpf(RET, RET_KILL_PROCESS), _bpf(LD, 0)]
+    if arch["x32_bit"]:
+        prog += [_bpf(0x35, arch["x32_bit"], 0, 1), _bpf(RET, deny)]  # BPF_JGE: x32 calls
+    for nr in arch["block"].values():
+        prog += [_bpf(JEQ, nr, 0, 1), _bpf(RET, deny)]
+    # clone3 -> ENOSYS so that glibc falls back to clone, whose flags BPF can read.
+    prog += [_bpf(JEQ, arch["clone3"], 0, 1), _bpf(RET, RET_ERRNO | ENOSYS)]
+    # clone: threads (CLONE_THREAD) only.
+    prog += [_bpf(JEQ, arch["clone"], 0, 4), _bpf(LD, 16), _bpf(JSET, CLONE_THREAD, 1, 0), _bpf(RET, deny),
+             _bpf(RET, RET_ALLOW)]
+    # tgkill: only to this process (Python and glibc signal themselves with it).
+    prog += [_bpf(JEQ, arch["tgkill"], 0, 3), _bpf(LD, 16), _bpf(JEQ, os.getpid(), 1, 0), _bpf(RET, deny)]
+    prog += [_bpf(RET, RET_ALLOW)]
+    buf = ctypes.create_string_buffer(b"".join(prog))
+
+    class FProg(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+    fprog = FProg(len(prog), ctypes.addressof(buf))
+    libc = _libc()
+    if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(NO_NEW_PRIVS)")
+    if libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(fprog), 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(SECCOMP)")
+
+
+# ---- audit hook ----------------------------------------------------------------------------------
+_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+_PATH_EVENTS = {"os.remove", "os.rename", "os.rmdir", "os.mkdir", "os.chmod", "os.chown", "os.link",
+                "os.symlink", "os.truncate", "os.utime", "shutil.rmtree", "shutil.move", "shutil.copyfile"}
+_BLOCKED_EVENTS = {"socket.__new__", "socket.connect", "socket.bind", "socket.getaddrinfo",
+                   "subprocess.Popen", "os.system", "os.exec", "os.posix_spawn", "os.spawn", "os.fork",
+                   "os.forkpty", "os.kill", "os.killpg", "ctypes.dlopen", "ctypes.dlsym", "ctypes.cdata",
+                   "mmap.__new__", "os.chdir", "sys.addaudithook"}
+
+
+def install_audit_hook(workdir):
+    """Block sockets, processes, ctypes and writes outside ``workdir`` at the Python level."""
+    root = os.path.realpath(workdir)
+
+    def inside(path):
+        if isinstance(path, int):
+            return True
+        p = os.path.realpath(os.path.join(root, os.fsdecode(path)))
+        return p == root or p.startswith(root + os.sep)
+
+    def hook(event, args):
+        if event in _BLOCKED_EVENTS:
+            raise PermissionError(f"sandbox: {event} is not allowed")
+        if event == "import" and args and args[0] in ("_ctypes", "ctypes", "_posixsubprocess"):
+            raise PermissionError(f"sandbox: import {args[0]} is not allowed")
+        if event == "open" and len(args) >= 3:
+            path, mode, flags = args[0], args[1], args[2] or 0
+            writing = (isinstance(mode, str) and any(c in mode for c in "wax+")) or flags & _WRITE_FLAGS
+            if writing and path is not None and not inside(path):
+                raise PermissionError(f"sandbox: writing {path!r} outside the working directory")
+        if event in _PATH_EVENTS:
+            for a in args[:2]:
+                if isinstance(a, (str, bytes, os.PathLike)) and not inside(a):
+                    raise PermissionError(f"sandbox: {event} outside the working directory")
+
+    sys.addaudithook(hook)
+
+
+# ---- running the cases ---------------------------------------------------------------------------
+class CaseTimeout(BaseException):
+    pass
+
+
+def _on_alarm(signum, frame):
+    raise CaseTimeout()
+
+
+def _jsonable(x):
+    try:
+        return json.loads(json.dumps(x))
+    except (TypeError, ValueError):
+        return {"__repr__": repr(x)[:1000]}
+
+
+def run_case(code, kind, case, fn_name, case_timeout, max_output):
+    stdin = io.TextIOWrapper(io.BytesIO(str(case.get("input", "")).encode()), encoding="utf-8")
+    out_bytes = io.BytesIO()
+    stdout = io.TextIOWrapper(out_bytes, encoding="utf-8", write_through=True)
+    saved = sys.stdin, sys.stdout
+    sys.stdin, sys.stdout = stdin, stdout
+    rec = {"error": None}
+    g = {"__name__": "__main__" if kind == "stdio" else "__solution__", "__builtins__": builtins}
+    signal.setitimer(signal.ITIMER_REAL, case_timeout)
+    try:
+        try:
+            exec(code, g)
+            if kind == "call":
+                fn = g.get(fn_name)
+                if fn is None and "Solution" in g:  # LeetCode style
+                    fn = getattr(g["Solution"](), fn_name, None)
+                if fn is None:
+                    raise NameError(f"no function '{fn_name}'")
+                rec["result"] = _jsonable(fn(*case.get("args", [])))
+            elif kind == "assert":
+                exec(case["src"], g)
+        except SystemExit:
+            pass
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+    except CaseTimeout:
+        rec["error"] = "case timeout"
+    except MemoryError:
+        rec["error"] = "MemoryError"
+    except BaseException as e:  # the case failed; the next one still runs
+        rec["error"] = f"{type(e).__name__}: {str(e)[:200]}"
+    finally:
+        sys.stdin, sys.stdout = saved
+    if kind == "stdio":
+        rec["stdout"] = out_bytes.getvalue()[:max_output].decode("utf-8", "replace")
+    return rec
+
+
+def main():
+    fd, isolation = int(sys.argv[1]), sys.argv[2]
+    sys.dont_write_bytecode = True
+    job = json.loads(sys.stdin.buffer.read())
+    sys.stdin = io.TextIOWrapper(io.BytesIO(b""), encoding="utf-8")
+
+    def emit(rec):
+        os.write(fd, (json.dumps(rec) + "\n").encode())
+
+    lim = job["limits"]
+    try:
+        failed = setup_namespace(job["workdir"], lim["tmpfs_mb"], lim["pid_max"]) if isolation == "namespace" else []
+        set_limits(lim)
+        if job["seccomp"]:
+            install_seccomp()
+        for name in [m for m in sys.modules if m == "ctypes" or m.startswith(("ctypes.", "_ctypes"))]:
+            del sys.modules[name]  # re-importing it then goes through the audit hook
+        if job["audit_hook"]:
+            install_audit_hook(os.getcwd())
+    except Exception as e:
+        emit({"setup_error": f"{type(e).__name__}: {e}"})
+        os._exit(3)
+    emit({"setup": "ok", "ro_failed": failed})
+    signal.signal(signal.SIGALRM, _on_alarm)
+    try:
+        code = compile(job["code"], "<solution>", "exec")
+    except (SyntaxError, ValueError) as e:
+        emit({"compile_error": f"{type(e).__name__}: {e}"})
+        emit({"done": True})
+        os._exit(0)
+    for i, case in enumerate(job["cases"]):
+        rec = run_case(code, job["kind"], case, job.get("fn_name"), lim["case_timeout_s"], lim["max_output_bytes"])
+        rec["i"] = i
+        emit(rec)
+    emit({"done": True})
+    os._exit(0)  # skip interpreter teardown (user code may have left threads or handlers)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,310 @@
+"""Where reward jobs run, and the one scheduling loop that enforces the time limit.
+
+Two backends with the same contract (each *slot* runs one job at a time):
+
+- :class:`RayBackend`: ``workers`` Ray actors (separate processes). A job past its deadline
+  gets its actor killed (``ray.kill``) and a fresh one started; so does a worker that died
+  (segfault, OOM kill) and, after its job, a worker whose memory grew past
+  ``worker_memory_growth_mb`` since it started (a leaking reward).
+- :class:`LocalBackend`: ``workers`` daemon threads in this process, for unit tests and tiny
+  runs. A Python thread cannot be killed: a job past its deadline is *abandoned* (its thread
+  keeps running in the background, and a new thread takes the slot), leaked memory is never
+  returned, and a call stuck in C code that holds the GIL stalls the controller as well. The
+  results and counts are the same as with Ray; the isolation is not: use ``ray`` for
+  untrusted or heavy rewards.
+
+The scheduling loop (:func:`execute`) gives every job ``timeout_s + DEADLINE_SLACK_S``. A job
+of several samples (or groups) that times out, or whose worker dies, is re-run one sample
+(group) per job, so only the samples that alone exceed the limit count as timeouts.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import os
+import queue
+import sys
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from entropo.rewards.evaluator import EXCEPTION, TIMEOUT, Evaluator, Job, JobOutput, Outcome
+
+DEADLINE_SLACK_S = 0.5
+"""Added to ``timeout_s`` per job: transfer and scheduling time, and room for an async
+reward's own (cooperative) timeout to fire first."""
+WORKER_START_TIMEOUT_S = 300.0
+"""A Ray reward worker that is not up after this long is an error (not enough free CPUs?)."""
+MAX_START_FAILURES = 3
+"""Consecutive failed worker starts before the reward stage gives up."""
+
+
+class WorkerDied(RuntimeError):
+    """The worker running a job is gone (crashed, killed by the OS)."""
+
+
+@dataclass
+class PoolStats:
+    replaced: int = 0  # workers killed for a timeout or found dead, and restarted
+    recycled: int = 0  # workers restarted because their memory grew too much
+    failures: list[tuple[Job, Outcome]] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------------------
+# the loop
+
+
+def execute(backend, jobs: list[Job], timeout_s: float) -> tuple[list[tuple[Job, JobOutput]], PoolStats]:
+    """Run ``jobs`` on ``backend`` with a per-job deadline (module docstring).
+
+    Args:
+        backend: a :class:`LocalBackend` or :class:`RayBackend`.
+        jobs: the jobs.
+        timeout_s: the per-call limit (``reward.timeout_s``).
+
+    Returns:
+        ``(job, output)`` for every job that returned, and the stats, whose ``failures``
+        hold ``(job, outcome)`` for single-unit jobs that timed out or lost their worker.
+    """
+    stats = PoolStats()
+    done: list[tuple[Job, JobOutput]] = []
+    pending = deque(jobs)
+    inflight: dict[Any, tuple[int, Job, float]] = {}
+    deadline_s = timeout_s + DEADLINE_SLACK_S
+
+    def lost(job: Job, outcome: Outcome) -> None:
+        if len(job.units) > 1:
+            pending.extend(job.split())
+        else:
+            stats.failures.append((job, outcome))
+
+    while pending or inflight:
+        for slot in backend.idle_slots():
+            if not pending:
+                break
+            job = pending.popleft()
+            inflight[backend.submit(slot, job)] = (slot, job, time.monotonic() + deadline_s)
+        now = time.monotonic()
+        wait_s = max(0.0, min(d for _, _, d in inflight.values()) - now) if inflight else None
+        for handle in backend.wait(list(inflight), wait_s):
+            slot, job, _ = inflight.pop(handle)
+            try:
+                out = backend.result(handle)
+            except WorkerDied as e:
+                stats.replaced += 1
+                backend.replace(slot)
+                lost(job, Outcome(EXCEPTION, message=f"reward worker died: {e}"))
+                continue
+            if out.whole_call_failed and len(job.units) > 1:
+                pending.extend(job.split())
+            else:
+                done.append((job, out))
+            if out.recycle:
+                stats.recycled += 1
+                backend.replace(slot)
+            else:
+                backend.release(slot)
+        now = time.monotonic()
+        for handle, (slot, job, deadline) in list(inflight.items()):
+            if now >= deadline:
+                del inflight[handle]
+                stats.replaced += 1
+                backend.replace(slot)
+                lost(job, Outcome(TIMEOUT, message=f"no result within reward.timeout_s={timeout_s:g} s; "
+                                                    "worker killed and replaced"))
+    return done, stats
+
+
+# ---------------------------------------------------------------------------------------
+# in-process
+
+
+class _Thread:
+    def __init__(self, evaluator: Evaluator) -> None:
+        self.jobs: queue.Queue = queue.Queue()
+        self.retired = False
+        self.evaluator = evaluator
+        threading.Thread(target=self._loop, daemon=True, name="entropo-reward").start()
+
+    def _loop(self) -> None:
+        while not self.retired:
+            item = self.jobs.get()
+            if item is None:
+                return
+            job, fut = item
+            try:
+                fut.set_result(self.evaluator.run(job))
+            except BaseException as e:  # Evaluator.run does not raise; this is a bug guard
+                fut.set_exception(e)
+
+
+class LocalBackend:
+    """``workers`` daemon threads sharing one :class:`Evaluator` (module docstring)."""
+
+    def __init__(self, evaluator: Evaluator, workers: int = 1) -> None:
+        self.evaluator = evaluator
+        self.threads = [_Thread(evaluator) for _ in range(workers)]
+        self.busy: set[int] = set()
+
+    def idle_slots(self) -> list[int]:
+        return [i for i in range(len(self.threads)) if i not in self.busy]
+
+    def submit(self, slot: int, job: Job) -> cf.Future:
+        fut: cf.Future = cf.Future()
+        self.busy.add(slot)
+        self.threads[slot].jobs.put((job, fut))
+        return fut
+
+    def wait(self, handles: list, timeout: float | None) -> list:
+        if not handles:
+            return []
+        ready, _ = cf.wait(handles, timeout=timeout, return_when=cf.FIRST_COMPLETED)
+        return list(ready)
+
+    def result(self, handle: cf.Future) -> JobOutput:
+        try:
+            return handle.result()
+        except Exception as e:
+            raise WorkerDied(repr(e)) from e
+
+    def release(self, slot: int) -> None:
+        self.busy.discard(slot)
+
+    def replace(self, slot: int) -> None:
+        old = self.threads[slot]
+        old.retired = True  # it ends after its current job, if that ever returns
+        old.jobs.put(None)
+        self.threads[slot] = _Thread(self.evaluator)
+        self.busy.discard(slot)
+
+    def close(self) -> None:
+        for t in self.threads:
+            t.retired = True
+            t.jobs.put(None)
+
+
+# ---------------------------------------------------------------------------------------
+# Ray
+
+
+class RewardWorker:
+    """The Ray actor body: an :class:`Evaluator` in its own process."""
+
+    def __init__(self, specs, options, ctx, timeout_s: float, memory_growth_mb: float | None,
+                 sys_path: list[str]) -> None:
+        for p in reversed(sys_path):
+            if p not in sys.path:
+                sys.path.insert(0, p)
+        self.evaluator = Evaluator(specs, options, ctx, timeout_s, memory_growth_mb)
+
+    def ready(self) -> int:
+        """The worker's pid, once its reward functions are loaded."""
+        return os.getpid()
+
+    def run(self, job: Job) -> JobOutput:
+        return self.evaluator.run(job)
+
+
+class RayBackend:
+    """``workers`` Ray actors (module docstring). Starting waits until all are up, so that a
+    reward that fails to load in a worker fails here, at start-up."""
+
+    def __init__(self, specs, options, ctx, timeout_s: float, workers: int, num_cpus: float,
+                 memory_growth_mb: float | None) -> None:
+        import ray
+
+        if not ray.is_initialized():
+            raise RuntimeError("reward.mode=ray needs Ray to be initialised (ray.init) before the "
+                               "RewardManager is created; or use reward.mode=local")
+        self.ray = ray
+        self.args = (specs, options, ctx, timeout_s, memory_growth_mb, [os.getcwd(), *sys.path[:1]])
+        self.cls = ray.remote(num_cpus=num_cpus, max_restarts=0, max_concurrency=1)(RewardWorker)
+        self.num_cpus = num_cpus
+        self.actors: list[Any] = [None] * workers
+        self.starting: dict[Any, int] = {}  # ready() ref -> slot
+        self.busy: set[int] = set()
+        self.start_failures = 0
+        for slot in range(workers):
+            self._start(slot)
+        self._await_started(block=True)
+
+    def _start(self, slot: int) -> None:
+        actor = self.cls.remote(*self.args)
+        self.actors[slot] = actor
+        self.starting[actor.ready.remote()] = slot
+
+    def _await_started(self, block: bool) -> None:
+        refs = list(self.starting)
+        if not refs:
+            return
+        ready, _ = self.ray.wait(refs, num_returns=len(refs) if block else 1,
+                                 timeout=WORKER_START_TIMEOUT_S if block else 0)
+        if block and len(ready) < len(refs):
+            raise RuntimeError(f"reward workers did not start within {WORKER_START_TIMEOUT_S:g} s; each "
+                               f"asks for reward.worker_cpus={self.num_cpus} CPUs: are there enough free?")
+        for ref in ready:
+            slot = self.starting.pop(ref)
+            try:
+                self.ray.get(ref)
+                self.start_failures = 0
+            except Exception as e:
+                self.start_failures += 1
+                if block or self.start_failures >= MAX_START_FAILURES:
+                    raise RuntimeError(f"a reward worker failed to start: {_root_cause(e)}") from None
+                self._start(slot)
+
+    def idle_slots(self) -> list[int]:
+        self._await_started(block=False)
+        starting = set(self.starting.values())
+        return [i for i in range(len(self.actors)) if i not in self.busy and i not in starting]
+
+    def submit(self, slot: int, job: Job):
+        self.busy.add(slot)
+        return self.actors[slot].run.remote(job)
+
+    def wait(self, handles: list, timeout: float | None) -> list:
+        # Also wake up when a restarted worker comes up, so that it gets work.
+        refs = handles + list(self.starting)
+        if not refs:
+            return []
+        if timeout is None:  # only starting workers to wait for
+            timeout = WORKER_START_TIMEOUT_S
+        ready, _ = self.ray.wait(refs, num_returns=1, timeout=timeout)
+        if not ready and not handles:
+            raise RuntimeError(f"no reward worker came up within {WORKER_START_TIMEOUT_S:g} s; each asks "
+                               f"for reward.worker_cpus={self.num_cpus} CPUs: are there enough free?")
+        if ready and ready[0] in self.starting:
+            self._await_started(block=False)
+            return []
+        return ready
+
+    def result(self, handle) -> JobOutput:
+        try:
+            return self.ray.get(handle)
+        except self.ray.exceptions.RayError as e:  # the actor died, or the call could not complete
+            raise WorkerDied(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
+
+    def release(self, slot: int) -> None:
+        self.busy.discard(slot)
+
+    def replace(self, slot: int) -> None:
+        self.ray.kill(self.actors[slot], no_restart=True)
+        self.busy.discard(slot)
+        self._start(slot)
+
+    def close(self) -> None:
+        for actor in self.actors:
+            if actor is not None:
+                self.ray.kill(actor, no_restart=True)
+        self.actors = []
+        self.starting = {}
+
+
+def _root_cause(e: BaseException) -> str:
+    text = str(e)
+    for line in reversed(text.splitlines()):
+        if "RewardSpecError" in line or "Error:" in line:
+            return line.strip()
+    return text.splitlines()[0] if text else type(e).__name__

@@ -1,0 +1,270 @@
+"""Run untrusted code (model-written programs) in a limited subprocess.
+
+One call of :func:`run` starts one process (:mod:`entropo.rewards._sandbox_runner`, run with
+``python -I``) in a fresh temporary directory, sends it the code and the test cases, reads
+one record per case back on a private pipe, then kills the whole process tree and deletes
+the directory. The parent compares outputs with the expected ones itself
+(:mod:`entropo.rewards.code_exec`); expected outputs never enter the sandbox.
+
+What is guaranteed, and by what (be precise about this when you rely on it):
+
+Kernel-enforced, always (Linux):
+- CPU time (``RLIMIT_CPU``), address space (``RLIMIT_AS``: allocations past it fail with
+  ``MemoryError``), file size (``RLIMIT_FSIZE``), open files (``RLIMIT_NOFILE``), no core dumps.
+- Wall-clock limit: past ``timeout_s`` the process group (and, with namespaces, the whole PID
+  namespace) is killed with SIGKILL.
+- seccomp filter (x86_64 and aarch64; ``seccomp=True``): the syscalls ``socket`` and
+  ``socketpair`` (so no network and no unix sockets, e.g. Ray's), ``fork``/``vfork``/non-thread
+  ``clone`` (no child processes, so no fork bombs; threads work), ``execve``, ``ptrace``,
+  ``kill``/``tkill`` and ``tgkill`` to other processes, ``mount``, ``unshare``, ``setns``,
+  ``bpf``, ``io_uring_setup`` and ``process_vm_*`` fail with EPERM.
+
+Kernel-enforced when user namespaces work (``isolation="namespace"``, probed once per
+process; ``auto`` falls back to ``plain`` with a warning):
+- ``unshare --user --map-root-user --net --pid --mount``: a network namespace with no
+  interfaces; a PID namespace (other processes are invisible; at most ``pid_max`` = 301
+  processes, the kernel minimum, even if seccomp is off); a mount namespace in which every
+  mount is remounted read-only, nodev, nosuid, and the working directory is a private tmpfs
+  of ``tmpfs_mb`` (so writes outside it fail with EROFS and vanish with the namespace).
+  Note the process runs as the caller's uid mapped to root in the namespace: file *reads*
+  are not restricted (no secrets should be readable by the trainer's user).
+
+Interpreter-level only (a guard against accidents and naive code, NOT a security boundary:
+code can reach the runner's own objects and bypass it), ``audit_hook=True``:
+- a ``sys.addaudithook`` hook refusing sockets, subprocesses, ``os.fork``/``exec``/``kill``,
+  ``ctypes``, ``mmap`` and writes/renames/removals outside the working directory. In
+  ``plain`` mode this hook is the only guard against writes outside the working directory,
+  and ``RLIMIT_NPROC`` only binds for non-root users.
+
+Not provided: GPU isolation, limits on reads, a pids cgroup.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+RUNNER = Path(__file__).with_name("_sandbox_runner.py")
+ISOLATIONS = ("auto", "namespace", "plain")
+PID_MAX_MIN = 301
+"""The smallest ``pid_max`` the kernel accepts for a PID namespace (RESERVED_PIDS + 1)."""
+KILL_GRACE_S = 1.0
+"""Seconds added to ``timeout_s`` for interpreter start-up and namespace set-up."""
+
+
+@dataclass(frozen=True)
+class SandboxLimits:
+    """Limits of one sandboxed run."""
+
+    timeout_s: float = 10.0
+    """Wall-clock limit of the whole run (all cases), after start-up; then SIGKILL."""
+
+    case_timeout_s: float = 4.0
+    """Wall-clock limit of one test case (SIGALRM inside the sandbox)."""
+
+    cpu_s: int = 10
+    """RLIMIT_CPU, CPU seconds of the process."""
+
+    memory_mb: int = 512
+    """RLIMIT_AS, address space in MiB (Python itself needs about 30)."""
+
+    fsize_mb: int = 16
+    """RLIMIT_FSIZE, the largest file it may write, in MiB."""
+
+    tmpfs_mb: int = 64
+    """Size of the private working directory (namespace mode), in MiB."""
+
+    nproc: int = 64
+    """RLIMIT_NPROC (only binds for non-root users; seccomp and pid_max bound processes too)."""
+
+    nofile: int = 64
+    """RLIMIT_NOFILE, open file descriptors."""
+
+    max_output_bytes: int = 1 << 20
+    """Captured stdout per case is cut to this many bytes."""
+
+    isolation: str = "auto"
+    """auto (namespace when it works, else plain), namespace (required), plain."""
+
+    seccomp: bool = True
+    """Install the seccomp filter (see the module docstring)."""
+
+    audit_hook: bool = True
+    """Install the interpreter-level audit hook (see the module docstring)."""
+
+    def __post_init__(self) -> None:
+        if self.isolation not in ISOLATIONS:
+            raise ValueError(f"isolation: '{self.isolation}' is not one of {', '.join(ISOLATIONS)}")
+        for name in ("timeout_s", "case_timeout_s", "cpu_s", "memory_mb", "fsize_mb", "tmpfs_mb", "nproc", "nofile"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name}: must be > 0, got {getattr(self, name)}")
+
+
+@dataclass
+class SandboxResult:
+    """What came back from one run.
+
+    Attributes:
+        records: one dict per finished case, in order (``error``, and ``stdout`` or
+            ``result``); cases after a kill are missing.
+        status: ``ok`` (all cases ran), ``timeout`` (killed at ``timeout_s``), ``crashed``
+            (exited early, e.g. RLIMIT_CPU), ``compile_error`` or ``setup_error``.
+        isolation: ``namespace`` or ``plain``.
+        detail: an error message, or the tail of stderr, for logs.
+    """
+
+    records: list[dict] = field(default_factory=list)
+    status: str = "ok"
+    isolation: str = "plain"
+    detail: str = ""
+
+
+_PROBE_LOCK = threading.Lock()
+_NAMESPACE_OK: bool | None = None
+_UNSHARE = ["unshare", "--user", "--map-root-user", "--net", "--pid", "--fork", "--kill-child",
+            "--mount", "--mount-proc"]
+
+
+def namespaces_available() -> bool:
+    """Whether namespace isolation works here (probed once per process with a no-op run)."""
+    global _NAMESPACE_OK
+    with _PROBE_LOCK:
+        if _NAMESPACE_OK is None:
+            if shutil.which("unshare") is None or not sys.platform.startswith("linux"):
+                _NAMESPACE_OK = False
+            else:
+                res = _run_once("", "assert", [], None, SandboxLimits(timeout_s=20), "namespace")
+                _NAMESPACE_OK = res.status == "ok"
+                if not _NAMESPACE_OK:
+                    warnings.warn(f"sandbox: user namespaces unavailable ({res.detail.strip()[-300:]}); "
+                                  "running code with rlimits, seccomp and the audit hook only", stacklevel=2)
+        return _NAMESPACE_OK
+
+
+def resolve_isolation(limits: SandboxLimits) -> str:
+    """The isolation a run with these limits uses; ``namespace`` unavailable raises."""
+    if limits.isolation == "plain":
+        return "plain"
+    ok = namespaces_available()
+    if limits.isolation == "namespace" and not ok:
+        raise RuntimeError("sandbox isolation='namespace' was asked for, but user namespaces do not work here")
+    return "namespace" if ok else "plain"
+
+
+def run(code: str, kind: str, cases: list[dict], fn_name: str | None = None,
+        limits: SandboxLimits | None = None) -> SandboxResult:
+    """Run ``code`` against test cases in the sandbox.
+
+    Args:
+        code: Python source.
+        kind: ``stdio`` (each case ``{"input": str}``: the program runs as ``__main__`` with
+            that stdin), ``call`` (``{"args": [...]}``: call ``fn_name`` — or
+            ``Solution().fn_name`` — with them) or ``assert`` (``{"src": "assert ..."}``:
+            run after the code, in its namespace).
+        cases: the test cases (inputs only; expected outputs stay with the caller).
+        fn_name: the function to call for ``kind="call"``.
+        limits: the limits (defaults when None).
+
+    Returns:
+        A :class:`SandboxResult`.
+    """
+    limits = limits or SandboxLimits()
+    return _run_once(code, kind, cases, fn_name, limits, resolve_isolation(limits))
+
+
+def _run_once(code, kind, cases, fn_name, limits: SandboxLimits, isolation: str) -> SandboxResult:
+    workdir = tempfile.mkdtemp(prefix="entropo-sbx-")
+    job = {
+        "code": code, "kind": kind, "cases": cases, "fn_name": fn_name, "workdir": workdir,
+        "seccomp": limits.seccomp, "audit_hook": limits.audit_hook,
+        "limits": {"cpu_s": limits.cpu_s, "memory_mb": limits.memory_mb, "fsize_mb": limits.fsize_mb,
+                   "nproc": limits.nproc, "nofile": limits.nofile, "case_timeout_s": limits.case_timeout_s,
+                   "tmpfs_mb": limits.tmpfs_mb, "pid_max": PID_MAX_MIN, "max_output_bytes": limits.max_output_bytes},
+    }
+    with tempfile.TemporaryFile() as err:  # the runner's stderr, for the log when it fails
+        return _spawn(job, isolation, limits, err)
+
+
+def _spawn(job: dict, isolation: str, limits: SandboxLimits, err) -> SandboxResult:
+    workdir = job["workdir"]
+    r, w = os.pipe()
+    cmd = [sys.executable, "-I", str(RUNNER), str(w), isolation]
+    if isolation == "namespace":
+        cmd = _UNSHARE + cmd
+    result = SandboxResult(isolation=isolation)
+    try:
+        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=err,
+                                pass_fds=(w,), cwd=workdir, start_new_session=True,
+                                env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8"})
+    except OSError as e:
+        os.close(r)
+        os.close(w)
+        shutil.rmtree(workdir, ignore_errors=True)
+        return SandboxResult(status="setup_error", isolation=isolation, detail=str(e))
+    os.close(w)
+    try:
+        with contextlib.suppress(BrokenPipeError):  # the runner died before reading its job
+            proc.stdin.write(json.dumps(job).encode())
+            proc.stdin.close()
+        result.status = _collect(r, result, time.monotonic() + limits.timeout_s + KILL_GRACE_S)
+    finally:
+        _kill(proc)
+        os.close(r)
+        if result.status != "ok":
+            err.seek(0, os.SEEK_END)
+            err.seek(max(0, err.tell() - 2000))
+            result.detail = (result.detail + "\n" + err.read().decode("utf-8", "replace")).strip()
+        shutil.rmtree(workdir, ignore_errors=True)
+    return result
+
+
+def _collect(fd: int, result: SandboxResult, deadline: float) -> str:
+    buf = b""
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return "timeout"
+        ready, _, _ = select.select([fd], [], [], remaining)
+        if not ready:
+            return "timeout"
+        chunk = os.read(fd, 1 << 16)
+        if not chunk:
+            return "crashed"
+        buf += chunk
+        *lines, buf = buf.split(b"\n")
+        for line in lines:
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue  # not ours: the code wrote to the fd
+            if not isinstance(rec, dict):
+                continue
+            if rec.get("done"):
+                return "ok"
+            if "setup_error" in rec:
+                result.detail = rec["setup_error"]
+                return "setup_error"
+            if "compile_error" in rec:
+                result.detail = rec["compile_error"]
+                return "compile_error"
+            if "i" in rec and rec["i"] == len(result.records):
+                result.records.append(rec)
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)  # the session leader's group; --kill-child takes the PID ns
+    with contextlib.suppress(subprocess.TimeoutExpired):  # SIGKILL cannot be ignored; a guard only
+        proc.wait(timeout=5)

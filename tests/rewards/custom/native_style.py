@@ -1,0 +1,46 @@
+"""Custom rewards in entropo's native convention: fn(sample) and @group_reward fn(samples)."""
+
+import math
+import os
+import threading
+
+from entropo.rewards import group_reward
+
+_LEAK = []
+
+
+def score(sample):
+    return {"score": float(sample.response == sample.ground_truth), "acc": float(sample.response == sample.ground_truth)}
+
+
+def flaky(sample):
+    """Misbehaves as the response asks: raise, hang (blocks, no CPU), spin (busy loop), nan,
+    none, leak (keeps extra_info['leak_mb'] MiB per call), die (ends the process: Ray only);
+    else 1."""
+    r = sample.response
+    if r == "raise":
+        raise ValueError("boom")
+    if r == "hang":
+        threading.Event().wait()
+    if r == "spin":
+        while True:
+            pass
+    if r == "nan":
+        return math.nan
+    if r == "none":
+        return None
+    if r == "die":
+        os._exit(1)
+    if r == "leak":
+        _LEAK.append(bytearray(b"\x01") * (int(sample.extra_info.get("leak_mb", 1)) << 20))  # touched pages
+    return 1.0
+
+
+@group_reward
+def group_share(samples):
+    """Each response gets the share of its group that gave the same response."""
+    return [sum(t.response == s.response for t in samples) / len(samples) for s in samples]
+
+
+def two_args(sample, other):
+    return 0.0
