@@ -132,7 +132,7 @@ def _print_summary(summary: dict) -> None:
     print(f"  held-out accuracy {_pct(summary.get('accuracy_start'))} -> {_pct(summary.get('accuracy_end'))}; "
           f"token entropy {entropy}")
     print(f"  run directory: {run}  (config.yaml, metrics.jsonl, summary.json, checkpoints/)")
-    print(f"  look at it:    tensorboard --logdir {run}   or   less {run}/metrics.jsonl")
+    print(f"  look at it:    entropo report {run}   (plots in {run}/report/report.html)")
 
 
 if __name__ == "__main__":

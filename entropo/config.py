@@ -199,7 +199,7 @@ class RewardConfig:
 @dataclass(frozen=True)
 class RolloutConfig:
     engine: str = "hf"
-    """Generation engine: hf (transformers generate; CPU or GPU) or vllm (GPU)."""
+    """Generation engine: hf (transformers generate; CPU or GPU). vllm is reserved (not available yet)."""
 
     workers: int = 1
     """Number of rollout worker actors."""
@@ -451,6 +451,11 @@ def _check_composition(cfg: TrainConfig) -> None:
 
 def _check_sections(cfg: TrainConfig) -> None:
     _check_choice("rollout.engine", cfg.rollout.engine, ("hf", "vllm"))
+    if cfg.rollout.engine == "vllm":
+        raise ConfigError(
+            "rollout.engine=vllm is not available yet: the vLLM engine has not been built and "
+            "validated on a GPU (see README, Status); use rollout.engine=hf, which runs on GPUs too"
+        )
     _check_choice("model.dtype", cfg.model.dtype, ("auto", "float32", "bfloat16"))
     if cfg.learner.zero_stage not in (0, 1, 2, 3):
         raise ConfigError(f"learner.zero_stage: must be 0, 1, 2 or 3, got {cfg.learner.zero_stage}")

@@ -7,6 +7,9 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh || exit 1
+# DeepSpeed compiles a small op on first use; one cache per virtualenv, so that two checkouts
+# (or CI's fresh clone) never rebuild each other's copy back and forth.
+export TORCH_EXTENSIONS_DIR=${TORCH_EXTENSIONS_DIR:-$PWD/.venv/torch_extensions}
 export HF_HUB_OFFLINE=1 DS_ACCELERATOR=cpu TOKENIZERS_PARALLELISM=false
 if [ -n "${CI:-}" ]; then
   export ENTROPO_REQUIRE_CHROMIUM=1

@@ -213,6 +213,7 @@ def hapo_advantage(
     cfg: HapoAdvantageConfig | None = None,
     *,
     mask: torch.Tensor | None = None,
+    entropy: torch.Tensor | None = None,
     reducer: Reducer = LOCAL,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """A3: token-weighted group normalisation with a per-group fallback to GRPO.
@@ -222,6 +223,7 @@ def hapo_advantage(
         group_ids: group of each response ``[N]`` (integer ids, any order).
         cfg: :class:`HapoAdvantageConfig` (``None`` = defaults).
         mask: valid-token mask ``[N, T]``; required (|o_i| = its row sums).
+        entropy: unused (the code passes ``entropys`` and ignores them, spec A3).
         reducer: unused (groups are whole on each shard).
     """
     cfg = cfg or HapoAdvantageConfig()

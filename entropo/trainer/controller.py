@@ -317,10 +317,23 @@ class Controller:
         rows_mask = m * correct.unsqueeze(-1)
         out.update({k: float(v) for k, v in diagnostics.phase_split_means(
             batch.entropy, m, rows_mask, names=("correct", "wrong")).items()})
+        close_id = self._think_close_id()
+        if close_id is not None:
+            think, answer_mask = think_phase(batch.response_ids, m, close_id)
+            out.update({k: float(v) for k, v in diagnostics.phase_split_means(
+                batch.entropy, answer_mask, think, names=("think", "answer")).items()})
         out.update({k: float(v) for k, v in diagnostics.logprob_gap(batch.rollout_logp, batch.old_logp, m).items()})
         out.update({k: float(v) for k, v in diagnostics.covariance_metrics(
             batch.old_logp, batch.advantages, batch.entropy, m).items()})
         return out
+
+    def _think_close_id(self) -> int | None:
+        """The token id of ``</think>`` when the tokenizer has it as one token."""
+        tok = self.tokenizer
+        if tok is None:
+            return None
+        ids = tok.encode("</think>", add_special_tokens=False)
+        return ids[0] if len(ids) == 1 else None
 
     def adapt(self, metrics: dict[str, float]) -> dict[str, float]:
         """Running state after the update: adaptive entropy coefficient, ΔH-vs-Cov fit."""
@@ -404,6 +417,17 @@ class Controller:
         return last
 
 
+def think_phase(response_ids: torch.Tensor, mask: torch.Tensor, close_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(think [N, T], valid [N, T])``: tokens before the first ``</think>`` (all of them when a
+    response has none, as PEAR's split, spec R3), and the valid tokens without ``</think>``."""
+    is_close = (response_ids == close_id) & mask.bool()
+    t = response_ids.shape[1]
+    first = torch.where(is_close.any(-1), is_close.float().argmax(-1), torch.full((len(mask),), t))
+    pos = torch.arange(t).expand_as(response_ids)
+    think = (pos < first.unsqueeze(-1)) & mask.bool()
+    return think.float(), (mask.bool() & ~is_close).float()
+
+
 def answer_clusters(group_ids: torch.Tensor, answers: list[str]) -> torch.Tensor:
     """``[N]`` cluster id of each response's final answer within its group (exact match;
     ids numbered by first appearance), for SEED-GRPO's semantic entropy."""
@@ -422,6 +446,7 @@ def _shard(b: StepBatch) -> LearnerShard:
     return LearnerShard(
         prompt_ids=b.prompt_ids, prompt_mask=b.prompt_mask, response_ids=b.response_ids, mask=b.mask,
         old_logp=b.old_logp, entropy=b.entropy, ref_logp=b.ref_logp, advantages=b.advantages,
+        proxy_logp=b.proxy_logp,
     )
 
 

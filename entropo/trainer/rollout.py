@@ -5,7 +5,7 @@ Engines:
   GPU. The rollout log-prob of each sampled token is ``log softmax(z/T)`` of the raw logits
   at that step (full vocabulary, before top-p truncation), i.e. the same quantity the
   learner recomputes as π_old, so their gap measures only numerics.
-- ``vllm``: GPU; imported only when chosen (:mod:`entropo.trainer.vllm_engine`).
+- ``vllm``: reserved; the config refuses it until the engine is built and validated on a GPU.
 
 A worker receives new weights from learner rank 0 through :mod:`entropo.trainer.weight_sync`
 and reports the weight version it generated with.
@@ -63,6 +63,8 @@ class HFEngine:
         self.device = torch.device(device)
         self.tokenizer = load_tokenizer(model_path)
         self.model = load_model(model_path, dtype).to(self.device).eval()
+        # max_new_tokens bounds every response; a saved max_length would only trigger warnings
+        self.model.generation_config.max_length = None
         self.weight_version = 0
 
     def named_parameters(self) -> dict[str, torch.nn.Parameter]:
@@ -180,12 +182,8 @@ class RolloutWorker:
             torch.set_num_threads(threads)
         if engine == "hf":
             self.engine: GenerationEngine = HFEngine(model_path, dtype, device)
-        elif engine == "vllm":
-            from entropo.trainer.vllm_engine import VLLMEngine
-
-            self.engine = VLLMEngine(model_path, dtype)
         else:
-            raise ValueError(f"rollout.engine: unknown engine '{engine}' (hf, vllm)")
+            raise ValueError(f"rollout.engine: unknown engine '{engine}' (hf)")
         self.sync_group = None
         self.plan: weight_sync.SyncPlan | None = None
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 
@@ -85,5 +86,50 @@ def train(cfg: TrainConfig) -> dict:
         "run_dir": str(run_dir.resolve()),
         "final": last,
     }
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
+    (run_dir / "summary.json").write_text(json.dumps(_json_safe(summary), indent=2))
     return summary
+
+
+def _json_safe(value):
+    """Strict JSON: NaN and infinities become null (as in metrics.jsonl)."""
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def evaluate_only(cfg: TrainConfig) -> dict[str, float]:
+    """``entropo eval``: pass@1, pass@k and maj@k of ``model.path`` on ``data.eval``.
+
+    It starts the same actors as training (the learner ranks stay idle; a lighter start-up
+    without them is future work) and scores with ``reward.fns``' plain correctness.
+    """
+    from entropo.data.loading import DataError, load_rows
+    from entropo.models.loading import load_tokenizer, resolve_model_path
+    from entropo.rewards import RewardManager, RewardSpecError
+    from entropo.trainer.cluster import Cluster, connect
+    from entropo.trainer.controller import Controller
+
+    if not cfg.data.eval:
+        raise RunError("data.eval: set the evaluation prompts (it is null)")
+    try:
+        resolve_model_path(cfg.model.path)
+        rows = list(load_rows(cfg.data.eval, split="eval"))[: cfg.evaluation.max_prompts]
+    except DataError as e:
+        raise RunError(f"data.eval: {e}") from None
+    except (FileNotFoundError, ValueError) as e:
+        raise RunError(str(e)) from None
+    tokenizer = load_tokenizer(cfg.model.path)
+    connect(cfg)
+    try:
+        rewards = RewardManager(cfg.reward, tokenizer)
+    except (RewardSpecError, ValueError) as e:
+        raise RunError(str(e)) from None
+    cluster = Cluster(cfg)
+    try:
+        controller = Controller(cfg, cluster, None, tokenizer, rewards, sinks=None, eval_rows=rows)
+        return controller.evaluate()
+    finally:
+        rewards.close()
+        cluster.shutdown()

@@ -106,7 +106,7 @@ def test_resume_reproduces_the_uninterrupted_run(ray_session, tiny_model_dir, tm
         }
 
     full, cut = rows(full_dir), rows(cut_dir)
-    assert sorted(cut) == [1, 2, 3, 4]  # no duplicated steps after resume
+    assert sorted(cut) == [0, 1, 2, 3, 4]  # step 0: the first evaluation; no step duplicated after resume
     compared = 0
     for step in (3, 4):
         for key, value in full[step].items():

@@ -143,3 +143,14 @@ def test_hapo_temperature_statistics_feed_the_next_rollout():
     ctl.step_context(batch, 1)
     params = ctl.sampling(2, 1)
     assert params.hapo_temperature[0] == 0.05 and params.hapo_temperature[1] is False
+
+
+def test_think_phase_split_excludes_the_close_token():
+    from entropo.trainer.controller import think_phase
+
+    close = 9
+    ids = torch.tensor([[1, 2, close, 4, 0], [1, 2, 3, 4, 5]])
+    mask = torch.tensor([[1.0, 1, 1, 1, 0], [1, 1, 1, 1, 1]])
+    think, valid = think_phase(ids, mask, close)
+    assert think.tolist() == [[1, 1, 0, 0, 0], [1, 1, 1, 1, 1]]  # no </think>: all thinking
+    assert valid.tolist() == [[1, 1, 0, 1, 0], [1, 1, 1, 1, 1]]

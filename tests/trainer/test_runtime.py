@@ -199,3 +199,40 @@ def test_step_batch_is_prompt_major(ray_session, tiny_model_dir, tmp_path, digit
     for i in range(len(batch)):
         assert batch.rows[i] is batch.rows[4 * (i // 4)]
     assert torch.equal(batch.mask.sum(-1) > 0, torch.ones(len(batch), dtype=torch.bool))
+
+
+def test_eval_command_reports_pass_at_k(ray_session, tiny_model_dir, capsys):
+    from entropo.cli import main
+
+    rc = main(["eval", f"model.path={tiny_model_dir}", "evaluation.max_prompts=4", "evaluation.n=2",
+               "evaluation.k=[1,2]", "evaluation.temperature=1.0", "reward.mode=local", "rollout.max_new_tokens=8"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    values = dict(line.split() for line in out.strip().splitlines())
+    assert float(values["eval/prompts"]) == 4.0
+    # a random model never answers correctly: pass@1 = pass@2 = 0 (and they are reported)
+    assert float(values["eval/pass@1"]) == 0.0 and float(values["eval/pass@2"]) == 0.0
+    assert "eval/embedded/addition/maj@2" in values
+
+
+def test_custom_rewards_in_each_convention_from_a_yaml_config(ray_session, tiny_model_dir, tmp_path):
+    """verl-style and TRL-style functions, loaded by path from a YAML recipe, in a short run."""
+    from entropo.trainer.run import train
+
+    funcs = Path(__file__).parent / "rewards_for_tests.py"
+    recipe = tmp_path / "custom.yaml"
+    recipe.write_text(
+        "reward:\n"
+        f"  fns: ['verl={funcs}:compute_score', 'trl={funcs}:length_penalty*2', 'native={funcs}:digit_fraction']\n"
+        "  mode: ray\n  workers: 1\n"
+    )
+    cfg = load_config(recipe, [f"model.path={tiny_model_dir}", f"trainer.output_dir={tmp_path / 'run'}",
+                               "trainer.total_steps=1", "trainer.prompts_per_step=4", "rollout.n=4",
+                               "rollout.max_new_tokens=12", "logger.backends=[jsonl]", "data.eval=null"])
+    train(cfg)
+    row = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert 0.0 <= row["reward/verl/mean"] <= 1.0
+    assert -2 * 0.2 <= row["reward/trl/mean"] < 0.0  # weight 2 × −len/1000, responses ≤ 12 tokens
+    assert row["reward/errors"] == 0.0
+    total = row["reward/verl/mean"] + row["reward/trl/mean"] + row["reward/native/mean"]
+    assert row["reward/mean"] == pytest.approx(total, abs=1e-6)
