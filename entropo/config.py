@@ -220,11 +220,27 @@ class RolloutConfig:
     stop: list[str] = field(default_factory=list)
     """Stop strings that end a response early."""
 
+    cpus_per_worker: float = 1.0
+    """CPUs reserved per rollout worker in its placement bundle (> 0)."""
+
+    gpus_per_worker: float | None = None
+    """GPUs per rollout worker; null: 1 when the cluster has GPUs, else 0."""
+
+    max_restarts: int = 3
+    """Rollout-worker restarts allowed over the run (a dead worker is recreated and the step
+    retried); 0 turns recovery off."""
+
 
 @dataclass(frozen=True)
 class LearnerConfig:
     ranks: int = 1
     """Data-parallel DeepSpeed ranks (one Ray actor each)."""
+
+    cpus_per_rank: float = 1.0
+    """CPUs reserved per learner rank in its placement bundle (> 0)."""
+
+    gpus_per_rank: float | None = None
+    """GPUs per learner rank; null: 1 when the cluster has GPUs, else 0."""
 
     zero_stage: int = 0
     """DeepSpeed ZeRO stage, 0-3."""
@@ -294,6 +310,22 @@ class TrainerConfig:
 
     seed: int = 0
     """Seed of data order, sampling and random selections."""
+
+    ray_address: str = ""
+    """Ray cluster to attach to (HOST:6379, auto, ray://...); '' uses RAY_ADDRESS, else starts a
+    local Ray instance."""
+
+    nodes: int = 1
+    """Ray nodes (head included) the run expects; it refuses to start on fewer."""
+
+    placement: str = "PACK"
+    """Placement-group strategy for the actors: PACK, SPREAD, STRICT_PACK, STRICT_SPREAD."""
+
+    colocate: bool = False
+    """Learner rank i and rollout worker i share one bundle (and its GPU)."""
+
+    placement_timeout_s: float = 300.0
+    """How long to wait for placement groups (or a restarted worker) before failing."""
 
 
 @dataclass(frozen=True)
