@@ -13,7 +13,13 @@ Each method is its recipe ``configs/<name>.yaml`` on the defaults of
 ``trainer.total_steps`` and ``trainer.seed``. A recipe that sets its own ``rollout.n`` (the
 papers' 16, AEPO's 5, EMPO's 7) keeps it only with ``--paper-n``. A recipe whose overlong
 ``cache_len`` exceeds ``rollout.max_new_tokens`` (64 by default) gets a quarter of it, as
-the DAPO recipe does. ``--set`` overrides come last and win.
+the DAPO recipe does. PEAR gets a weight-0 ``embedded`` checker after it (``reward.fns=[pear,
+embedded*0]``): PEAR needs π_old entropies, which evaluation does not compute, so without it
+the held-out accuracy reads 0. ``--set`` overrides come last and win.
+
+``--all`` runs every recipe in ``configs/`` except those in :data:`EXCLUDED` (none at present:
+every recipe fits the embedded task with the overrides above) and those whose config
+:func:`load_config` rejects with them; the output names each one left out and why.
 
 The methods train one after another in one Ray session (each :func:`entropo.trainer.run.train`
 creates and kills its own actors; Ray is restarted only after a failed run). A method whose
@@ -289,6 +295,8 @@ def main(argv: list[str] | None = None) -> int:
     methods, excluded = select_methods(args)
     if excluded:
         print(_excluded_text(excluded), flush=True)
+    elif args.all:
+        print("--all: every recipe in configs/ fits the embedded task; none left out", flush=True)
     print(f"[entropy_mechanism] {len(methods)} method(s), {args.steps} step(s) each, seed {args.seed}, "
           f"lr {args.lr}: {' '.join(methods)}", flush=True)
 

@@ -86,6 +86,13 @@ def test_cache_len_untouched_when_it_fits():
     assert _load("dapo", _args()).algorithm.overlong.cache_len == 16
 
 
+def test_pear_gets_a_weight_zero_checker_for_evaluation():
+    cfg = _load("pear", _args())
+    assert cfg.reward.fns == ["pear", "embedded*0"]
+    assert _load("pear", _args("--set", "reward.fns=[pear]")).reward.fns == ["pear"]
+    assert _load("grpo", _args()).reward.fns == ["embedded"]
+
+
 def test_set_overrides_come_last_and_win():
     args = _args("--set", "learner.lr=1e-3", "--set", "rollout.n=4")
     overrides = em.method_overrides("clip_cov", args)
@@ -138,3 +145,14 @@ def test_entropy_ratio():
 def test_first_line_of_an_error():
     assert em._first_line(ValueError("first\nsecond")) == "ValueError: first"
     assert em._first_line(RuntimeError()) == "RuntimeError"
+
+
+def test_first_line_of_a_ray_task_error_is_its_cause():
+    class RayTaskError(RuntimeError):  # as ray.exceptions.RayTaskError: header, then .cause
+        def __init__(self, cause):
+            super().__init__("\x1b[36mray::LearnerRank.update()\x1b[39m (pid=1)\ntraceback ...")
+            self.cause = cause
+
+    err = RayTaskError(ValueError("the real reason\nmore"))
+    assert em._first_line(err) == "RayTaskError: the real reason"
+    assert em._first_line(RayTaskError(None)) == "RayTaskError: ray::LearnerRank.update() (pid=1)"

@@ -66,7 +66,9 @@ class TokenMask:
 
 
 TokenMaskFn = Callable[[TokenLossInputs, Any], tuple[TokenMask, dict[str, torch.Tensor]]]
-"""``fn(inputs, cfg) -> (TokenMask, metrics)``, selecting over ``inputs.reducer``'s scope."""
+"""``fn(inputs, cfg) -> (TokenMask, metrics)``, selecting over ``inputs.reducer``'s scope. A mask's
+config has an ``excludes_from_denominator`` property, known before the mask runs, so the
+objective can count denominators ahead of the micro-batches."""
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,11 @@ class EntropyMaskConfig:
 
     stat_scope: str = "global"
     """``global``: the whole mini-batch over all ranks; ``micro``: one micro-batch (official code)."""
+
+    @property
+    def excludes_from_denominator(self) -> bool:
+        """Whether masked tokens leave the aggregation denominator (spec 0.3(a))."""
+        return self.norm == "selected"
 
     def __post_init__(self) -> None:
         if not 0.0 < self.rho <= 1.0:

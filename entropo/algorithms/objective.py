@@ -194,14 +194,9 @@ def prepare_minibatch(inp: TokenLossInputs, obj: Objective) -> Prepared:
                     denom_mask = denom_mask & keep.keep
             else:
                 keeps.append(None)
-                micro_exclusion |= _excludes_from_denominator(name, cfg)
+                micro_exclusion |= cfg.excludes_from_denominator
         norm = None if micro_exclusion else loss_norm(denom_mask, inp.reducer)
     return Prepared(loss_selected, keeps, norm, metrics, weights)
-
-
-def _excludes_from_denominator(name: str, cfg: Any) -> bool:
-    # high_entropy excludes with norm=selected; dmmpt always excludes (spec L7, 0.3(a))
-    return name == "dmmpt" or getattr(cfg, "norm", "all_valid") == "selected"
 
 
 def micro_objective(

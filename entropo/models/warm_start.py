@@ -288,10 +288,16 @@ def sft_warm_start(
     return record
 
 
-@register_embedded_model(NAME, version="1")
+@register_embedded_model(NAME, version="2")
 def _build_tiny_qwen2_addition(directory: Path) -> None:
-    """:func:`sft_warm_start` with :data:`DEFAULTS`; ``$ENTROPO_WARM_START_STEPS`` overrides steps."""
+    """:func:`sft_warm_start` with :data:`DEFAULTS` on one thread; ``$ENTROPO_WARM_START_STEPS``
+    overrides the steps.
+
+    One thread makes the float reductions, hence the weights and the step at which the stop
+    rule fires, the same on every machine; two threads gave a different model per machine
+    load (version 1), so runs with equal seeds were not comparable across machines.
+    """
     settings = dict(DEFAULTS)
     if os.environ.get(STEPS_ENV):
         settings["steps"] = int(os.environ[STEPS_ENV])
-    sft_warm_start(directory, **settings, eval_n=EVAL_N)
+    sft_warm_start(directory, **settings, eval_n=EVAL_N, threads=1)

@@ -59,6 +59,11 @@ class DmmptConfig:
         if self.stat_scope not in STAT_SCOPES:
             raise ValueError(f"algorithm.dmmpt.stat_scope must be one of {STAT_SCOPES}, got '{self.stat_scope}'")
 
+    @property
+    def excludes_from_denominator(self) -> bool:
+        """Masked tokens leave the aggregation denominator (spec L7, 0.3(a))."""
+        return True
+
     def validate(self) -> None:
         """Raise unless the config can run: σ must be set (spec L7 gives no default)."""
         if self.sigma is None:
