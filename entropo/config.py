@@ -336,6 +336,13 @@ class LoggerConfig:
     project: str = "entropo"
     """wandb project."""
 
+    samples_every: int = 10
+    """Every this many steps, log a table of sample completions (prompt, response, reward, mean
+    entropy; wandb, TensorBoard text) and a token-entropy histogram (TensorBoard, wandb); 0: never."""
+
+    samples: int = 8
+    """Completions per sample table."""
+
 
 @dataclass(frozen=True)
 class TrainConfig:

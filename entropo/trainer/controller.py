@@ -111,6 +111,7 @@ class Controller:
             with t("sync"):
                 self.cluster.sync_weights(step)
         self.state.step = step
+        self.last_batch = batch
         metrics = {**gen_metrics, **adv_metrics, **update_metrics, **self.batch_metrics(batch)}
         metrics.update(self.adapt(metrics))
         metrics.update({f"timing/{k}": v for k, v in t.seconds.items()})
@@ -381,6 +382,18 @@ class Controller:
         self.sampler.load_state_dict(saved["sampler"])
         self.cluster.sync_weights(self.state.step)
 
+    def log_samples(self, step: int, batch: StepBatch) -> None:
+        """A table of completions and the token-entropy histogram, for the dashboards."""
+        m = batch.mask.bool()
+        self.sinks.log_histogram(step, "entropy/tokens", batch.entropy[m].float().numpy())
+        rows = []
+        for i in range(min(self.cfg.logger.samples, len(batch))):
+            row = batch.rows[i]
+            prompt = row.prompt if isinstance(row.prompt, str) else json.dumps(row.prompt)
+            h = float(batch.entropy[i][m[i]].mean()) if m[i].any() else float("nan")
+            rows.append([prompt, batch.response_text[i], float(batch.rewards[i]), h])
+        self.sinks.log_table(step, "samples", ["prompt", "response", "reward", "mean_entropy"], rows)
+
     # ---- evaluation -----------------------------------------------------------------------
     def evaluate(self) -> dict[str, float]:
         from entropo.trainer.evaluation import evaluate
@@ -412,6 +425,9 @@ class Controller:
                 last.update(self.evaluate())
                 self.state.accuracy_end = last["eval/pass@1"]
             self.sinks.log(step, last)
+            every = self.cfg.logger.samples_every
+            if every and (step % every == 0 or step == 1):
+                self.log_samples(step, self.last_batch)
             if final or (cfg.save_every and step % cfg.save_every == 0):
                 self.checkpoint()
         return last

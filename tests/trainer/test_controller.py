@@ -154,3 +154,25 @@ def test_think_phase_split_excludes_the_close_token():
     think, valid = think_phase(ids, mask, close)
     assert think.tolist() == [[1, 1, 0, 0, 0], [1, 1, 1, 1, 1]]  # no </think>: all thinking
     assert valid.tolist() == [[1, 1, 0, 1, 0], [1, 1, 1, 1, 1]]
+
+
+def test_samples_table_and_entropy_histogram_reach_the_sinks():
+    class Capture:
+        def __init__(self):
+            self.tables, self.histograms = [], []
+
+        def log_table(self, step, name, columns, rows):
+            self.tables.append((step, name, columns, list(rows)))
+
+        def log_histogram(self, step, name, values):
+            self.histograms.append((step, name, values))
+
+    ctl, _ = _controller("logger.samples=3")
+    ctl.sinks = Capture()
+    batch, _ = ctl.collect(1, Timer())
+    ctl.log_samples(5, batch)
+    (step, name, columns, rows), = ctl.sinks.tables
+    assert (step, name, columns) == (5, "samples", ["prompt", "response", "reward", "mean_entropy"])
+    assert len(rows) == 3 and rows[0][0] == "0+0=?" and rows[0][3] == pytest.approx(0.1)
+    (step, name, values), = ctl.sinks.histograms
+    assert name == "entropy/tokens" and len(values) == int(batch.mask.sum())
