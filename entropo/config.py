@@ -343,6 +343,14 @@ class LoggerConfig:
     samples: int = 8
     """Completions per sample table."""
 
+    forking_every: int = 10
+    """Every this many steps, the forking-token analysis (spec D4): the most frequent top-20%
+    entropy tokens (a table) and the overlap of the top-20% positions of a fixed probe set
+    under the current and the initial policy; 0: never."""
+
+    forking_probe: int = 32
+    """Responses in the fixed probe set (taken from the first step's rollout)."""
+
 
 @dataclass(frozen=True)
 class TrainConfig:

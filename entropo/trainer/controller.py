@@ -35,10 +35,12 @@ from entropo.algorithms.dynamic_sampling import (
     select_groups,
 )
 from entropo.algorithms.hapo import entropy_h_hat
+from entropo.algorithms.masks import top_count
 from entropo.algorithms.objective import StepContext
 from entropo.algorithms.overlong import filter_truncated, overlong_metrics, overlong_penalty
 from entropo.algorithms.registry import ADVANTAGE_RESHAPERS, ADVANTAGES
 from entropo.algorithms.regularizers import adaptive_entropy_coef
+from entropo.algorithms.select import top_k_mask
 from entropo.algorithms.siren import siren_anchor
 from entropo.config import TrainConfig, to_yaml
 from entropo.trainer.batch import StepBatch
@@ -46,6 +48,9 @@ from entropo.trainer.checkpoint import Checkpoints, load_controller, save_contro
 from entropo.trainer.evaluation import answer_key
 from entropo.trainer.learner import LearnerShard
 from entropo.trainer.rollout import SamplingParams
+
+FORK_RHO = 0.2  # spec D4: the top 20% of tokens by entropy are the "forking" tokens
+FORK_TOP_TOKENS = 50  # spec D4: the 50 most frequent forking tokens
 
 
 @dataclass
@@ -64,6 +69,7 @@ class ControllerState:
     epo_total: float = 0.0
     hapo_stats: tuple[float, float, float, float] | None = None  # S2: (μ, σ, s⁺, s⁻) of the last step
     aepo_entropy: float = AEPO_INITIAL_ENTROPY  # S3/G4: Ĥ of the last update
+    probe: dict[str, torch.Tensor] | None = None  # D4: fixed responses and their initial entropies
 
 
 class Timer:
@@ -99,6 +105,7 @@ class Controller:
         t = Timer()
         with t("step"):
             batch, gen_metrics = self.collect(step, t)          # rollout, forward, rewards, filtering
+            self.keep_probe(batch)
             with t("advantage"):
                 batch, adv_metrics = self.advantages(batch)
             if "aepo" in self.cfg.algorithm.sampling:
@@ -382,6 +389,44 @@ class Controller:
         self.sampler.load_state_dict(saved["sampler"])
         self.cluster.sync_weights(self.state.step)
 
+    def keep_probe(self, batch: StepBatch) -> None:
+        """D4: the first step's responses and their entropies under the initial policy."""
+        if self.cfg.logger.forking_every and self.state.probe is None:
+            k = min(self.cfg.logger.forking_probe, len(batch))
+            self.state.probe = {
+                "prompt_ids": batch.prompt_ids[:k].clone(), "prompt_mask": batch.prompt_mask[:k].clone(),
+                "response_ids": batch.response_ids[:k].clone(), "mask": batch.mask[:k].clone(),
+                "entropy": batch.entropy[:k].clone(),
+            }
+
+    def forking_tokens(self, step: int, batch: StepBatch) -> dict[str, float]:
+        """D4 (Wang et al., arXiv 2506.01939): the top-20% entropy ("forking") tokens of the step
+        batch decoded and counted (a table), and how many of the probe set's top-20% positions
+        under the initial policy are still top-20% under the current one."""
+        keep, threshold = top_k_mask(batch.entropy, batch.mask, top_count(FORK_RHO, int(batch.mask.sum())))
+        ids = batch.response_ids[keep].tolist()
+        counts: dict[int, int] = {}
+        for i in ids:
+            counts[i] = counts.get(i, 0) + 1
+        top = sorted(counts.items(), key=lambda kv: -kv[1])[:FORK_TOP_TOKENS]
+        decode = self.tokenizer.decode if self.tokenizer is not None else str
+        self.sinks.log_table(step, "forking_tokens", ["token", "count", "share"],
+                             [[decode([t]) if self.tokenizer is not None else str(t), c, c / max(len(ids), 1)]
+                              for t, c in top])
+        out = {"forking/threshold": float(threshold), "forking/distinct_tokens": float(len(counts))}
+        probe = self.state.probe
+        if probe is not None:
+            now = StepBatch(prompt_ids=probe["prompt_ids"], prompt_mask=probe["prompt_mask"],
+                            response_ids=probe["response_ids"], mask=probe["mask"],
+                            rollout_logp=torch.zeros_like(probe["mask"]), truncated=torch.zeros(len(probe["mask"]), dtype=torch.bool),
+                            group_ids=torch.zeros(len(probe["mask"]), dtype=torch.long), response_text=[], rows=[])
+            self.cluster.forward(now)
+            n = top_count(FORK_RHO, int(probe["mask"].sum()))
+            initial, _ = top_k_mask(probe["entropy"], probe["mask"], n)
+            current, _ = top_k_mask(now.entropy, probe["mask"], n)
+            out["forking/overlap_initial"] = float((initial & current).sum()) / max(int(initial.sum()), 1)
+        return out
+
     def log_samples(self, step: int, batch: StepBatch) -> None:
         """A table of completions and the token-entropy histogram, for the dashboards."""
         m = batch.mask.bool()
@@ -428,6 +473,9 @@ class Controller:
             every = self.cfg.logger.samples_every
             if every and (step % every == 0 or step == 1):
                 self.log_samples(step, self.last_batch)
+            fork_every = self.cfg.logger.forking_every
+            if fork_every and step % fork_every == 0:
+                self.sinks.log(step, self.forking_tokens(step, self.last_batch))
             if final or (cfg.save_every and step % cfg.save_every == 0):
                 self.checkpoint()
         return last

@@ -176,3 +176,26 @@ def test_samples_table_and_entropy_histogram_reach_the_sinks():
     assert len(rows) == 3 and rows[0][0] == "0+0=?" and rows[0][3] == pytest.approx(0.1)
     (step, name, values), = ctl.sinks.histograms
     assert name == "entropy/tokens" and len(values) == int(batch.mask.sum())
+
+
+def test_forking_token_analysis():
+    class Capture:
+        def __init__(self):
+            self.tables = []
+
+        def log_table(self, step, name, columns, rows):
+            self.tables.append((name, list(rows)))
+
+    ctl, _ = _controller()
+    ctl.sinks = Capture()
+    batch, _ = ctl.collect(1, Timer())
+    batch.entropy = torch.rand_like(batch.mask)
+    ctl.keep_probe(batch)
+    out = ctl.forking_tokens(10, batch)
+    # FakeCluster.forward sets every probe entropy to 0.1: ties break by position, so the
+    # "current" top-20% are the first positions; the overlap with the random initial ranking
+    # is a fraction in [0, 1]
+    assert 0.0 <= out["forking/overlap_initial"] <= 1.0
+    assert out["forking/threshold"] == pytest.approx(float(torch.quantile(batch.entropy[batch.mask.bool()], 0.8)), abs=0.1)
+    name, rows = ctl.sinks.tables[0]
+    assert name == "forking_tokens" and sum(r[1] for r in rows) == int(0.2 * batch.mask.sum() + 0.9999)
