@@ -469,13 +469,13 @@ class Controller:
             if self.eval_rows and (final or (every and step % every == 0)):
                 last.update(self.evaluate())
                 self.state.accuracy_end = last["eval/pass@1"]
+            fork_every = self.cfg.logger.forking_every
+            if fork_every and step % fork_every == 0:
+                last.update(self.forking_tokens(step, self.last_batch))
             self.sinks.log(step, last)
             every = self.cfg.logger.samples_every
             if every and (step % every == 0 or step == 1):
                 self.log_samples(step, self.last_batch)
-            fork_every = self.cfg.logger.forking_every
-            if fork_every and step % fork_every == 0:
-                self.sinks.log(step, self.forking_tokens(step, self.last_batch))
             if final or (cfg.save_every and step % cfg.save_every == 0):
                 self.checkpoint()
         return last
