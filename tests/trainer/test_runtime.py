@@ -33,7 +33,8 @@ def _cfg(model_dir, tmp_path, *overrides):
     return load_config(overrides=[
         f"model.path={model_dir}", f"trainer.output_dir={tmp_path}", "trainer.prompts_per_step=4",
         "rollout.n=4", "rollout.max_new_tokens=12", "learner.micro_batch_size=4", "learner.lr=1e-2",
-        "logger.backends=[jsonl]", "reward.mode=local", "evaluation.max_prompts=8", *overrides,
+        "logger.backends=[jsonl]", "reward.mode=local", "evaluation.max_prompts=8", "logger.forking_every=2",
+        *overrides,
     ])
 
 
@@ -167,6 +168,8 @@ def test_training_runs_end_to_end(ray_session, tiny_model_dir, tmp_path, digits_
         assert rows[0]["aepo/temperature"] == 1.2  # Ĥ starts at 0 <= target
     if control_key:
         assert all(r[control_key] > 0 for r in rows)
+    assert 0.0 <= rows[-1]["forking/overlap_initial"] <= 1.0  # D4 ran at step 2 on the step-1 probe
+    assert rows[-1]["forking/threshold"] > 0
     assert (tmp_path / "config.yaml").exists()
     assert undocumented({k for r in rows for k in r}) == [], "add them to docs/metrics.md"
 
