@@ -148,17 +148,19 @@ class Prepared:
     metrics: dict[str, torch.Tensor] = field(default_factory=dict)
     weights: list[torch.Tensor | None] = field(default_factory=list)
 
-    def rows(self, index: slice | torch.Tensor) -> Prepared:
-        """The same statistics restricted to the micro-batch rows ``index``."""
+    def rows(self, index: slice | torch.Tensor, width: int | None = None) -> Prepared:
+        """The same statistics restricted to the micro-batch rows ``index`` (and to the first
+        ``width`` response positions, when the micro-batch's padding was trimmed)."""
+        cols = slice(None) if width is None else slice(0, width)
         return Prepared(
-            loss_selected=None if self.loss_selected is None else self.loss_selected[index],
+            loss_selected=None if self.loss_selected is None else self.loss_selected[index][:, cols],
             mask_keeps=[
-                None if m is None else TokenMask(m.keep[index], m.exclude_from_denominator)
+                None if m is None else TokenMask(m.keep[index][:, cols], m.exclude_from_denominator)
                 for m in self.mask_keeps
             ],
             norm=self.norm,
             metrics={},
-            weights=[None if w is None else w[index] for w in self.weights],
+            weights=[None if w is None else w[index][:, cols] for w in self.weights],
         )
 
 

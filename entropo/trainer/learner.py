@@ -51,6 +51,29 @@ class LearnerShard:
     def rows(self, index: slice) -> LearnerShard:
         return LearnerShard(**{k: (None if v is None else v[index]) for k, v in vars(self).items()})
 
+    def trimmed(self) -> tuple[LearnerShard, int]:
+        """The same rows without the padding columns no row of them needs: prompts keep their
+        last ``p`` columns (left padding), responses their first ``t`` (right padding).
+
+        The step batch is padded to its longest prompt and response; a micro-batch of shorter
+        ones would otherwise run the model over columns that are masked out anyway. The
+        result is exact: masked positions contribute nothing and positions are counted from
+        the attention mask. Returns the trimmed rows and ``t``.
+        """
+        p = max(int(self.prompt_mask.sum(-1).max()), 1) if len(self) else 1
+        valid = self.mask.bool()
+        last = (valid * torch.arange(1, valid.shape[1] + 1)).max() if valid.numel() else torch.tensor(0)
+        t = max(int(last), 1)
+        out = {}
+        for key, value in vars(self).items():
+            if value is None:
+                out[key] = None
+            elif key in ("prompt_ids", "prompt_mask"):
+                out[key] = value[:, value.shape[1] - p:]
+            else:
+                out[key] = value[:, :t]
+        return LearnerShard(**out), t
+
     def __len__(self) -> int:
         return self.response_ids.shape[0]
 
@@ -136,8 +159,9 @@ class LearnerRank:
         module.eval()
         fns = self._extras(extras | (self.objective.needs & {"proxy_logp"}))
         parts: dict[str, list[torch.Tensor]] = {}
+        width = shard.response_ids.shape[1]
         for rows in self._micro_slices(len(shard)):
-            s = shard.rows(rows)
+            s, t = shard.rows(rows).trimmed()
             dev = [self._dev(x) for x in (s.prompt_ids, s.prompt_mask, s.response_ids, s.mask)]
             out = response_outputs(module, *dev, self.cfg.rollout.temperature, extras=fns)
             values = {"old_logp": out.logp, "entropy": out.entropy, **out.extras}
@@ -145,7 +169,8 @@ class LearnerRank:
                 values["ref_logp"], _ = response_logprobs(self.ref, *dev, self.cfg.rollout.temperature,
                                                           with_entropy=False)
             for key, v in values.items():
-                parts.setdefault(key, []).append((v * dev[3]).cpu())
+                v = torch.nn.functional.pad((v * dev[3]).cpu(), (0, width - t))  # back to the step width
+                parts.setdefault(key, []).append(v)
         module.train(was_training)
         return LearnerShard(shard.prompt_ids, shard.prompt_mask, shard.response_ids, shard.mask,
                             **{k: torch.cat(v) for k, v in parts.items()})
@@ -179,13 +204,13 @@ class LearnerRank:
                     _acc(sums, weights, key, float(v), 1.0)
                 slices = self._micro_slices(len(mb))
                 for j, rows in enumerate(slices):
-                    s = mb.rows(rows)
+                    s, t = mb.rows(rows).trimmed()
                     dev = [self._dev(x) for x in (s.prompt_ids, s.prompt_mask, s.response_ids, s.mask)]
                     out = response_outputs(self.strategy.train_model, *dev, self.cfg.rollout.temperature,
                                            with_entropy=obj.needs_entropy, extras=fns)
                     inp = self._inputs(s, out.logp, out.entropy, ctx, generator=gen, extras=out.extras)
                     ref = self._dev(s.ref_logp) if s.ref_logp is not None else None
-                    loss, metrics = micro_objective(inp, obj, prepared.rows(rows), ref_logp=ref, ctx=ctx)
+                    loss, metrics = micro_objective(inp, obj, prepared.rows(rows, width=t), ref_logp=ref, ctx=ctx)
                     last = j == len(slices) - 1
                     self.strategy.backward(loss, boundary=last)
                     tokens = float(s.mask.sum())

@@ -46,3 +46,18 @@ def test_select_and_concat_keep_every_field_aligned():
     sub = both.select([4, 0])
     assert sub.response_text == ["12", "0"] and sub.rows == [12, 0]
     assert sub.group_ids.tolist() == [12, 0] and sub.reward_components["a"].tolist() == [2.0, 0.0]
+
+
+def test_learner_rows_trim_only_columns_no_row_needs():
+    from entropo.trainer.learner import LearnerShard
+
+    shard = LearnerShard(
+        prompt_ids=torch.tensor([[0, 0, 5, 6], [0, 7, 8, 9]]), prompt_mask=torch.tensor([[0, 0, 1, 1], [0, 1, 1, 1]]),
+        response_ids=torch.tensor([[1, 2, 0, 0, 0], [3, 4, 5, 0, 0]]),
+        mask=torch.tensor([[1.0, 1, 0, 0, 0], [1, 1, 1, 0, 0]]), old_logp=torch.arange(10.0).reshape(2, 5),
+    )
+    trimmed, t = shard.trimmed()
+    assert t == 3
+    assert trimmed.prompt_ids.tolist() == [[0, 5, 6], [7, 8, 9]]  # 3 prompt columns are enough
+    assert trimmed.response_ids.tolist() == [[1, 2, 0], [3, 4, 5]]
+    assert trimmed.old_logp.tolist() == [[0, 1, 2], [5, 6, 7]]
