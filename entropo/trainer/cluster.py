@@ -538,9 +538,7 @@ class Cluster:
         """One update of every learner rank on its shards; ``ctx`` is the step's StepContext."""
         per_rank = [[mb[r] for mb in minibatches] for r in range(len(self.learners))]
         results = ray.get([a.update.remote(s, ctx) for a, s in zip(self.learners, per_rank)])
-        # The cluster's own metrics ride along with the update's until the controller asks
-        # for them itself (Controller.train_step: metrics.update(cluster.metrics())).
-        return {**results[0], **self.metrics()}
+        return results[0]
 
     def sync_weights(self, version: int) -> None:
         self._on_workers(lambda: self._push_calls(version))

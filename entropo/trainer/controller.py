@@ -51,6 +51,7 @@ from entropo.trainer.rollout import SamplingParams
 
 FORK_RHO = 0.2  # spec D4: the top 20% of tokens by entropy are the "forking" tokens
 FORK_TOP_TOKENS = 50  # spec D4: the 50 most frequent forking tokens
+FIT_WINDOW = 20  # spec D2: trailing window of the ΔH-vs-Ĉ fit
 
 
 @dataclass
@@ -120,6 +121,7 @@ class Controller:
         self.state.step = step
         self.last_batch = batch
         metrics = {**gen_metrics, **adv_metrics, **update_metrics, **self.batch_metrics(batch)}
+        metrics.update(self.cluster.metrics())  # e.g. rollout/worker_restarts
         metrics.update(self.adapt(metrics))
         metrics.update({f"timing/{k}": v for k, v in t.seconds.items()})
         metrics["perf/tokens_per_s"] = float(batch.mask.sum()) / max(t.seconds["step"], 1e-9)
@@ -350,7 +352,9 @@ class Controller:
         h = self.state.history
         h["cov"].append(metrics.get("cov/mean", float("nan")))
         h["entropy"].append(metrics["entropy/mean"])
-        fit = diagnostics.fit_entropy_change(h["cov"], h["entropy"])
+        for key in h:  # the fit reads the last FIT_WINDOW steps; older ones are never used
+            del h[key][:-FIT_WINDOW - 1]
+        fit = diagnostics.fit_entropy_change(h["cov"], h["entropy"], window=FIT_WINDOW)
         out.update({k: float(v) for k, v in fit.items()})
         if "aepo" in a.sampling and math.isfinite(metrics.get("actor/neg_logp", float("nan"))):
             self.state.aepo_entropy = metrics["actor/neg_logp"]  # Ĥ: sampled-token NLL of the update (G4)

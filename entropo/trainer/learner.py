@@ -149,7 +149,8 @@ class LearnerRank:
         return out
 
     @torch.no_grad()
-    def forward(self, shard: LearnerShard, extras: frozenset[str] = frozenset()) -> LearnerShard:
+    def forward(self, shard: LearnerShard, extras: frozenset[str] = frozenset(),
+                policy_only: bool = False) -> LearnerShard:
         """π_old log-probs and entropies (π_ref log-probs, and requested ``extras`` such as
         ``proxy_logp`` or ``topp_entropy``) for this rank's rows."""
         from entropo.models.forward import response_logprobs, response_outputs
@@ -157,7 +158,7 @@ class LearnerRank:
         module = self.strategy.module
         was_training = module.training
         module.eval()
-        fns = self._extras(extras | (self.objective.needs & {"proxy_logp"}))
+        fns = {} if policy_only else self._extras(extras | (self.objective.needs & {"proxy_logp"}))
         parts: dict[str, list[torch.Tensor]] = {}
         width = shard.response_ids.shape[1]
         for rows in self._micro_slices(len(shard)):
@@ -165,7 +166,7 @@ class LearnerRank:
             dev = [self._dev(x) for x in (s.prompt_ids, s.prompt_mask, s.response_ids, s.mask)]
             out = response_outputs(module, *dev, self.cfg.rollout.temperature, extras=fns)
             values = {"old_logp": out.logp, "entropy": out.entropy, **out.extras}
-            if self.ref is not None:
+            if self.ref is not None and not policy_only:
                 values["ref_logp"], _ = response_logprobs(self.ref, *dev, self.cfg.rollout.temperature,
                                                           with_entropy=False)
             for key, v in values.items():
@@ -243,7 +244,7 @@ class LearnerRank:
         """Global selections and denominators of one mini-batch (see the module docstring)."""
         logp, entropy = mb.old_logp, mb.entropy
         if obj.needs_policy_prepass and not reuse_old:
-            fresh = self.forward(mb)
+            fresh = self.forward(mb, policy_only=True)
             logp, entropy = fresh.old_logp, fresh.entropy
         inp = self._inputs(mb, self._dev(logp), self._dev(entropy), ctx, reducer=self.reducer, generator=gen)
         return prepare_minibatch(inp, obj)
