@@ -91,6 +91,7 @@ ROOT = Path(__file__).resolve().parents[1]
 MODEL = "embedded:tiny-qwen2-addition"
 DATA = "embedded:addition"
 SIDES = ("entropo", "trl")
+MODES = ("async", "sync")
 INSTALL_HINT = 'pip install -e ".[bench]"   (from the repository root; or: pip install "trl>=0.20")'
 MIB = 2**20
 
@@ -107,21 +108,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description="entropo vs TRL GRPOTrainer throughput on this machine (see the module docstring)."
     )
-    p.add_argument("--prompts", type=int, default=16, help="prompts per step (B)")
+    p.add_argument("--prompts", type=int, default=24, help="prompts per step (B)")
     p.add_argument("--n", type=int, default=8, help="samples per prompt (G)")
     p.add_argument("--max-new-tokens", type=int, default=64, help="maximum response length")
-    p.add_argument("--steps", type=int, default=6, help="training steps per run")
+    p.add_argument("--steps", type=int, default=60, help="training steps per run")
     p.add_argument("--reps", type=int, default=2, help="repetitions (each runs both sides)")
-    p.add_argument("--lr", type=float, default=1e-6, help="learning rate (AdamW)")
+    p.add_argument("--lr", type=float, default=5e-5, help="learning rate (AdamW)")
+    p.add_argument("--temperature", type=float, default=0.7, help="sampling temperature")
+    p.add_argument("--mode", choices=MODES, default="async",
+                   help="entropo: async (configs/async.yaml: rollout overlapped with the update, TIS, "
+                        "token-budget micro-batches) or sync (the defaults)")
+    p.add_argument("--eval-prompts", type=int, default=200,
+                   help="held-out prompts on which each side's final policy is scored greedily (0: none)")
     p.add_argument("--micro-batch", type=int, default=8,
                    help="responses per forward/backward (entropo learner.micro_batch_size, "
                         "TRL per_device_train_batch_size)")
     p.add_argument("--skip-steps", type=int, default=1, help="first steps left out of the measurement")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--matmul-size", type=int, default=2048, help="side of the matmuls timed for the peak")
-    p.add_argument("--trl-threads", type=int, default=-1,
-                   help="torch threads of the TRL process: -1 (default) as many as each entropo actor "
-                        "gets, 0 torch's default (all cores), else that many")
+    p.add_argument("--trl-threads", type=int, default=0,
+                   help="torch threads of the TRL process: 0 (default) torch's default (all cores), "
+                        "-1 as many as each entropo actor gets, else that many")
     p.add_argument("--poll-s", type=float, default=0.5, help="memory sampling interval, seconds")
     p.add_argument("--timeout-s", type=float, default=1800.0, help="limit of one side's run, seconds")
     p.add_argument("--only", choices=SIDES, default=None, help="run one side only (no ratio)")
@@ -139,6 +146,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(f"--micro-batch {args.micro_batch} must divide --prompts × --n = {args.prompts * args.n}")
     if args.lr <= 0 or args.poll_s <= 0 or args.timeout_s <= 0 or args.trl_threads < -1:
         p.error("--lr, --poll-s and --timeout-s must be > 0 and --trl-threads >= -1")
+    if args.temperature <= 0 or args.eval_prompts < 0:
+        p.error("--temperature must be > 0 and --eval-prompts >= 0")
     if args.child and not args.result:
         p.error("--child needs --result")
     return args
@@ -150,6 +159,7 @@ def forwarded_args(args: argparse.Namespace) -> list[str]:
         "--prompts", str(args.prompts), "--n", str(args.n), "--max-new-tokens", str(args.max_new_tokens),
         "--steps", str(args.steps), "--lr", repr(args.lr), "--micro-batch", str(args.micro_batch),
         "--skip-steps", str(args.skip_steps), "--seed", str(args.seed), "--trl-threads", str(args.trl_threads),
+        "--temperature", repr(args.temperature), "--mode", args.mode, "--eval-prompts", str(args.eval_prompts),
     ]
 
 
@@ -228,19 +238,21 @@ def matmul_flops(size: int) -> float:
 def summarize_steps(steps: list[dict], skip: int, phases: tuple[str, ...]) -> dict[str, float]:
     """One repetition's numbers over the steps with ``step > skip``.
 
-    Each step record holds ``step``, ``step_s``, ``generated``, ``trained`` and ``<phase>_s``.
+    Each step record holds ``step``, ``step_s``, ``generated``, ``trained``, ``<phase>_s`` and
+    ``gen_s`` (generation time, which entropo's async mode overlaps with the step: then not a phase).
     """
     measured = [s for s in steps if s["step"] > skip]
     if not measured:
         raise ValueError(f"no step after --skip-steps {skip} (got {len(steps)} steps)")
     total_step = sum(s["step_s"] for s in measured)
-    total_rollout = sum(s["rollout_s"] for s in measured)
+    total_rollout = sum(s.get("gen_s", s["rollout_s"]) for s in measured)
     out = {
         "steps": float(len(measured)),
         "generated_tok_s": sum(s["generated"] for s in measured) / total_rollout,
         "trained_tok_s": sum(s["trained"] for s in measured) / total_step,
         "step_s": total_step / len(measured),
         "trained_per_step": sum(s["trained"] for s in measured) / len(measured),
+        "gen_s": total_rollout / len(measured),
     }
     for ph in phases:
         out[f"{ph}_s"] = sum(s[f"{ph}_s"] for s in measured) / len(measured)
@@ -440,15 +452,20 @@ def child_entropo(args: argparse.Namespace, result: Path) -> None:
         "learner.ranks=1", "rollout.workers=1", "reward.mode=local", "logger.backends=[jsonl]",
         f"trainer.prompts_per_step={args.prompts}", f"rollout.n={args.n}",
         f"rollout.max_new_tokens={args.max_new_tokens}", f"trainer.total_steps={args.steps}",
-        f"learner.lr={args.lr!r}", "rollout.temperature=1.0", "rollout.top_p=1.0",
+        f"learner.lr={args.lr!r}", f"rollout.temperature={args.temperature!r}", "rollout.top_p=1.0",
         f"learner.micro_batch_size={args.micro_batch}", f"trainer.seed={args.seed}",
         f"trainer.output_dir={run_dir}",
     ]
-    cfg = load_config(overrides=overrides)
+    if args.mode == "async":
+        # the memory bound of micro-batches of --micro-batch padded rows, as a token budget
+        budget = args.micro_batch * (longest_prompt() + args.max_new_tokens)
+        overrides += [f"learner.micro_batch_tokens={budget}"]
+    cfg = load_config(ROOT / "configs/async.yaml" if args.mode == "async" else None, overrides)
     try:
         train(cfg)
     finally:
         ray.shutdown()
+    accuracy = final_accuracy(run_dir / "checkpoints" / f"step_{args.steps:06d}" / "hf", args)
     per_step = args.prompts * args.n
     steps = []
     for line in (run_dir / "metrics.jsonl").read_text().splitlines():
@@ -457,14 +474,45 @@ def child_entropo(args: argparse.Namespace, result: Path) -> None:
             continue
         rec = {"step": m["step"], "step_s": m["timing/step"],
                "generated": m["response_length/mean"] * per_step,
-               "trained": m["perf/tokens_per_s"] * m["timing/step"]}
+               "trained": m["perf/tokens_per_s"] * m["timing/step"],
+               # generation time: in async mode the background generation, not the wait for it
+               "gen_s": m.get("timing/rollout_ahead", m["timing/rollout"])}
         for ph in ENTROPO_PHASES:
             rec[f"{ph}_s"] = m.get(f"timing/{ph}", 0.0)
         steps.append(rec)
     shutil.rmtree(run_dir, ignore_errors=True)  # config, metrics, the final checkpoint: not needed
     threads = actor_threads(cfg, 1.0, single_node=True)
-    result.write_text(json.dumps({"side": "entropo", "steps": steps,
-                                  "threads": f"{threads} per actor (learner, rollout)"}))
+    result.write_text(json.dumps({"side": "entropo", "steps": steps, "accuracy": accuracy,
+                                  "threads": f"{threads} per actor (learner, rollout), {args.mode}"}))
+
+
+def longest_prompt() -> int:
+    """The most prompt tokens of any training prompt (the token budget's P)."""
+    from entropo.data.loading import load_rows
+    from entropo.data.prompts import encode_prompt
+    from entropo.models.loading import load_tokenizer, resolve_model_path
+
+    tok = load_tokenizer(resolve_model_path(MODEL))
+    return max(len(encode_prompt(r, tok)) for r in load_rows(DATA, split="train"))
+
+
+def final_accuracy(model, args: argparse.Namespace) -> float | None:
+    """Greedy accuracy of a final policy (a model or a saved directory) on the first
+    ``--eval-prompts`` held-out prompts, scored the same way for both sides."""
+    if not args.eval_prompts:
+        return None
+    from entropo.data.loading import load_rows
+    from entropo.models.loading import load_model, load_tokenizer, resolve_model_path
+    from entropo.models.warm_start import accuracy
+
+    if isinstance(model, Path):
+        tok = load_tokenizer(str(model))
+        model = load_model(str(model), "float32")
+    else:
+        tok = load_tokenizer(resolve_model_path(MODEL))
+    problems = [{"prompt": r.prompt, "ground_truth": r.ground_truth}
+                for r in load_rows(DATA, split="eval")[: args.eval_prompts]]
+    return accuracy(model, tok, problems, max_new_tokens=args.max_new_tokens)
 
 
 def child_trl(args: argparse.Namespace, result: Path) -> None:
@@ -527,7 +575,7 @@ def child_trl(args: argparse.Namespace, result: Path) -> None:
             b = self.trainer.bench
             self.steps.append({
                 "step": state.global_step, "step_s": step_s, "generated": b["generated"], "trained": b["trained"],
-                "rollout_s": b["rollout_s"], "reward_s": b["reward_s"],
+                "rollout_s": b["rollout_s"], "gen_s": b["rollout_s"], "reward_s": b["reward_s"],
                 "prep_s": b["score_total_s"] - b["rollout_s"] - b["reward_s"],
                 "update_s": step_s - b["score_total_s"],
             })
@@ -539,7 +587,7 @@ def child_trl(args: argparse.Namespace, result: Path) -> None:
         weight_decay=0.0, max_grad_norm=1.0, beta=0.0, num_iterations=1,
         num_generations=args.n, per_device_train_batch_size=args.micro_batch,
         gradient_accumulation_steps=args.prompts * args.n // args.micro_batch,
-        max_completion_length=args.max_new_tokens, temperature=1.0, top_p=1.0, top_k=0,
+        max_completion_length=args.max_new_tokens, temperature=args.temperature, top_p=1.0, top_k=0,
         logging_steps=1, save_strategy="no", disable_tqdm=True, dataloader_num_workers=0,
         gradient_checkpointing=False,  # TRL defaults it on; entropo (model.gradient_checkpointing) off
     )
@@ -551,8 +599,10 @@ def child_trl(args: argparse.Namespace, result: Path) -> None:
     timer.trainer = trainer
     trainer.train()
     shutil.rmtree(out_dir, ignore_errors=True)
+    accuracy = final_accuracy(trainer.model, args)
     logged = [h.get("completions/mean_length") for h in trainer.state.log_history if "completions/mean_length" in h]
     result.write_text(json.dumps({"side": "trl", "steps": timer.steps, "trl_version": trl.__version__,
+                                  "accuracy": accuracy,
                                   "logged_mean_length": logged,
                                   "threads": f"{torch.get_num_threads()} (one process)"}))
 
@@ -570,7 +620,7 @@ def report(args: argparse.Namespace, runs: dict[str, list[dict]], peaks: dict[st
     def col(side: str, key: str) -> list[float]:
         if side not in sides:
             return []
-        if key.startswith("peak_"):
+        if key.startswith("peak_") or key == "accuracy":
             return [r[key] for r in runs[side]]
         return [x[key] for x in summ[side]]
 
@@ -578,7 +628,8 @@ def report(args: argparse.Namespace, runs: dict[str, list[dict]], peaks: dict[st
     lines = [
         f"entropo vs TRL GRPOTrainer: {args.prompts} prompts × {args.n} samples per step, max_new_tokens "
         f"{args.max_new_tokens}, {args.steps} steps (measured: {measured}), {args.reps} reps, lr {args.lr:g}, "
-        f"micro-batch {args.micro_batch}, model {MODEL} ({params[1]:,} params), cores {os.cpu_count()}",
+        f"T {args.temperature:g}, micro-batch {args.micro_batch}, model {MODEL} ({params[1]:,} params), "
+        f"cores {os.cpu_count()}",
         "threads: " + "; ".join(f"{s} {runs[s][0].get('threads', '?')}" for s in sides)
         + (f"; TRL {runs['trl'][0].get('trl_version')}" if "trl" in sides else ""),
         "",
@@ -591,6 +642,8 @@ def report(args: argparse.Namespace, runs: dict[str, list[dict]], peaks: dict[st
         ("peak RSS Σ driver+actors (MiB)", "peak_rss_relevant_mib"),
         ("peak PSS Σ process tree (MiB)", "peak_pss_tree_mib"),
     ]
+    if args.eval_prompts and all(r.get("accuracy") is not None for s in sides for r in runs[s]):
+        rows.append((f"final greedy accuracy ({args.eval_prompts} held-out)", "accuracy"))
     lines += format_table([(name, col("entropo", k), col("trl", k)) for name, k in rows], sides)
     if "entropo" in sides:
         by_kind: dict[str, list[float]] = {}
@@ -613,6 +666,12 @@ def report(args: argparse.Namespace, runs: dict[str, list[dict]], peaks: dict[st
             else:
                 cells.append("-")
         lines.append(f"  {ph:<12}" + "".join(f"{c:>22}" for c in cells))
+    if "entropo" in sides and args.mode == "async":
+        gen = statistics.fmean(x["gen_s"] for x in summ["entropo"])
+        lines.append(f"  (entropo async: rollout = the wait for the batch generated in the background during the "
+                     f"previous step; that generation took {fmt_num(gen)} s per step, overlapped)")
+    if "entropo" in sides and all(x["forward_s"] == 0 for x in summ["entropo"]):
+        lines.append("  (entropo: no separate π_old forward: fused into the update, learner.fuse_old_forward)")
     if "trl" in sides:
         lines.append("  (TRL: rollout = _generate, reward = _calculate_rewards, prep = rest of "
                      "_generate_and_score_completions, update = rest of the step)")
@@ -628,11 +687,13 @@ def report(args: argparse.Namespace, runs: dict[str, list[dict]], peaks: dict[st
         return (f"  {label:<8} {formula} = {m:.2f} GFLOP/s = {100 * m / best:.2f}% of the best peak "
                 f"({100 * m / peaks['one']:.2f}% of the 1-thread peak)")
 
-    if "entropo" in sides:
+    if "entropo" in sides and any(x["forward_s"] > 0 for x in summ["entropo"]):
         lines.append(flops_line("entropo", "(6·N·T + 2·N·T) / (forward + update)", [
             learner_flops(n_mm, x["trained_per_step"], x["trained_per_step"]) / (x["forward_s"] + x["update_s"]) / 1e9
             for x in summ["entropo"]]))
-        lines.append(flops_line("", "6·N·T / update", [
+    if "entropo" in sides:
+        lines.append(flops_line("entropo" if all(x["forward_s"] == 0 for x in summ["entropo"]) else "",
+                                "6·N·T / update", [
             learner_flops(n_mm, x["trained_per_step"]) / x["update_s"] / 1e9 for x in summ["entropo"]]))
     if "trl" in sides:
         lines.append(flops_line("trl", "6·N·T / update", [

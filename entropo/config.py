@@ -35,6 +35,7 @@ from entropo.algorithms.losses.kl_cov import KLCovConfig
 from entropo.algorithms.losses.lp_reg import LpRegConfig
 from entropo.algorithms.losses.ppo_clip import PPOClipConfig
 from entropo.algorithms.losses.steer import SteerConfig
+from entropo.algorithms.losses.tis import TisConfig
 from entropo.algorithms.masks import EntropyMaskConfig
 from entropo.algorithms.objective import REGULARIZERS, Objective
 from entropo.algorithms.overlong import OverlongConfig
@@ -78,7 +79,8 @@ class AlgorithmConfig:
     """Token loss (exactly one; spec section 7): ppo_clip, clip_cov, kl_cov, hapo_clip, lp_reg."""
 
     token_weight: list[str] = field(default_factory=list)
-    """Multiplicative token weights applied to the loss, e.g. [steer] (spec L6)."""
+    """Multiplicative token weights applied to the loss: steer (spec L6), tis (rollout
+    importance sampling: π_old/π_roll truncated at ``tis.cap``; for ``trainer.async_rollout``)."""
 
     token_mask: list[str] = field(default_factory=list)
     """Token masks applied after the weights: high_entropy (the 80/20 rule, L4), dmmpt (L7)."""
@@ -122,6 +124,7 @@ class AlgorithmConfig:
     hapo_clip: HapoClipConfig = field(default_factory=HapoClipConfig)
     lp_reg: LpRegConfig = field(default_factory=LpRegConfig)
     steer: SteerConfig = field(default_factory=SteerConfig)
+    tis: TisConfig = field(default_factory=TisConfig)
     high_entropy: EntropyMaskConfig = field(default_factory=EntropyMaskConfig)
     dmmpt: DmmptConfig = field(default_factory=DmmptConfig)
     siren: SirenConfig = field(default_factory=SirenConfig)
@@ -266,8 +269,23 @@ class LearnerConfig:
     micro_batch_size: int = 8
     """Responses per forward/backward on one rank. Changing it never changes the algorithm."""
 
+    micro_batch_tokens: int | None = None
+    """Token budget of a micro-batch instead of a row count: rows sorted by length, longest
+    first, and cut so that rows × (longest prompt + longest response) stays within it (verl's
+    dynamic batch size); ``micro_batch_size × (P + L_max)`` bounds memory like fixed
+    micro-batches, with fewer of them. null: ``micro_batch_size`` rows each. Never changes the
+    algorithm (global scope)."""
+
     ppo_epochs: int = 1
     """Passes over the step's batch."""
+
+    fuse_old_forward: bool = True
+    """Skip the separate π_old pass when it would equal the update's own forward: one epoch of
+    one mini-batch, no KL to the reference, and nothing before the update reading π_old (no
+    entropy-driven advantage, sampling, reward or regulariser, no global-scope selection, no
+    custom reward function, which may read ``Sample.entropy``). π_old is then π_θ of the
+    training forward, detached — the same numbers, as TRL does with one iteration. The step's
+    entropy metrics come from that forward. false: always run the pass."""
 
 
 @dataclass(frozen=True)
@@ -323,6 +341,11 @@ class TrainerConfig:
 
     colocate: bool = False
     """Learner rank i and rollout worker i share one bundle (and its GPU)."""
+
+    async_rollout: bool = False
+    """Generate step t+1's responses while the learner updates on step t (one step off-policy:
+    the batch trained from θ_{t−1} was sampled by θ_{t−2}). Pair it with
+    ``algorithm.token_weight=[tis]`` (configs/async.yaml). false: synchronous and on-policy."""
 
     placement_timeout_s: float = 300.0
     """How long to wait for placement groups (or a restarted worker) before failing."""
@@ -488,6 +511,13 @@ def _check_composition(cfg: TrainConfig) -> None:
             f"algorithm.overlong.cache_len={a.overlong.cache_len} exceeds rollout.max_new_tokens="
             f"{cfg.rollout.max_new_tokens} (L_cache must be within L_max)"
         )
+    if cfg.trainer.async_rollout and "tis" not in a.token_weight:
+        warnings.warn(
+            "trainer.async_rollout=true without algorithm.token_weight=[tis]: each batch is sampled "
+            "by the policy one update behind π_old and only PPO's clip bounds the difference "
+            "(configs/async.yaml turns the correction on)",
+            stacklevel=3,
+        )
     if a.dynamic_sampling.enable and a.dynamic_sampling.metric != "acc" and a.overlong.enable:
         warnings.warn(
             "dynamic sampling on a reward metric with overlong shaping keeps all-wrong groups "
@@ -523,6 +553,9 @@ def _check_sections(cfg: TrainConfig) -> None:
         raise ConfigError(f"rollout.temperature: must be > 0, got {cfg.rollout.temperature}")
     if not 0 < cfg.rollout.top_p <= 1:
         raise ConfigError(f"rollout.top_p: must be in (0, 1], got {cfg.rollout.top_p}")
+    budget = cfg.learner.micro_batch_tokens
+    if budget is not None and budget < 1:
+        raise ConfigError(f"learner.micro_batch_tokens: must be >= 1 or null, got {budget}")
     mb = cfg.learner.mini_batch_prompts
     if mb is not None and (mb < 1 or cfg.trainer.prompts_per_step % mb):
         raise ConfigError(

@@ -26,9 +26,11 @@ def tp():
 
 def test_defaults(tp):
     a = tp.parse_args([])
-    assert (a.prompts, a.n, a.max_new_tokens, a.steps, a.reps) == (16, 8, 64, 6, 2)
-    assert a.micro_batch == 8 and a.skip_steps == 1 and a.lr == pytest.approx(1e-6)
-    assert a.trl_threads == -1 and a.only is None and a.child is None
+    # the default training job's sizes, so that the final accuracies can be compared
+    assert (a.prompts, a.n, a.max_new_tokens, a.steps, a.reps) == (24, 8, 64, 60, 2)
+    assert a.micro_batch == 8 and a.skip_steps == 1 and a.lr == pytest.approx(5e-5) and a.temperature == 0.7
+    assert a.mode == "async" and a.eval_prompts == 200
+    assert a.trl_threads == 0 and a.only is None and a.child is None
 
 
 def test_options(tp):
@@ -47,6 +49,9 @@ def test_options(tp):
     ["--prompts", "3", "--n", "3"],         # micro-batch 8 does not divide 9
     ["--lr", "0"],
     ["--trl-threads", "-2"],
+    ["--temperature", "0"],
+    ["--eval-prompts", "-1"],
+    ["--mode", "fast"],
     ["--child", "trl"],                     # a child needs --result
     ["--only", "verl"],
 ])
@@ -57,9 +62,11 @@ def test_bad_arguments_fail(tp, argv):
 
 def test_forwarded_args_round_trip(tp):
     a = tp.parse_args(["--prompts", "4", "--n", "2", "--steps", "5", "--lr", "2.5e-05", "--micro-batch", "2",
-                       "--trl-threads", "3", "--seed", "7"])
+                       "--trl-threads", "3", "--seed", "7", "--temperature", "0.9", "--mode", "sync",
+                       "--eval-prompts", "10"])
     b = tp.parse_args([*tp.forwarded_args(a), "--child", "entropo", "--result", "x.json"])
-    for key in ("prompts", "n", "max_new_tokens", "steps", "lr", "micro_batch", "skip_steps", "seed", "trl_threads"):
+    for key in ("prompts", "n", "max_new_tokens", "steps", "lr", "micro_batch", "skip_steps", "seed", "trl_threads",
+                "temperature", "mode", "eval_prompts"):
         assert getattr(a, key) == getattr(b, key), key
     assert b.child == "entropo" and b.result == "x.json"
 
@@ -141,6 +148,18 @@ def test_summarize_steps_skips_start_up_and_sums_before_dividing(tp):
     assert s["other_s"] == pytest.approx(0.5)
     with pytest.raises(ValueError):
         tp.summarize_steps(steps, skip=3, phases=("rollout",))
+
+
+def test_summarize_steps_async_generation_time_is_not_a_phase(tp):
+    """entropo async: ``rollout_s`` is the wait, ``gen_s`` the overlapped generation."""
+    steps = [
+        {"step": 2, "step_s": 1.0, "rollout_s": 0.1, "gen_s": 0.8, "update_s": 0.8, "generated": 400.0, "trained": 400.0},
+        {"step": 3, "step_s": 1.0, "rollout_s": 0.0, "gen_s": 0.8, "update_s": 0.9, "generated": 400.0, "trained": 400.0},
+    ]
+    s = tp.summarize_steps(steps, skip=1, phases=("rollout", "update"))
+    assert s["generated_tok_s"] == pytest.approx(800 / 1.6)
+    assert s["gen_s"] == pytest.approx(0.8)
+    assert s["other_s"] == pytest.approx(1.0 - 0.05 - 0.85)
 
 
 # ---- FLOP arithmetic ------------------------------------------------------------------------

@@ -93,6 +93,7 @@ _MODULES = (
     "entropo.algorithms.losses.kl_cov",
     "entropo.algorithms.hapo",
     "entropo.algorithms.losses.steer",
+    "entropo.algorithms.losses.tis",
     "entropo.algorithms.losses.lp_reg",
     "entropo.algorithms.losses.dmmpt",
     "entropo.algorithms.canon",

@@ -534,11 +534,24 @@ class Cluster:
             if getattr(outs[0], name) is not None:
                 setattr(batch, name, torch.cat([getattr(o, name) for o in outs]))
 
-    def update(self, minibatches: list[list[LearnerShard]], ctx) -> dict[str, float]:
-        """One update of every learner rank on its shards; ``ctx`` is the step's StepContext."""
+    def update(self, minibatches: list[list[LearnerShard]], ctx, fill: StepBatch | None = None) -> dict[str, float]:
+        """One update of every learner rank on its shards; ``ctx`` is the step's StepContext.
+
+        ``fill``: the π_old pass is fused into the update (no :meth:`forward` ran); its
+        ``old_logp`` and ``entropy`` are set on this batch (the one mini-batch's rows).
+        """
         per_rank = [[mb[r] for mb in minibatches] for r in range(len(self.learners))]
-        results = ray.get([a.update.remote(s, ctx) for a, s in zip(self.learners, per_rank)])
-        return results[0]
+        fused = fill is not None
+        results = ray.get([a.update.remote(s, ctx, fused) for a, s in zip(self.learners, per_rank)])
+        if fused:
+            fill.old_logp = torch.cat([shard.old_logp for _, shard in results])
+            fill.entropy = torch.cat([shard.entropy for _, shard in results])
+        return results[0][0]
+
+    @property
+    def weight_version(self) -> int:
+        """The weight version (training step) the rollout workers hold."""
+        return self._version
 
     def sync_weights(self, version: int) -> None:
         self._on_workers(lambda: self._push_calls(version))

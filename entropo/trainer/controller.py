@@ -3,6 +3,20 @@ sampling) → update → weight sync → metrics → checkpoint.
 
 The controller owns the loop, the data and the algorithm's running state (adaptive
 coefficients); the actors own the models. Actors never call each other.
+
+Two ways the loop saves time, both off by nothing but their config:
+
+- fused π_old (``learner.fuse_old_forward``, on by default where exact, see
+  :func:`old_pass_fused`): no separate learner forward; the update's own forward supplies
+  π_old and the entropies, which are put on the batch after the update.
+- asynchronous rollout (``trainer.async_rollout``): right after a step's batch arrives, the
+  next step's prompts are drawn and generated in a background thread while this step's
+  forward, rewards and update run; the weights reach the rollout workers at the start of the
+  next step, once they are idle. Each batch is therefore sampled by the policy one update
+  behind the one it is trained from (``rollout/off_policy_steps`` = 1); ``algorithm.
+  token_weight=[tis]`` corrects for it. Before evaluation and at the end the pending
+  generation is awaited and the weights synced (:meth:`Controller.settle`); a checkpoint
+  stores the data position before the pending draw, so a resumed run draws it again.
 """
 
 from __future__ import annotations
@@ -12,6 +26,7 @@ import json
 import math
 import os
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +67,24 @@ from entropo.trainer.rollout import SamplingParams
 FORK_RHO = 0.2  # spec D4: the top 20% of tokens by entropy are the "forking" tokens
 FORK_TOP_TOKENS = 50  # spec D4: the 50 most frequent forking tokens
 FIT_WINDOW = 20  # spec D2: trailing window of the ΔH-vs-Ĉ fit
+PLAIN_ADVANTAGES = ("grpo", "dr_grpo", "rloo", "reinforce_pp_baseline")  # read rewards only
+# built-in rewards that never read Sample.entropy / Sample.old_logp
+POLICY_FREE_REWARDS = ("math", "countdown", "embedded", "format", "code")
+
+
+def old_pass_fused(cfg: TrainConfig, reward_targets: list[str]) -> bool:
+    """Whether the π_old pass can be the update's own forward (``learner.fuse_old_forward``):
+    π_old must equal π_θ at that forward (one epoch of one mini-batch) and nothing before
+    the update may read π_old or π_ref (``reward_targets``: the reward functions' targets)."""
+    a, learner = cfg.algorithm, cfg.learner
+    obj = cfg.objective()
+    one_update = learner.ppo_epochs == 1 and learner.mini_batch_prompts in (None, cfg.trainer.prompts_per_step)
+    return (learner.fuse_old_forward and one_update and a.kl_coef == 0
+            and a.advantage in PLAIN_ADVANTAGES and a.advantage_reshaper is None
+            and not (a.sampling or a.regularizer or a.adaptive_entropy)
+            and "dmmpt" not in a.token_mask  # its gate reads the step's π_old entropy
+            and not obj.needs_policy_prepass and not (obj.needs - {"entropy", "rollout_logp"})
+            and all(t in POLICY_FREE_REWARDS for t in reward_targets))
 
 
 @dataclass
@@ -99,6 +132,11 @@ class Controller:
         self.run_dir = Path(cfg.trainer.output_dir)
         self.checkpoints = Checkpoints(self.run_dir / "checkpoints", cfg.trainer.keep_checkpoints)
         self.eval_rows = eval_rows or []
+        targets = [s.target for s in getattr(rewards, "specs", [])]
+        self.fused = rewards is not None and old_pass_fused(cfg, targets)
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="rollout-ahead") if cfg.trainer.async_rollout else None
+        self._ahead: Future | None = None  # the next step's generation, in flight
+        self._ahead_sampler_state: dict | None = None  # data position before its draw
 
     # ---- the step -----------------------------------------------------------------------
     def train_step(self) -> dict[str, float]:
@@ -106,7 +144,6 @@ class Controller:
         t = Timer()
         with t("step"):
             batch, gen_metrics = self.collect(step, t)          # rollout, forward, rewards, filtering
-            self.keep_probe(batch)
             with t("advantage"):
                 batch, adv_metrics = self.advantages(batch)
             if "aepo" in self.cfg.algorithm.sampling:
@@ -115,14 +152,17 @@ class Controller:
                 adv_metrics.update(aepo_metrics)
             with t("update"):
                 ctx = self.step_context(batch, step)
-                update_metrics = self.cluster.update(self.minibatches(batch), ctx)
-            with t("sync"):
-                self.cluster.sync_weights(step)
+                update_metrics = self.cluster.update(self.minibatches(batch), ctx, fill=batch if self.fused else None)
+            if self._pool is None:
+                with t("sync"):
+                    self.cluster.sync_weights(step)
+            self.keep_probe(batch)
         self.state.step = step
         self.last_batch = batch
         metrics = {**gen_metrics, **adv_metrics, **update_metrics, **self.batch_metrics(batch)}
         metrics.update(self.cluster.metrics())  # e.g. rollout/worker_restarts
         metrics.update(self.adapt(metrics))
+        metrics["rollout/off_policy_steps"] = float(step - 1 - batch.weight_version)
         metrics.update({f"timing/{k}": v for k, v in t.seconds.items()})
         metrics["perf/tokens_per_s"] = float(batch.mask.sum()) / max(t.seconds["step"], 1e-9)
         return metrics
@@ -138,11 +178,10 @@ class Controller:
         sampling: dict[str, list[float]] = {}
         while True:
             n_gen += 1
-            prompts = self.sampler.next_batch()
-            with t("rollout"):
-                batch = self.cluster.rollout(prompts, self.sampling(step, n_gen), self.tokenizer)
-            with t("forward"):
-                self.cluster.forward(batch, self.forward_extras())
+            batch = self.generate(step, n_gen, t)
+            if not self.fused:
+                with t("forward"):
+                    self.cluster.forward(batch, self.forward_extras())
             with t("reward"):
                 metrics.update(self.score(batch))
             if not ds.enable:
@@ -162,6 +201,56 @@ class Controller:
         metrics.update({k: sum(v) / len(v) for k, v in sampling.items()})
         metrics["sampling/num_gen_batches"] = float(n_gen)
         return merged.select(rows), metrics
+
+    def generate(self, step: int, attempt: int, t: Timer) -> StepBatch:
+        """Generation batch ``attempt`` of ``step``: the one generated ahead (async mode), or a
+        fresh draw. In async mode the next step's generation starts here."""
+        if attempt == 1 and self._ahead is not None:
+            with t("rollout"):  # only the part not hidden behind the previous step
+                batch, seconds = self._ahead.result()
+            self._ahead = None
+            t.seconds["rollout_ahead"] = seconds
+        else:
+            prompts = self.sampler.next_batch()
+            with t("rollout"):
+                batch = self.cluster.rollout(prompts, self.sampling(step, attempt), self.tokenizer)
+        if self._pool is not None and attempt == 1:
+            with t("sync"):
+                self.sync_if_stale()
+            if step < self.cfg.trainer.total_steps:
+                self.start_ahead(step + 1)
+        return batch
+
+    def start_ahead(self, step: int) -> None:
+        """Draw ``step``'s prompts now and generate them in the background."""
+        self._ahead_sampler_state = self.sampler.state_dict()
+        prompts = self.sampler.next_batch()
+        params = self.sampling(step, 1)
+
+        def run() -> tuple[StepBatch, float]:
+            start = time.perf_counter()
+            batch = self.cluster.rollout(prompts, params, self.tokenizer)
+            return batch, time.perf_counter() - start
+
+        self._ahead = self._pool.submit(run)
+
+    def sync_if_stale(self) -> None:
+        """Push the learner's weights to the rollout workers if they hold older ones (async
+        mode, with no generation in flight)."""
+        if self.cluster.weight_version < self.state.step:
+            self.cluster.sync_weights(self.state.step)
+
+    def settle(self) -> None:
+        """Async mode: wait for the generation in flight (its batch is kept for the next step)
+        and sync the weights, so that the rollout workers hold the current policy."""
+        if self._pool is None:
+            return
+        if self._ahead is not None:
+            batch, seconds = self._ahead.result()
+            done: Future = Future()
+            done.set_result((batch, seconds))
+            self._ahead = done
+        self.sync_if_stale()
 
     def sampling(self, step: int, attempt: int) -> SamplingParams:
         r, a = self.cfg.rollout, self.cfg.algorithm
@@ -276,7 +365,8 @@ class Controller:
     def step_context(self, batch: StepBatch, step: int) -> StepContext:
         """Step-level inputs of the objective (and the running state they come from)."""
         a = self.cfg.algorithm
-        h = float((batch.entropy * batch.mask).sum() / batch.mask.sum().clamp(min=1))
+        # None when π_old comes from the update itself (fused): then no method reads it
+        h = None if batch.entropy is None else float((batch.entropy * batch.mask).sum() / batch.mask.sum().clamp(min=1))
         if "siren" in a.regularizer and self.state.siren_anchor is None:
             self.state.siren_anchor = float(siren_anchor(batch.topp_entropy, batch.mask, a.siren.mask_quantile))
         if "hapo_temperature" in a.sampling:  # S2: this step's π_old statistics drive the next rollout
@@ -381,7 +471,9 @@ class Controller:
         self.cluster.save(tmp)
         if self.tokenizer is not None:
             self.tokenizer.save_pretrained(tmp / "hf")
-        save_controller(tmp, {"state": dataclasses.asdict(self.state), "sampler": self.sampler.state_dict()})
+        # a generation in flight (async mode) is not saved: a resumed run draws its prompts again
+        sampler = self._ahead_sampler_state if self._ahead is not None else self.sampler.state_dict()
+        save_controller(tmp, {"state": dataclasses.asdict(self.state), "sampler": sampler})
         return self.checkpoints.commit(tmp, self.state.step)
 
     def restore(self, path: Path) -> None:
@@ -471,6 +563,7 @@ class Controller:
             self.state.entropy_end = last["entropy/mean"]
             final = step == cfg.total_steps
             if self.eval_rows and (final or (every and step % every == 0)):
+                self.settle()
                 last.update(self.evaluate())
                 self.state.accuracy_end = last["eval/pass@1"]
             fork_every = self.cfg.logger.forking_every
@@ -482,6 +575,7 @@ class Controller:
                 self.log_samples(step, self.last_batch)
             if final or (cfg.save_every and step % cfg.save_every == 0):
                 self.checkpoint()
+        self.settle()
         return last
 
 
@@ -514,7 +608,7 @@ def _shard(b: StepBatch) -> LearnerShard:
     return LearnerShard(
         prompt_ids=b.prompt_ids, prompt_mask=b.prompt_mask, response_ids=b.response_ids, mask=b.mask,
         old_logp=b.old_logp, entropy=b.entropy, ref_logp=b.ref_logp, advantages=b.advantages,
-        proxy_logp=b.proxy_logp,
+        proxy_logp=b.proxy_logp, rollout_logp=b.rollout_logp,
     )
 
 

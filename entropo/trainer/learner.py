@@ -27,7 +27,7 @@ import torch
 from entropo.algorithms.losses.base import TokenLossInputs
 from entropo.algorithms.objective import Objective, StepContext, micro_objective, prepare_minibatch
 from entropo.config import TrainConfig
-from entropo.trainer import weight_sync
+from entropo.trainer import micro_batches, weight_sync
 
 # Metrics that are each micro-batch's share of the mini-batch loss: summed, not averaged.
 SHARE_METRICS = ("actor/pg_loss", "actor/entropy_bonus", "epo/term", "epo/bonus_agg", "epo/penalty_agg")
@@ -47,8 +47,9 @@ class LearnerShard:
     advantages: torch.Tensor | None = None
     proxy_logp: torch.Tensor | None = None
     topp_entropy: torch.Tensor | None = None
+    rollout_logp: torch.Tensor | None = None
 
-    def rows(self, index: slice) -> LearnerShard:
+    def rows(self, index: slice | torch.Tensor) -> LearnerShard:
         return LearnerShard(**{k: (None if v is None else v[index]) for k, v in vars(self).items()})
 
     def trimmed(self) -> tuple[LearnerShard, int]:
@@ -159,34 +160,39 @@ class LearnerRank:
         was_training = module.training
         module.eval()
         fns = {} if policy_only else self._extras(extras | (self.objective.needs & {"proxy_logp"}))
-        parts: dict[str, list[torch.Tensor]] = {}
-        width = shard.response_ids.shape[1]
-        for rows in self._micro_slices(len(shard)):
-            s, t = shard.rows(rows).trimmed()
+        parts = RowParts(shard.response_ids.shape[1])
+        for rows in self._micro_batches(shard):
+            s, _ = shard.rows(rows).trimmed()
             dev = [self._dev(x) for x in (s.prompt_ids, s.prompt_mask, s.response_ids, s.mask)]
             out = response_outputs(module, *dev, self.cfg.rollout.temperature, extras=fns)
             values = {"old_logp": out.logp, "entropy": out.entropy, **out.extras}
             if self.ref is not None and not policy_only:
                 values["ref_logp"], _ = response_logprobs(self.ref, *dev, self.cfg.rollout.temperature,
                                                           with_entropy=False)
-            for key, v in values.items():
-                v = torch.nn.functional.pad((v * dev[3]).cpu(), (0, width - t))  # back to the step width
-                parts.setdefault(key, []).append(v)
+            parts.add(rows, values, dev[3])
         module.train(was_training)
-        return LearnerShard(shard.prompt_ids, shard.prompt_mask, shard.response_ids, shard.mask,
-                            **{k: torch.cat(v) for k, v in parts.items()})
+        return LearnerShard(shard.prompt_ids, shard.prompt_mask, shard.response_ids, shard.mask, **parts.result())
 
     @property
     def objective(self) -> Objective:
         return self.cfg.objective()
 
     # ---- update -------------------------------------------------------------------------
-    def update(self, minibatches: list[LearnerShard], ctx: StepContext) -> dict[str, float]:
-        """Epochs × mini-batches × micro-batches; returns metrics averaged over the whole update."""
+    def update(self, minibatches: list[LearnerShard], ctx: StepContext,
+               fused: bool = False) -> tuple[dict[str, float], LearnerShard | None]:
+        """Epochs × mini-batches × micro-batches; returns metrics averaged over the whole update.
+
+        ``fused``: the shards carry no π_old pass; π_old is π_θ of the training forward,
+        detached (exact for one epoch of one mini-batch: the parameters have not moved yet), and
+        its log-probs and entropies come back as the second value, in row order.
+        """
         from entropo.models.forward import response_outputs
 
         obj = self.objective
+        if fused and (self.cfg.learner.ppo_epochs != 1 or len(minibatches) != 1 or obj.needs_policy_prepass):
+            raise ValueError("a fused π_old pass needs one epoch of one mini-batch and no global pre-pass")
         fns = self._extras(obj.needs & {"topp_entropy"})
+        outputs = RowParts(minibatches[0].response_ids.shape[1]) if fused else None
         seed = ctx.step
         module = self.strategy.module
         module.train()
@@ -203,13 +209,17 @@ class LearnerRank:
                 prepared = self._prepare(mb, obj, ctx, gen, reuse_old=(epoch == 0 and k == 0))
                 for key, v in prepared.metrics.items():
                     _acc(sums, weights, key, float(v), 1.0)
-                slices = self._micro_slices(len(mb))
+                slices = self._micro_batches(mb)
                 for j, rows in enumerate(slices):
                     s, t = mb.rows(rows).trimmed()
                     dev = [self._dev(x) for x in (s.prompt_ids, s.prompt_mask, s.response_ids, s.mask)]
                     out = response_outputs(self.strategy.train_model, *dev, self.cfg.rollout.temperature,
-                                           with_entropy=obj.needs_entropy, extras=fns)
-                    inp = self._inputs(s, out.logp, out.entropy, ctx, generator=gen, extras=out.extras)
+                                           with_entropy=obj.needs_entropy or fused, extras=fns)
+                    if fused:
+                        s.old_logp, s.entropy = out.logp.detach(), out.entropy.detach()
+                        outputs.add(rows, {"old_logp": s.old_logp, "entropy": s.entropy}, dev[3])
+                    inp = self._inputs(s, out.logp, out.entropy if obj.needs_entropy else None, ctx,
+                                       generator=gen, extras=out.extras)
                     ref = self._dev(s.ref_logp) if s.ref_logp is not None else None
                     loss, metrics = micro_objective(inp, obj, prepared.rows(rows, width=t), ref_logp=ref, ctx=ctx)
                     last = j == len(slices) - 1
@@ -229,7 +239,10 @@ class LearnerRank:
         out["actor/grad_norm"] = sum(grad_norms) / max(len(grad_norms), 1)
         out["actor/lr"] = self.strategy.lr()
         out["actor/optimizer_steps"] = float(len(grad_norms))
-        return out
+        if outputs is None:
+            return out, None
+        mb = minibatches[0]
+        return out, LearnerShard(mb.prompt_ids, mb.prompt_mask, mb.response_ids, mb.mask, **outputs.result())
 
     def _inputs(self, s: LearnerShard, logp: torch.Tensor, entropy: torch.Tensor | None, ctx: StepContext,
                 **kwargs) -> TokenLossInputs:
@@ -237,12 +250,14 @@ class LearnerRank:
         return TokenLossInputs(
             logp=logp, old_logp=self._dev(s.old_logp), advantages=self._dev(s.advantages), mask=self._dev(s.mask),
             entropy=entropy, old_entropy=self._dev(s.entropy), proxy_logp=self._dev(s.proxy_logp),
-            step_entropy=ctx.step_entropy, **kwargs,
+            step_entropy=ctx.step_entropy, rollout_logp=self._dev(s.rollout_logp), **kwargs,
         )
 
     def _prepare(self, mb: LearnerShard, obj: Objective, ctx: StepContext, gen: torch.Generator, reuse_old: bool):
         """Global selections and denominators of one mini-batch (see the module docstring)."""
         logp, entropy = mb.old_logp, mb.entropy
+        if logp is None:  # fused π_old: no global decision reads π_θ here, only the denominators
+            logp = torch.zeros_like(mb.mask)
         if obj.needs_policy_prepass and not reuse_old:
             fresh = self.forward(mb, policy_only=True)
             logp, entropy = fresh.old_logp, fresh.entropy
@@ -295,12 +310,38 @@ class LearnerRank:
                 module.save_pretrained(path, state_dict=state)
 
     # ---- helpers ------------------------------------------------------------------------
-    def _micro_slices(self, n: int) -> list[slice]:
-        size = self.cfg.learner.micro_batch_size
-        return [slice(i, min(i + size, n)) for i in range(0, n, size)] or [slice(0, 0)]
+    def _micro_batches(self, shard: LearnerShard) -> list[torch.Tensor]:
+        """Row indices of this rank's micro-batches (see :mod:`entropo.trainer.micro_batches`);
+        every rank runs as many as the rank with the most."""
+        learner = self.cfg.learner
+        if learner.micro_batch_tokens is None:
+            return micro_batches.fixed_size(len(shard), learner.micro_batch_size)
+        groups = micro_batches.token_budget(shard.prompt_mask.sum(-1), shard.mask.sum(-1),
+                                            learner.micro_batch_tokens)
+        counts, _ = self.reducer.gather(self._dev(torch.tensor([float(len(groups))])))
+        return micro_batches.split_to(groups, int(counts.max().item()))
 
     def _dev(self, x: torch.Tensor | None) -> torch.Tensor | None:
         return None if x is None else x.to(self.device)
+
+
+class RowParts:
+    """Per-token outputs of micro-batches put back into row order at the shard's width."""
+
+    def __init__(self, width: int) -> None:
+        self.width = width
+        self.rows: list[torch.Tensor] = []
+        self.parts: dict[str, list[torch.Tensor]] = {}
+
+    def add(self, rows: torch.Tensor, values: dict[str, torch.Tensor], mask: torch.Tensor) -> None:
+        self.rows.append(rows)
+        for key, v in values.items():
+            v = torch.nn.functional.pad((v.detach() * mask).cpu(), (0, self.width - v.shape[1]))
+            self.parts.setdefault(key, []).append(v)
+
+    def result(self) -> dict[str, torch.Tensor]:
+        back = torch.argsort(torch.cat(self.rows))  # micro-batch order -> row order
+        return {k: torch.cat(v)[back] for k, v in self.parts.items()}
 
 
 def _acc(sums: dict[str, float], weights: dict[str, float], key: str, value: float, weight: float) -> None:

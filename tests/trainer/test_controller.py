@@ -16,9 +16,18 @@ class FakeCluster:
 
     def __init__(self) -> None:
         self.calls = 0
+        self.weight_version = 0
+        self.generating = False
+        self.log: list[str] = []
 
     def rollout(self, rows, params, tokenizer):
+        import time
+
         self.calls += 1
+        self.generating = True
+        self.log.append(f"rollout v{self.weight_version}")
+        time.sleep(0.05)  # long enough for the main thread to run ahead in async mode
+        self.generating = False
         n, g = len(rows), params.n
         texts = []
         for row in rows:
@@ -31,13 +40,26 @@ class FakeCluster:
             response_ids=torch.ones(n * g, 3, dtype=torch.long), mask=torch.ones(n * g, 3),
             rollout_logp=torch.zeros(n * g, 3), truncated=torch.zeros(n * g, dtype=torch.bool),
             group_ids=torch.arange(n).repeat_interleave(g), response_text=texts,
-            rows=[r for r in rows for _ in range(g)],
+            rows=[r for r in rows for _ in range(g)], weight_version=self.weight_version,
         )
+
+    def update(self, minibatches, ctx, fill=None):
+        self.log.append("update" + (" fused" if fill is not None else ""))
+        if fill is not None:
+            fill.old_logp = torch.zeros_like(fill.mask)
+            fill.entropy = torch.full_like(fill.mask, 0.2)
+        return {"actor/pg_loss": 0.0, "actor/grad_norm": 1.0}
+
+    def sync_weights(self, version):
+        assert not self.generating, "weights pushed while the rollout workers generate"
+        self.log.append(f"sync v{version}")
+        self.weight_version = version
 
     def metrics(self):
         return {}
 
     def forward(self, batch, extras=frozenset()):
+        self.log.append("forward")
         batch.old_logp = torch.zeros_like(batch.mask)
         batch.entropy = torch.full_like(batch.mask, 0.1)
         if "topp_entropy" in extras:
@@ -53,6 +75,9 @@ class ListSampler:
         self.pos += self.size
         return out
 
+    def state_dict(self):
+        return {"pos": self.pos}
+
 
 ROWS = [PromptRow(prompt=f"{i}+0=?", ground_truth=str(i + 10), data_source="t", index=i) for i in range(30)]
 
@@ -60,7 +85,8 @@ ROWS = [PromptRow(prompt=f"{i}+0=?", ground_truth=str(i + 10), data_source="t", 
 def _controller(*overrides):
     from entropo.rewards import RewardManager
 
-    cfg = load_config(overrides=["trainer.prompts_per_step=4", "rollout.n=2", "reward.mode=local", *overrides])
+    cfg = load_config(overrides=["trainer.prompts_per_step=4", "rollout.n=2", "reward.mode=local",
+                                 "learner.fuse_old_forward=false", *overrides])
     return Controller(cfg, FakeCluster(), ListSampler(ROWS, 4), None, RewardManager(cfg.reward), sinks=None), cfg
 
 
@@ -202,3 +228,59 @@ def test_forking_token_analysis():
     assert out["forking/threshold"] == pytest.approx(float(torch.quantile(batch.entropy[batch.mask.bool()], 0.8)), abs=0.1)
     name, rows = ctl.sinks.tables[0]
     assert name == "forking_tokens" and sum(r[1] for r in rows) == int(0.2 * batch.mask.sum() + 0.9999)
+
+
+def test_old_pass_is_fused_only_where_it_equals_the_update_forward():
+    from entropo.trainer.controller import old_pass_fused
+
+    def fused(*overrides, rewards=("embedded",)):
+        cfg = load_config(overrides=["trainer.prompts_per_step=4", *overrides])
+        return old_pass_fused(cfg, list(rewards))
+
+    assert fused()
+    assert fused("algorithm.token_weight=[tis]", "algorithm.token_mask=[high_entropy]",
+                 "algorithm.high_entropy.stat_scope=micro", rewards=("math", "format"))
+    assert not fused("learner.fuse_old_forward=false")
+    assert not fused("learner.ppo_epochs=2")
+    assert not fused("learner.mini_batch_prompts=2")  # the second mini-batch sees moved parameters
+    assert not fused("algorithm.kl_coef=0.01")
+    assert not fused("algorithm.token_weight=[steer]")  # reads π_old entropies
+    assert not fused("algorithm.loss=kl_cov", "algorithm.kl_cov.stat_scope=global")  # global pre-pass
+    assert not fused("algorithm.advantage=hapo")
+    assert not fused("algorithm.token_mask=[dmmpt]", "algorithm.dmmpt.sigma=0.5")
+    assert not fused(rewards=("pear",))
+    assert not fused(rewards=("my_rewards.py:score",))  # may read Sample.entropy
+
+
+def test_fused_step_runs_no_forward_and_takes_entropies_from_the_update():
+    ctl, _ = _controller("learner.fuse_old_forward=true", "logger.backends=[]")
+    assert ctl.fused
+    metrics = ctl.train_step()
+    assert ctl.cluster.log == ["rollout v0", "update fused", "sync v1"]
+    assert metrics["entropy/mean"] == pytest.approx(0.2)
+    assert metrics["rollout/off_policy_steps"] == 0.0
+
+
+def test_async_rollout_overlaps_generation_and_stays_one_step_behind():
+    ctl, _ = _controller("trainer.async_rollout=true", "trainer.total_steps=3", "learner.fuse_old_forward=true")
+    steps = [ctl.train_step() for _ in range(3)]
+    # step 1 generates with v0 and starts step 2's generation (still v0) before its update;
+    # step 2 pushes v1 once that generation is done, then starts step 3's with v1.
+    log = ctl.cluster.log
+    assert log[0] == "rollout v0"
+    assert log.index("sync v1") > log.index("update fused")
+    assert [s["rollout/off_policy_steps"] for s in steps] == [0.0, 1.0, 1.0]
+    assert [s["rollout/weight_version"] for s in steps] == [0.0, 0.0, 1.0]
+    assert log.count("rollout v0") == 2 and log.count("rollout v1") == 1
+    assert "rollout v2" not in log  # no generation beyond the last step
+    assert all(s["timing/rollout_ahead"] > 0 for s in steps[1:])
+    ctl.settle()
+    assert ctl.cluster.weight_version == 3  # the final policy reached the workers
+    assert ctl.sampler.pos == 12  # 3 steps × 4 prompts, nothing drawn beyond
+
+
+def test_async_checkpoint_keeps_the_pending_draw():
+    ctl, _ = _controller("trainer.async_rollout=true", "trainer.total_steps=5")
+    ctl.train_step()
+    assert ctl._ahead is not None and ctl.sampler.pos == 8
+    assert ctl._ahead_sampler_state == {"pos": 4}  # what a checkpoint stores: step 2 is drawn again

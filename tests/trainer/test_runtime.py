@@ -80,19 +80,21 @@ def test_weight_sync_makes_rollout_logprobs_equal_learner(ray_session, tiny_mode
         cluster.shutdown()
 
 
-@pytest.mark.parametrize(("ranks", "zero", "micro"), [(2, 0, 2), (2, 2, 3), (2, 3, 3)])
+@pytest.mark.parametrize(("ranks", "zero", "micro"), [(2, 0, "2"), (2, 2, "3"), (2, 3, "3"), (2, 3, "tokens=40")])
 def test_gradient_is_independent_of_ranks_zero_and_micro_batch(ray_session, tiny_model_dir, tmp_path,
                                                                 digits_reward, ranks, zero, micro):
-    """The pre-clip gradient norm and the loss of one update equal the 1-rank, 1-micro-batch ones."""
+    """The pre-clip gradient norm and the loss of one update equal the 1-rank, 1-micro-batch ones
+    (``tokens=B``: length-sorted micro-batches of at most B padded tokens, unequal in number
+    on the two ranks before they agree)."""
     from entropo.trainer.cluster import Cluster
 
     common = ("rollout.workers=1", f"reward.fns=[{digits_reward}]", "algorithm.loss=kl_cov",
               "algorithm.kl_cov.k=0.1", "algorithm.token_mask=[high_entropy]")
     results = []
     batch = None
-    for r, z, m in [(1, 0, 16), (ranks, zero, micro)]:
-        cfg = _cfg(tiny_model_dir, tmp_path, f"learner.ranks={r}", f"learner.zero_stage={z}",
-                   f"learner.micro_batch_size={m}", *common)
+    for r, z, m in [(1, 0, "16"), (ranks, zero, micro)]:
+        size = f"learner.micro_batch_tokens={m[7:]}" if m.startswith("tokens=") else f"learner.micro_batch_size={m}"
+        cfg = _cfg(tiny_model_dir, tmp_path, f"learner.ranks={r}", f"learner.zero_stage={z}", size, *common)
         cluster = Cluster(cfg)
         try:
             if batch is None:
@@ -112,6 +114,39 @@ def test_gradient_is_independent_of_ranks_zero_and_micro_batch(ray_session, tiny
     assert many["kl_cov/selected_frac"] == pytest.approx(one["kl_cov/selected_frac"], abs=1e-5)
 
 
+def test_fused_old_pass_equals_the_separate_forward(ray_session, tiny_model_dir, tmp_path, digits_reward):
+    """2 ranks, ZeRO-2, token-budget micro-batches: the update whose forward supplies π_old gives
+    the gradient, loss and π_old statistics of a separate π_old pass followed by the update."""
+    import dataclasses
+
+    from entropo.trainer.cluster import Cluster
+    from entropo.trainer.controller import Controller
+
+    cfg = _cfg(tiny_model_dir, tmp_path, "learner.ranks=2", "learner.zero_stage=2", "rollout.workers=1",
+               "learner.micro_batch_tokens=50", f"reward.fns=[{digits_reward}]")
+    results, filled = [], None
+    batch = None
+    for fused in (False, True):
+        cluster = Cluster(cfg)
+        try:
+            if batch is None:
+                _, batch = _fixed_batch(cfg, cluster, digits_reward)  # runs the separate π_old pass
+            ctl = Controller(cfg, cluster, None, None, None, None)
+            if fused:
+                filled = dataclasses.replace(batch, old_logp=None, entropy=None)
+                results.append(cluster.update(ctl.minibatches(filled), StepContext(step=1), fill=filled))
+            else:
+                results.append(cluster.update(ctl.minibatches(batch), StepContext(step=1)))
+        finally:
+            cluster.shutdown()
+    separate, fused = results
+    assert separate["actor/grad_norm"] > 0
+    assert fused["actor/grad_norm"] == pytest.approx(separate["actor/grad_norm"], rel=1e-5)
+    assert fused["actor/pg_loss"] == pytest.approx(separate["actor/pg_loss"], abs=1e-6)
+    torch.testing.assert_close(filled.old_logp, batch.old_logp, atol=1e-5, rtol=0)
+    torch.testing.assert_close(filled.entropy, batch.entropy, atol=1e-5, rtol=0)
+
+
 @pytest.mark.parametrize(
     ("zero", "recipe_overrides"),
     [
@@ -127,9 +162,11 @@ def test_gradient_is_independent_of_ranks_zero_and_micro_batch(ray_session, tiny
         (2, ["algorithm.sampling=[aepo]", "algorithm.advantage_reshaper=seed", "algorithm.seed.alpha=0.5"]),
         (3, ["algorithm.token_mask=[dmmpt]", "algorithm.dmmpt.sigma=10.0", "algorithm.dmmpt.tau=1e-6",
              "algorithm.advantage_reshaper=ettrl"]),
+        (2, ["trainer.async_rollout=true", "algorithm.token_weight=[tis]", "learner.micro_batch_tokens=60"]),
     ],
     ids=["grpo-zero2", "clip_cov-zero3", "kl_cov-zero2", "entropy_mask-zero3", "hapo-zero2",
-         "lp_reg+steer-zero2", "siren+dr_grpo-zero0", "epo+canon-zero2", "aepo+seed-zero2", "dmmpt+ettrl-zero3"],
+         "lp_reg+steer-zero2", "siren+dr_grpo-zero0", "epo+canon-zero2", "aepo+seed-zero2", "dmmpt+ettrl-zero3",
+         "async+tis+token_budget-zero2"],
 )
 def test_training_runs_end_to_end(ray_session, tiny_model_dir, tmp_path, digits_reward, zero, recipe_overrides):
     from entropo.trainer.run import train
@@ -148,7 +185,10 @@ def test_training_runs_end_to_end(ray_session, tiny_model_dir, tmp_path, digits_
             assert row.get(key) is not None and math.isfinite(row[key]), key
         assert 0 < row["entropy/mean"] < math.log(90) + 1e-6  # bounded by ln |V|
         assert row["actor/grad_norm"] > 0
-        assert row["rollout/weight_version"] == row["step"] - 1  # generated with the last sync
+        # generated with the last sync, or (async) with the one before it, from step 2 on
+        lag = 1 if cfg.trainer.async_rollout and row["step"] > 1 else 0
+        assert row["rollout/off_policy_steps"] == lag
+        assert row["rollout/weight_version"] == row["step"] - 1 - lag
     a = cfg.algorithm
     control_key = {"clip_cov": "clip_cov/selected_frac", "kl_cov": "kl_cov/selected_frac",
                    "lp_reg": "lp_reg/selected_frac", "hapo_clip": "hapo/h_pos_frac"}.get(a.loss)
@@ -160,6 +200,13 @@ def test_training_runs_end_to_end(ray_session, tiny_model_dir, tmp_path, digits_
         assert rows[0]["dmmpt/gate_active"] == 1.0 and rows[0]["dmmpt/masked_frac"] > 0
     if "steer" in a.token_weight:
         assert 0.8 <= rows[0]["steer/weight_min"] <= rows[0]["steer/weight_mean"] <= 1.0
+    if "tis" in a.token_weight:
+        # step 1 is on-policy (ρ = 1 up to kernel noise); step 2 was sampled before the update
+        assert rows[0]["tis/ratio_mean"] == pytest.approx(1.0, abs=1e-4)
+        assert rows[1]["logprob_gap/mean"] > 100 * rows[0]["logprob_gap/mean"]
+        assert 0 < rows[1]["tis/weight_mean"] <= rows[1]["tis/ratio_mean"]
+        assert rows[1]["timing/rollout_ahead"] > 0
+        assert "timing/forward" in rows[1]  # a custom reward function keeps the separate π_old pass
     if "siren" in a.regularizer:
         assert all(r["siren/H_anc"] == rows[0]["siren/H_anc"] for r in rows)  # fixed after step 1
     if "epo" in a.regularizer:

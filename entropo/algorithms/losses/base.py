@@ -42,6 +42,8 @@ class TokenLossInputs:
         proxy_logp: ``[n, T]`` log-prob of the sampled token under a proxy distribution built
             from π_old (Lp-Reg's min-p proxy).
         step_entropy: the step batch's token-mean π_old entropy H̄ (step-level gates, DMMPT).
+        rollout_logp: ``[n, T]`` log π_roll of the sampled tokens, from the rollout engine
+            (rollout importance sampling).
         extras: other per-token tensors a method computes from the logits (SIREN's
             ``topp_entropy``, with gradient).
     """
@@ -57,6 +59,7 @@ class TokenLossInputs:
     old_entropy: torch.Tensor | None = None
     proxy_logp: torch.Tensor | None = None
     step_entropy: float | None = None
+    rollout_logp: torch.Tensor | None = None
     extras: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
