@@ -1,20 +1,33 @@
 """Throughput of entropo vs TRL's ``GRPOTrainer`` on this machine: same model, prompts and sizes.
 
     pip install -e ".[bench]"        # TRL, for this benchmark only (adds trl + accelerate; keeps torch)
-    .venv/bin/python benchmarks/throughput.py [--prompts 16] [--n 8] [--max-new-tokens 64]
-        [--steps 6] [--reps 2] [--lr 1e-6] [--micro-batch 8] [--skip-steps 1]
+    .venv/bin/python benchmarks/throughput.py [--prompts 24] [--n 8] [--max-new-tokens 64]
+        [--steps 60] [--reps 2] [--lr 5e-5] [--temperature 0.7] [--micro-batch 8] [--skip-steps 1]
+        [--mode async|sync] [--eval-prompts 200] [--trl-threads 0]
+
+The defaults are the default training job's sizes (``bash scripts/train.sh``), so that the
+final policies of both sides can be compared: about 4 minutes per repetition here.
 
 What runs. Both sides train the embedded tiny Qwen2 (``embedded:tiny-qwen2-addition``, warm
 started, float32) with plain GRPO (β = 0, one optimiser step per step, PPO clip 0.2,
 token-mean loss, group-normalised advantages) on the embedded addition prompts
 (``embedded:addition``, train split), with ``--prompts`` prompts × ``--n`` samples per step,
-``--max-new-tokens``, temperature 1, top-p 1, no top-k, learning rate ``--lr``, micro-batches of
-``--micro-batch`` responses, ``--steps`` steps:
+``--max-new-tokens``, ``--temperature``, top-p 1, no top-k, learning rate ``--lr``,
+micro-batches of ``--micro-batch`` responses, ``--steps`` steps. After training, each side's
+final policy is scored greedily on the first ``--eval-prompts`` held-out prompts
+(``embedded:addition`` eval split) by the same function
+(:func:`entropo.models.warm_start.accuracy`), so the table shows whether the faster side
+learned as much from the same number of samples:
 
 - entropo: ``entropo.trainer.run.train`` with learner.ranks=1, rollout.workers=1 (a Ray
   learner actor running DeepSpeed and a Ray rollout actor running HF ``generate``),
   reward.mode=local, evaluation off (data.eval=null), logger jsonl; per-step numbers come from
   its ``metrics.jsonl`` (``timing/*``, ``perf/tokens_per_s``, ``response_length/mean``).
+  ``--mode async`` (default) adds ``configs/async.yaml``: the next step's generation overlaps
+  this step's update (one step off-policy, corrected by truncated importance sampling), and
+  micro-batches are cut by a token budget of ``--micro-batch × (longest prompt +
+  --max-new-tokens)`` — the memory bound of ``--micro-batch`` padded rows. Both modes fuse the
+  π_old pass into the update (exact here: one update per step). ``--mode sync``: the defaults.
 - TRL: ``GRPOTrainer`` (``use_cpu=True``, bf16/fp16 off, ``report_to=[]``, beta 0, constant
   lr, gradient checkpointing off like entropo's default (TRL turns it on by default),
   ``num_generations=n``, ``per_device_train_batch_size=--micro-batch`` with gradient
@@ -30,15 +43,18 @@ Each side runs in its own subprocess (its own torch thread pool, its own peak me
 ``--reps`` repetitions, alternating ABBA-style (entropo first in odd repetitions, TRL first in
 even ones) so a slow drift of the machine's load hits both sides alike. Threads: entropo's
 actors take their default share (cores // (learner ranks + rollout workers) torch threads
-each: 1 on 2 cores); by default TRL gets as many torch threads as one entropo actor, so each
-phase of either side computes with the same threads (``--trl-threads 0``: torch's default, all
-cores; on a loaded 2-core machine two OpenMP threads made TRL's steps 15-30× slower than one,
-as each parallel region waits for its slowest, descheduled thread).
+each: 1 on 2 cores). TRL by default keeps torch's default, all cores (``--trl-threads 0``):
+on a quiet 2-core machine that made its steps 1.4× faster than one thread, so it is TRL's
+best setting here and the fair baseline. ``--trl-threads -1`` gives TRL as many threads as one
+entropo actor (every phase of either side then computes with one thread); on a loaded
+machine two OpenMP threads were 15-30× slower than one, as each parallel region waits for
+its slowest, descheduled thread.
 
 Metrics, over the measured steps (step > ``--skip-steps``: step 1 holds the start-up, first
 ``generate``, first optimiser step; wall time of start-up is never counted):
 
-- generated tokens/s = Σ generated tokens / Σ rollout (generation) time;
+- generated tokens/s = Σ generated tokens / Σ rollout (generation) time (entropo async: the
+  background generation's own time, ``timing/rollout_ahead``);
 - trained tokens/s = Σ tokens in the update (response tokens under the loss mask) / Σ step time;
   with no filtering, trained = generated on both sides;
 - s/step = mean step time (entropo ``timing/step``; TRL ``on_step_begin`` → ``on_step_end``);
@@ -57,16 +73,17 @@ entropo/TRL = ratio of the means and, in brackets, the min-max of the per-repeti
 Learner FLOP/s: an fp32 matrix-multiply peak is measured in this run (``--matmul-size``²
 matmuls, best of several, with all cores and with 1 thread, before and after the
 repetitions; the best is kept). The learner's work per step is estimated as
-6·N·T (forward + backward of the update) + 2·N·T (entropo's π_old forward), N = the weights of
-the model's matrix multiplies (``nn.Linear``; the tied LM head counted, the embedding lookup
-not), T = trained tokens; divided by entropo's ``timing/forward + timing/update``. This counts
+6·N·T (forward + backward of the update) + 2·N·T (a separate π_old forward, when entropo runs
+one: not when it is fused), N = the weights of the model's matrix multiplies (``nn.Linear``;
+the tied LM head counted, the embedding lookup not), T = trained tokens; divided by entropo's
+``timing/forward + timing/update``. This counts
 useful tokens only: prompt tokens, padding and attention scores add real work, so the true
 utilisation is somewhat higher. For TRL (which, with one iteration per generation, skips the
 π_old forward) the same 6·N·T over its update time is shown for comparison.
 
 Step-time split: entropo's ``timing/{rollout, forward, reward, advantage, update, sync}``
 (controller-side wall times, Ray calls and transfers included; "other" is the rest of
-``timing/step``); TRL's ``_generate`` (rollout), ``_calculate_rewards`` (reward), the rest of
+``timing/step``; in async mode "rollout" is only the wait for the background generation); TRL's ``_generate`` (rollout), ``_calculate_rewards`` (reward), the rest of
 ``_generate_and_score_completions`` (prep: padding, advantages; no π_old forward) and the
 rest of the step (update: forward + backward + optimiser of all micro-batches).
 """

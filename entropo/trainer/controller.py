@@ -570,8 +570,8 @@ class Controller:
             if fork_every and step % fork_every == 0:
                 last.update(self.forking_tokens(step, self.last_batch))
             self.sinks.log(step, last)
-            every = self.cfg.logger.samples_every
-            if every and (step % every == 0 or step == 1):
+            samples_every = self.cfg.logger.samples_every
+            if samples_every and (step % samples_every == 0 or step == 1):
                 self.log_samples(step, self.last_batch)
             if final or (cfg.save_every and step % cfg.save_every == 0):
                 self.checkpoint()

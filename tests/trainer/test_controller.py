@@ -284,3 +284,23 @@ def test_async_checkpoint_keeps_the_pending_draw():
     ctl.train_step()
     assert ctl._ahead is not None and ctl.sampler.pos == 8
     assert ctl._ahead_sampler_state == {"pos": 4}  # what a checkpoint stores: step 2 is drawn again
+
+
+def test_fit_evaluates_every_evaluation_every_steps_whatever_samples_every(tmp_path):
+    class Sinks:
+        def log(self, step, metrics):
+            pass
+
+        def log_table(self, *a):
+            pass
+
+        def log_histogram(self, *a):
+            pass
+
+    ctl, _ = _controller("trainer.total_steps=4", "evaluation.every=2", "logger.samples_every=1",
+                         f"trainer.output_dir={tmp_path}", "learner.fuse_old_forward=true")
+    evaluated = []
+    ctl.eval_rows, ctl.sinks, ctl.checkpoint = [object()], Sinks(), lambda: None
+    ctl.evaluate = lambda: (evaluated.append(ctl.state.step), {"eval/pass@1": 0.5})[1]
+    ctl.fit()
+    assert evaluated == [0, 2, 4]
