@@ -44,7 +44,7 @@ Each side runs in its own subprocess (its own torch thread pool, its own peak me
 even ones) so a slow drift of the machine's load hits both sides alike. Threads: entropo's
 actors take their default share (cores // (learner ranks + rollout workers) torch threads
 each: 1 on 2 cores). TRL by default keeps torch's default, all cores (``--trl-threads 0``):
-on a quiet 2-core machine that made its steps 1.4× faster than one thread, so it is TRL's
+on a quiet 2-core machine that made its steps 1.3-1.4× faster than one thread, so it is TRL's
 best setting here and the fair baseline. ``--trl-threads -1`` gives TRL as many threads as one
 entropo actor (every phase of either side then computes with one thread); on a loaded
 machine two OpenMP threads were 15-30× slower than one, as each parallel region waits for

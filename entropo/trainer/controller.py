@@ -17,6 +17,9 @@ Two ways the loop saves time, both off by nothing but their config:
   token_weight=[tis]`` corrects for it. Before evaluation and at the end the pending
   generation is awaited and the weights synced (:meth:`Controller.settle`); a checkpoint
   stores the data position before the pending draw, so a resumed run draws it again.
+  Sampling-stage state read at launch (HAPO's adaptive-temperature statistics) is one step
+  older than in the synchronous mode; extra generation batches (dynamic sampling, AEPO)
+  queue behind the pending generation on the rollout workers.
 """
 
 from __future__ import annotations
