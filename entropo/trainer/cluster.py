@@ -544,8 +544,8 @@ class Cluster:
         fused = fill is not None
         results = ray.get([a.update.remote(s, ctx, fused) for a, s in zip(self.learners, per_rank)])
         if fused:
-            fill.old_logp = torch.cat([shard.old_logp for _, shard in results])
-            fill.entropy = torch.cat([shard.entropy for _, shard in results])
+            fill.old_logp = torch.cat([values["old_logp"] for _, values in results])
+            fill.entropy = torch.cat([values["entropy"] for _, values in results])
         return results[0][0]
 
     @property

@@ -249,10 +249,7 @@ class Controller:
         if self._pool is None:
             return
         if self._ahead is not None:
-            batch, seconds = self._ahead.result()
-            done: Future = Future()
-            done.set_result((batch, seconds))
-            self._ahead = done
+            self._ahead.result()  # waits; the finished future keeps the batch for the next step
         self.sync_if_stale()
 
     def sampling(self, step: int, attempt: int) -> SamplingParams:

@@ -179,12 +179,12 @@ class LearnerRank:
 
     # ---- update -------------------------------------------------------------------------
     def update(self, minibatches: list[LearnerShard], ctx: StepContext,
-               fused: bool = False) -> tuple[dict[str, float], LearnerShard | None]:
+               fused: bool = False) -> tuple[dict[str, float], dict[str, torch.Tensor] | None]:
         """Epochs × mini-batches × micro-batches; returns metrics averaged over the whole update.
 
         ``fused``: the shards carry no π_old pass; π_old is π_θ of the training forward,
         detached (exact for one epoch of one mini-batch: the parameters have not moved yet), and
-        its log-probs and entropies come back as the second value, in row order.
+        its ``old_logp`` and ``entropy`` come back as the second value, in row order.
         """
         from entropo.models.forward import response_outputs
 
@@ -239,10 +239,7 @@ class LearnerRank:
         out["actor/grad_norm"] = sum(grad_norms) / max(len(grad_norms), 1)
         out["actor/lr"] = self.strategy.lr()
         out["actor/optimizer_steps"] = float(len(grad_norms))
-        if outputs is None:
-            return out, None
-        mb = minibatches[0]
-        return out, LearnerShard(mb.prompt_ids, mb.prompt_mask, mb.response_ids, mb.mask, **outputs.result())
+        return out, None if outputs is None else outputs.result()
 
     def _inputs(self, s: LearnerShard, logp: torch.Tensor, entropy: torch.Tensor | None, ctx: StepContext,
                 **kwargs) -> TokenLossInputs:

@@ -80,33 +80,37 @@ def test_weight_sync_makes_rollout_logprobs_equal_learner(ray_session, tiny_mode
         cluster.shutdown()
 
 
+def _one_update(cfg, reward, batch=None, fused=False):
+    """One update on a fresh cluster, of ``batch`` (its π_old pass rerun on these ranks unless
+    ``fused``) or of a new fixed batch; returns the update's metrics and the batch."""
+    from entropo.trainer.cluster import Cluster
+    from entropo.trainer.controller import Controller
+
+    cluster = Cluster(cfg)
+    try:
+        if batch is None:
+            _, batch = _fixed_batch(cfg, cluster, reward)
+        elif not fused:
+            cluster.forward(batch)
+        ctl = Controller(cfg, cluster, None, None, None, None)
+        return cluster.update(ctl.minibatches(batch), StepContext(step=1), fill=batch if fused else None), batch
+    finally:
+        cluster.shutdown()
+
+
 @pytest.mark.parametrize(("ranks", "zero", "micro"), [(2, 0, "2"), (2, 2, "3"), (2, 3, "3"), (2, 3, "tokens=40")])
 def test_gradient_is_independent_of_ranks_zero_and_micro_batch(ray_session, tiny_model_dir, tmp_path,
                                                                 digits_reward, ranks, zero, micro):
     """The pre-clip gradient norm and the loss of one update equal the 1-rank, 1-micro-batch ones
     (``tokens=B``: length-sorted micro-batches of at most B padded tokens, unequal in number
     on the two ranks before they agree)."""
-    from entropo.trainer.cluster import Cluster
-
     common = ("rollout.workers=1", f"reward.fns=[{digits_reward}]", "algorithm.loss=kl_cov",
               "algorithm.kl_cov.k=0.1", "algorithm.token_mask=[high_entropy]")
-    results = []
-    batch = None
-    for r, z, m in [(1, 0, "16"), (ranks, zero, micro)]:
-        size = f"learner.micro_batch_tokens={m[7:]}" if m.startswith("tokens=") else f"learner.micro_batch_size={m}"
-        cfg = _cfg(tiny_model_dir, tmp_path, f"learner.ranks={r}", f"learner.zero_stage={z}", size, *common)
-        cluster = Cluster(cfg)
-        try:
-            if batch is None:
-                ctl, batch = _fixed_batch(cfg, cluster, digits_reward)
-            else:
-                cluster.forward(batch)
-                from entropo.trainer.controller import Controller
-                ctl = Controller(cfg, cluster, None, None, None, None)
-            results.append(cluster.update(ctl.minibatches(batch), StepContext(step=1)))
-        finally:
-            cluster.shutdown()
-    one, many = results
+    size = f"learner.micro_batch_tokens={micro[7:]}" if micro.startswith("tokens=") else f"learner.micro_batch_size={micro}"
+    one, batch = _one_update(_cfg(tiny_model_dir, tmp_path, "learner.ranks=1", "learner.zero_stage=0",
+                                  "learner.micro_batch_size=16", *common), digits_reward)
+    many, _ = _one_update(_cfg(tiny_model_dir, tmp_path, f"learner.ranks={ranks}", f"learner.zero_stage={zero}",
+                               size, *common), digits_reward, batch)
     assert one["actor/grad_norm"] > 0
     assert many["actor/grad_norm"] == pytest.approx(one["actor/grad_norm"], rel=1e-5)
     assert many["actor/pg_loss"] == pytest.approx(one["actor/pg_loss"], abs=1e-6)
@@ -119,30 +123,15 @@ def test_fused_old_pass_equals_the_separate_forward(ray_session, tiny_model_dir,
     the gradient, loss and π_old statistics of a separate π_old pass followed by the update."""
     import dataclasses
 
-    from entropo.trainer.cluster import Cluster
-    from entropo.trainer.controller import Controller
-
     cfg = _cfg(tiny_model_dir, tmp_path, "learner.ranks=2", "learner.zero_stage=2", "rollout.workers=1",
                "learner.micro_batch_tokens=50", f"reward.fns=[{digits_reward}]")
-    results, filled = [], None
-    batch = None
-    for fused in (False, True):
-        cluster = Cluster(cfg)
-        try:
-            if batch is None:
-                _, batch = _fixed_batch(cfg, cluster, digits_reward)  # runs the separate π_old pass
-            ctl = Controller(cfg, cluster, None, None, None, None)
-            if fused:
-                filled = dataclasses.replace(batch, old_logp=None, entropy=None)
-                results.append(cluster.update(ctl.minibatches(filled), StepContext(step=1), fill=filled))
-            else:
-                results.append(cluster.update(ctl.minibatches(batch), StepContext(step=1)))
-        finally:
-            cluster.shutdown()
-    separate, fused = results
+    separate, batch = _one_update(cfg, digits_reward)  # the fixed batch runs the separate π_old pass
+    filled = dataclasses.replace(batch, old_logp=None, entropy=None)
+    fused, _ = _one_update(cfg, digits_reward, filled, fused=True)
     assert separate["actor/grad_norm"] > 0
     assert fused["actor/grad_norm"] == pytest.approx(separate["actor/grad_norm"], rel=1e-5)
     assert fused["actor/pg_loss"] == pytest.approx(separate["actor/pg_loss"], abs=1e-6)
+    # float32 log-probs of the same kernels in train vs eval mode (no dropout): rounding only
     torch.testing.assert_close(filled.old_logp, batch.old_logp, atol=1e-5, rtol=0)
     torch.testing.assert_close(filled.entropy, batch.entropy, atol=1e-5, rtol=0)
 
