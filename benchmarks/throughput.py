@@ -3,7 +3,7 @@
     pip install -e ".[bench]"        # TRL, for this benchmark only (adds trl + accelerate; keeps torch)
     .venv/bin/python benchmarks/throughput.py [--prompts 24] [--n 8] [--max-new-tokens 64]
         [--steps 60] [--reps 2] [--lr 5e-5] [--temperature 0.7] [--micro-batch 8] [--skip-steps 1]
-        [--mode async|sync] [--eval-prompts 200] [--trl-threads 0]
+        [--mode async|sync] [--eval-prompts 200] [--trl-threads 0] [--set KEY=VALUE ...]
 
 The defaults are the default training job's sizes (``bash scripts/train.sh``), so that the
 final policies of both sides can be compared: about 4 minutes per repetition here.
@@ -148,6 +148,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "-1 as many as each entropo actor gets, else that many")
     p.add_argument("--poll-s", type=float, default=0.5, help="memory sampling interval, seconds")
     p.add_argument("--timeout-s", type=float, default=1800.0, help="limit of one side's run, seconds")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="an entropo config override applied after --mode's (repeatable), e.g. "
+                        "--set trainer.elastic_threads=false")
     p.add_argument("--only", choices=SIDES, default=None, help="run one side only (no ratio)")
     p.add_argument("--json", default=None, help="also write the raw per-step results to this file")
     p.add_argument("--child", choices=SIDES, default=None, help=argparse.SUPPRESS)
@@ -165,6 +168,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--lr, --poll-s and --timeout-s must be > 0 and --trl-threads >= -1")
     if args.temperature <= 0 or args.eval_prompts < 0:
         p.error("--temperature must be > 0 and --eval-prompts >= 0")
+    for o in args.overrides:
+        if "=" not in o:
+            p.error(f"--set takes KEY=VALUE, got {o!r}")
     if args.child and not args.result:
         p.error("--child needs --result")
     return args
@@ -177,6 +183,7 @@ def forwarded_args(args: argparse.Namespace) -> list[str]:
         "--steps", str(args.steps), "--lr", repr(args.lr), "--micro-batch", str(args.micro_batch),
         "--skip-steps", str(args.skip_steps), "--seed", str(args.seed), "--trl-threads", str(args.trl_threads),
         "--temperature", repr(args.temperature), "--mode", args.mode, "--eval-prompts", str(args.eval_prompts),
+        *(x for o in args.overrides for x in ("--set", o)),
     ]
 
 
@@ -477,6 +484,7 @@ def child_entropo(args: argparse.Namespace, result: Path) -> None:
         # the memory bound of micro-batches of --micro-batch padded rows, as a token budget
         budget = args.micro_batch * (longest_prompt() + args.max_new_tokens)
         overrides += [f"learner.micro_batch_tokens={budget}"]
+    overrides += args.overrides
     cfg = load_config(ROOT / "configs/async.yaml" if args.mode == "async" else None, overrides)
     try:
         train(cfg)
@@ -500,7 +508,8 @@ def child_entropo(args: argparse.Namespace, result: Path) -> None:
     shutil.rmtree(run_dir, ignore_errors=True)  # config, metrics, the final checkpoint: not needed
     threads = actor_threads(cfg, 1.0, single_node=True)
     result.write_text(json.dumps({"side": "entropo", "steps": steps, "accuracy": accuracy,
-                                  "threads": f"{threads} per actor (learner, rollout), {args.mode}"}))
+                                  "threads": f"{threads} per actor (learner, rollout), {args.mode}"
+                                             + "".join(f", {o}" for o in args.overrides)}))
 
 
 def longest_prompt() -> int:

@@ -347,6 +347,12 @@ class TrainerConfig:
     the batch trained from θ_{t−1} was sampled by θ_{t−2}). Pair it with
     ``algorithm.token_weight=[tis]`` (configs/async.yaml). false: synchronous and on-policy."""
 
+    elastic_threads: bool = False
+    """On one node, CPU actors take the cores their neighbours leave idle (read from /proc/stat
+    between micro-batches and decode steps), up to cores / actors of their kind, and go back
+    to their share at each call. Faster when generation and update take turns or end at
+    different times; not bit-reproducible (thread counts change reduction order)."""
+
     placement_timeout_s: float = 300.0
     """How long to wait for placement groups (or a restarted worker) before failing."""
 

@@ -355,6 +355,17 @@ def actor_threads(cfg: TrainConfig, cpus: float, single_node: bool) -> int:
     return max(1, int(cpus))
 
 
+def actor_max_threads(cfg: TrainConfig, kind: str, slot: Slot, single_node: bool) -> int | None:
+    """Ceiling of a CPU actor's elastic threads (:mod:`entropo.trainer.elastic_threads`): the
+    node's cores over the actors of its ``kind`` (``learner`` or ``rollout``), so that ranks of
+    one kind never oversubscribe the node together. None: fixed threads (the option is off,
+    several nodes, where actors use the CPUs they reserved, or a GPU actor)."""
+    if not cfg.trainer.elastic_threads or not single_node or slot.gpus > 0:
+        return None
+    peers = cfg.learner.ranks if kind == "learner" else cfg.rollout.workers
+    return max(1, (os.cpu_count() or 1) // peers)
+
+
 # ---------------------------------------------------------------------------------------
 # the actors
 
@@ -395,7 +406,8 @@ class Cluster:
         cfg = self.cfg
         world = cfg.learner.ranks
         self.learners = [
-            self._actor(LearnerRank, slot, cfg, r, world, actor_threads(cfg, slot.cpus, self._single_node))
+            self._actor(LearnerRank, slot, cfg, r, world, actor_threads(cfg, slot.cpus, self._single_node),
+                        actor_max_threads(cfg, "learner", slot, self._single_node))
             for r, slot in enumerate(self.plan.learners)
         ]
         host, port = ray.get(self.learners[0].address.remote())
@@ -420,7 +432,8 @@ class Cluster:
     def _new_worker(self, i: int):
         slot = self.plan.workers[i]
         return self._actor(RolloutWorker, slot, self.cfg.model.path, self.cfg.rollout.engine, "float32",
-                           "cuda" if slot.gpus > 0 else "cpu", actor_threads(self.cfg, slot.cpus, self._single_node))
+                           "cuda" if slot.gpus > 0 else "cpu", actor_threads(self.cfg, slot.cpus, self._single_node),
+                           actor_max_threads(self.cfg, "rollout", slot, self._single_node))
 
     def _build_sync_group(self) -> None:
         """(Re)build the weight-sync group on all members, with a fresh store on a fresh port

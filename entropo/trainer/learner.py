@@ -82,9 +82,13 @@ class LearnerShard:
 class LearnerRank:
     """The body of one learner actor (wrapped with ``ray.remote`` by the controller)."""
 
-    def __init__(self, cfg: TrainConfig, rank: int, world: int, threads: int | None = None) -> None:
+    def __init__(self, cfg: TrainConfig, rank: int, world: int, threads: int | None = None,
+                 max_threads: int | None = None) -> None:
+        from entropo.trainer.elastic_threads import ElasticThreads
+
         if threads:
             torch.set_num_threads(threads)
+        self.threads = ElasticThreads.for_actor(threads or torch.get_num_threads(), max_threads)
         if not torch.cuda.is_available():
             os.environ.setdefault("DS_ACCELERATOR", "cpu")
         self.cfg = cfg
@@ -149,11 +153,15 @@ class LearnerRank:
                 logits, p_top=s.p_top, top_k=s.top_k, temperature=temperature, rule=s.top_p_rule)
         return out
 
-    @torch.no_grad()
-    def forward(self, shard: LearnerShard, extras: frozenset[str] = frozenset(),
-                policy_only: bool = False) -> LearnerShard:
+    def forward(self, shard: LearnerShard, extras: frozenset[str] = frozenset()) -> LearnerShard:
         """π_old log-probs and entropies (π_ref log-probs, and requested ``extras`` such as
         ``proxy_logp`` or ``topp_entropy``) for this rank's rows."""
+        self.threads.reset()
+        return self._forward(shard, extras)
+
+    @torch.no_grad()
+    def _forward(self, shard: LearnerShard, extras: frozenset[str] = frozenset(),
+                 policy_only: bool = False) -> LearnerShard:
         from entropo.models.forward import response_logprobs, response_outputs
 
         module = self.strategy.module
@@ -170,6 +178,7 @@ class LearnerRank:
                 values["ref_logp"], _ = response_logprobs(self.ref, *dev, self.cfg.rollout.temperature,
                                                           with_entropy=False)
             parts.add(rows, values, dev[3])
+            self.threads.grow()
         module.train(was_training)
         return LearnerShard(shard.prompt_ids, shard.prompt_mask, shard.response_ids, shard.mask, **parts.result())
 
@@ -191,6 +200,7 @@ class LearnerRank:
         obj = self.objective
         if fused and (self.cfg.learner.ppo_epochs != 1 or len(minibatches) != 1 or obj.needs_policy_prepass):
             raise ValueError("a fused π_old pass needs one epoch of one mini-batch and no global pre-pass")
+        self.threads.reset()
         fns = self._extras(obj.needs & {"topp_entropy"})
         outputs = RowParts(minibatches[0].response_ids.shape[1]) if fused else None
         seed = ctx.step
@@ -234,11 +244,13 @@ class LearnerRank:
                         grad_norms.append(self.strategy.step())
                     else:
                         self.strategy.micro_step()
+                    self.threads.grow()
                 n_updates += 1
         out = self._reduce_metrics(sums, weights, n_updates)
         out["actor/grad_norm"] = sum(grad_norms) / max(len(grad_norms), 1)
         out["actor/lr"] = self.strategy.lr()
         out["actor/optimizer_steps"] = float(len(grad_norms))
+        out["perf/learner_threads"] = float(self.threads.threads)
         return out, None if outputs is None else outputs.result()
 
     def _inputs(self, s: LearnerShard, logp: torch.Tensor, entropy: torch.Tensor | None, ctx: StepContext,
@@ -256,7 +268,7 @@ class LearnerRank:
         if logp is None:  # fused π_old: no global decision reads π_θ here, only the denominators
             logp = torch.zeros_like(mb.mask)
         if obj.needs_policy_prepass and not reuse_old:
-            fresh = self.forward(mb, policy_only=True)
+            fresh = self._forward(mb, policy_only=True)
             logp, entropy = fresh.old_logp, fresh.entropy
         inp = self._inputs(mb, self._dev(logp), self._dev(entropy), ctx, reducer=self.reducer, generator=gen)
         return prepare_minibatch(inp, obj)

@@ -1,10 +1,12 @@
 """Rollout workers: Ray actors that sample responses behind one engine interface.
 
 Engines:
-- ``hf``: batched ``transformers`` generation with a KV cache and left padding, on CPU or
-  GPU. The rollout log-prob of each sampled token is ``log softmax(z/T)`` of the raw logits
-  at that step (full vocabulary, before top-p truncation), i.e. the same quantity the
-  learner recomputes as π_old, so their gap measures only numerics.
+- ``hf``: a ``transformers`` model sampled by :func:`entropo.trainer.decode.sample` (each
+  prompt prefilled once for its n responses, finished rows dropped from the batch; KV cache,
+  left padding), or by ``model.generate`` when stop strings are set; CPU or GPU. The rollout
+  log-prob of each sampled token is ``log softmax(z/T)`` of the raw logits at that step (full
+  vocabulary, before top-p truncation), i.e. the same quantity the learner recomputes as
+  π_old, so their gap measures only numerics.
 - ``vllm``: reserved; the config refuses it until the engine is built and validated on a GPU.
 
 A worker receives new weights from learner rank 0 through :mod:`entropo.trainer.weight_sync`
@@ -18,8 +20,10 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import torch
+from transformers import StoppingCriteria
 
-from entropo.trainer import weight_sync
+from entropo.trainer import decode, weight_sync
+from entropo.trainer.elastic_threads import ElasticThreads
 
 
 @dataclass(frozen=True)
@@ -49,7 +53,8 @@ class RolloutOutput:
 
 
 class GenerationEngine(Protocol):
-    def generate(self, prompts: list[list[int]], params: SamplingParams) -> RolloutOutput: ...
+    def generate(self, prompts: list[list[int]], params: SamplingParams,
+                 threads: ElasticThreads | None = None) -> RolloutOutput: ...
 
     def named_parameters(self) -> dict[str, torch.nn.Parameter]: ...
 
@@ -71,36 +76,23 @@ class HFEngine:
         return dict(self.model.named_parameters())
 
     @torch.no_grad()
-    def generate(self, prompts: list[list[int]], params: SamplingParams) -> RolloutOutput:
+    def generate(self, prompts: list[list[int]], params: SamplingParams,
+                 threads: ElasticThreads | None = None) -> RolloutOutput:
         tok = self.tokenizer
         prompt_ids, prompt_mask = left_pad(prompts, tok.pad_token_id)
         prompt_ids, prompt_mask = prompt_ids.to(self.device), prompt_mask.to(self.device)
         torch.manual_seed(params.seed)
-        greedy = params.temperature == 0
-        sampling = {} if greedy else {"temperature": params.temperature, "top_p": params.top_p, "top_k": 0}
-        if params.hapo_temperature is not None and not greedy:
-            # the processor applies T_t itself (base T included), so generate's own T is 1
-            sampling.update(temperature=1.0, logits_processor=[AdaptiveTemperature(params)])
-        out = self.model.generate(
-            input_ids=prompt_ids,
-            attention_mask=prompt_mask,
-            do_sample=not greedy,
-            **sampling,
-            max_new_tokens=params.max_new_tokens,
-            num_return_sequences=params.n,
-            stop_strings=list(params.stop) or None,
-            tokenizer=tok if params.stop else None,
-            pad_token_id=tok.pad_token_id,
-            eos_token_id=tok.eos_token_id,
-            output_logits=True,
-            return_dict_in_generate=True,
-        )
-        p = prompt_ids.shape[1]
-        response_ids = out.sequences[:, p:]  # [N, T]
-        logits = torch.stack(out.logits, dim=1).float()  # [N, T, V] raw
-        # greedy decoding (T = 0) reports log-probs at T = 1
-        logp = torch.log_softmax(logits / (params.temperature or 1.0), dim=-1)
-        rollout_logp = logp.gather(-1, response_ids.unsqueeze(-1)).squeeze(-1)
+        if params.stop:
+            response_ids, rollout_logp = self._generate_with_stop(prompt_ids, prompt_mask, params, threads)
+        else:
+            scale = None
+            if params.hapo_temperature is not None and params.temperature != 0:
+                hapo = AdaptiveTemperature(params)
+                scale = lambda z: hapo(None, z)  # noqa: E731
+            on_step = threads.grow if threads is not None and threads.elastic else None
+            out = decode.sample(self.model, prompt_ids, prompt_mask, params.n, params.temperature, params.top_p,
+                                params.max_new_tokens, tok.eos_token_id, tok.pad_token_id, scale, on_step)
+            response_ids, rollout_logp = out.response_ids, out.logp
         mask, truncated = response_mask(response_ids, tok.eos_token_id, tok.pad_token_id, params.max_new_tokens)
         # skip_special_tokens drops pad/eos but keeps added tokens such as </think>
         texts = [tok.decode(r[m.bool()], skip_special_tokens=True) for r, m in zip(response_ids, mask)]
@@ -117,6 +109,49 @@ class HFEngine:
             response_text=texts,
             weight_version=self.weight_version,
         )
+
+    def _generate_with_stop(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, params: SamplingParams,
+                            threads: ElasticThreads | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Stop strings: ``model.generate`` (its ``StopStringCriteria`` matches them across token
+        boundaries); returns ``(response_ids, rollout_logp)`` like :func:`decode.sample`."""
+        tok = self.tokenizer
+        greedy = params.temperature == 0
+        sampling = {} if greedy else {"temperature": params.temperature, "top_p": params.top_p, "top_k": 0}
+        if params.hapo_temperature is not None and not greedy:
+            # the processor applies T_t itself (base T included), so generate's own T is 1
+            sampling.update(temperature=1.0, logits_processor=[AdaptiveTemperature(params)])
+        out = self.model.generate(
+            input_ids=prompt_ids,
+            attention_mask=prompt_mask,
+            do_sample=not greedy,
+            **sampling,
+            max_new_tokens=params.max_new_tokens,
+            num_return_sequences=params.n,
+            stop_strings=list(params.stop),
+            tokenizer=tok,
+            pad_token_id=tok.pad_token_id,
+            eos_token_id=tok.eos_token_id,
+            output_logits=True,
+            return_dict_in_generate=True,
+            stopping_criteria=[GrowThreads(threads)] if threads is not None and threads.elastic else None,
+        )
+        response_ids = out.sequences[:, prompt_ids.shape[1]:]  # [N, T]
+        logits = torch.stack(out.logits, dim=1).float()  # [N, T, V] raw
+        # greedy decoding (T = 0) reports log-probs at T = 1
+        logp = torch.log_softmax(logits / (params.temperature or 1.0), dim=-1)
+        return response_ids, logp.gather(-1, response_ids.unsqueeze(-1)).squeeze(-1)
+
+
+class GrowThreads(StoppingCriteria):
+    """Never stops generation: it lets the worker's elastic threads grow between decode steps
+    (:mod:`entropo.trainer.elastic_threads`); ``generate`` calls its criteria once a step."""
+
+    def __init__(self, threads: ElasticThreads) -> None:
+        self.threads = threads
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor | None, **kwargs) -> torch.Tensor:
+        self.threads.grow()
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
 
 
 class AdaptiveTemperature:
@@ -177,9 +212,10 @@ class RolloutWorker:
     """The body of a rollout actor (wrapped with ``ray.remote`` by the controller)."""
 
     def __init__(self, model_path: str, engine: str = "hf", dtype: str = "float32",
-                 device: str = "cpu", threads: int | None = None) -> None:
+                 device: str = "cpu", threads: int | None = None, max_threads: int | None = None) -> None:
         if threads:
             torch.set_num_threads(threads)
+        self.threads = ElasticThreads.for_actor(threads or torch.get_num_threads(), max_threads)
         if engine == "hf":
             self.engine: GenerationEngine = HFEngine(model_path, dtype, device)
         else:
@@ -196,7 +232,8 @@ class RolloutWorker:
         return ray.get_runtime_context().get_node_id()
 
     def generate(self, prompts: list[list[int]], params: SamplingParams) -> RolloutOutput:
-        return self.engine.generate(prompts, params)
+        self.threads.reset()
+        return self.engine.generate(prompts, params, self.threads)
 
     def join_sync_group(self, host: str, port: int, rank: int, world: int, backend: str,
                         bucket_bytes: int) -> None:

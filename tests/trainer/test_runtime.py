@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -151,7 +152,8 @@ def test_fused_old_pass_equals_the_separate_forward(ray_session, tiny_model_dir,
         (2, ["algorithm.sampling=[aepo]", "algorithm.advantage_reshaper=seed", "algorithm.seed.alpha=0.5"]),
         (3, ["algorithm.token_mask=[dmmpt]", "algorithm.dmmpt.sigma=10.0", "algorithm.dmmpt.tau=1e-6",
              "algorithm.advantage_reshaper=ettrl"]),
-        (2, ["trainer.async_rollout=true", "algorithm.token_weight=[tis]", "learner.micro_batch_tokens=60"]),
+        (2, ["trainer.async_rollout=true", "algorithm.token_weight=[tis]", "learner.micro_batch_tokens=60",
+             "trainer.elastic_threads=true"]),
     ],
     ids=["grpo-zero2", "clip_cov-zero3", "kl_cov-zero2", "entropy_mask-zero3", "hapo-zero2",
          "lp_reg+steer-zero2", "siren+dr_grpo-zero0", "epo+canon-zero2", "aepo+seed-zero2", "dmmpt+ettrl-zero3",
@@ -196,6 +198,8 @@ def test_training_runs_end_to_end(ray_session, tiny_model_dir, tmp_path, digits_
         assert 0 < rows[1]["tis/weight_mean"] <= rows[1]["tis/ratio_mean"]
         assert rows[1]["timing/rollout_ahead"] > 0
         assert "timing/forward" in rows[1]  # a custom reward function keeps the separate π_old pass
+    if cfg.trainer.elastic_threads:  # two ranks share the node's cores: never above cores // 2
+        assert all(1 <= r["perf/learner_threads"] <= max(1, (os.cpu_count() or 1) // 2) for r in rows)
     if "siren" in a.regularizer:
         assert all(r["siren/H_anc"] == rows[0]["siren/H_anc"] for r in rows)  # fixed after step 1
     if "epo" in a.regularizer:
