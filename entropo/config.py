@@ -202,7 +202,9 @@ class RewardConfig:
 @dataclass(frozen=True)
 class RolloutConfig:
     engine: str = "hf"
-    """Generation engine: hf (transformers generate; CPU or GPU). vllm is reserved (not available yet)."""
+    """Generation engine: hf (a transformers model: our decode loop, prompts prefilled once per
+    group, finished rows dropped; generate when stop strings are set; CPU or GPU). vllm is
+    reserved (not available yet)."""
 
     workers: int = 1
     """Number of rollout worker actors."""

@@ -134,3 +134,18 @@ def test_first_token_frequencies_follow_the_nucleus_distribution(model_and_promp
     # 4000 draws: a frequency's standard error is at most 0.008; 0.035 is over 4 of them
     assert (freq - expected).abs().max() < 0.035
     assert torch.all(freq[expected == 0] == 0)  # nothing outside the nucleus
+
+
+def test_a_per_token_scale_replaces_the_temperature_but_not_the_reported_log_probs(model_and_prompts):
+    model, tok, ids, mask = model_and_prompts
+    kw = dict(n=2, top_p=1.0, max_new_tokens=6, eos_id=-1, pad_id=tok.pad_token_id)
+    torch.manual_seed(5)
+    at_half = sample(model, ids, mask, temperature=0.5, **kw)
+    torch.manual_seed(5)
+    scaled = sample(model, ids, mask, temperature=1.0, scale=lambda z: z / 0.5, **kw)
+    assert torch.equal(scaled.response_ids, at_half.response_ids)  # sampled at z / 0.5 ...
+    rows_ids, rows_mask = ids.repeat_interleave(2, 0), mask.repeat_interleave(2, 0)
+    at_base, _ = response_logprobs(model, rows_ids, rows_mask, scaled.response_ids,
+                                   torch.ones_like(scaled.logp), 1.0, with_entropy=False)
+    # ... reported at the base T (1e-4: the rounding of the teacher-forced test above)
+    torch.testing.assert_close(scaled.logp, at_base, atol=1e-4, rtol=0)
