@@ -20,14 +20,17 @@ final policy is scored greedily on the first ``--eval-prompts`` held-out prompts
 learned as much from the same number of samples:
 
 - entropo: ``entropo.trainer.run.train`` with learner.ranks=1, rollout.workers=1 (a Ray
-  learner actor running DeepSpeed and a Ray rollout actor running HF ``generate``),
+  learner actor running DeepSpeed and a Ray rollout actor sampling the ``transformers`` model
+  with entropo's decode loop, :mod:`entropo.trainer.decode`),
   reward.mode=local, evaluation off (data.eval=null), logger jsonl; per-step numbers come from
   its ``metrics.jsonl`` (``timing/*``, ``perf/tokens_per_s``, ``response_length/mean``).
   ``--mode async`` (default) adds ``configs/async.yaml``: the next step's generation overlaps
-  this step's update (one step off-policy, corrected by truncated importance sampling), and
+  this step's update (one step off-policy, corrected by truncated importance sampling), the
+  actors' threads are elastic (the learner takes the generation's core once it is idle), and
   micro-batches are cut by a token budget of ``--micro-batch × (longest prompt +
   --max-new-tokens)`` — the memory bound of ``--micro-batch`` padded rows. Both modes fuse the
   π_old pass into the update (exact here: one update per step). ``--mode sync``: the defaults.
+  ``--set KEY=VALUE`` (repeatable) adds entropo config overrides after the mode's.
 - TRL: ``GRPOTrainer`` (``use_cpu=True``, bf16/fp16 off, ``report_to=[]``, beta 0, constant
   lr, gradient checkpointing off like entropo's default (TRL turns it on by default),
   ``num_generations=n``, ``per_device_train_batch_size=--micro-batch`` with gradient

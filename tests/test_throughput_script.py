@@ -54,6 +54,7 @@ def test_options(tp):
     ["--mode", "fast"],
     ["--child", "trl"],                     # a child needs --result
     ["--only", "verl"],
+    ["--set", "trainer.elastic_threads"],   # an override needs KEY=VALUE
 ])
 def test_bad_arguments_fail(tp, argv):
     with pytest.raises(SystemExit):
@@ -63,10 +64,11 @@ def test_bad_arguments_fail(tp, argv):
 def test_forwarded_args_round_trip(tp):
     a = tp.parse_args(["--prompts", "4", "--n", "2", "--steps", "5", "--lr", "2.5e-05", "--micro-batch", "2",
                        "--trl-threads", "3", "--seed", "7", "--temperature", "0.9", "--mode", "sync",
-                       "--eval-prompts", "10"])
+                       "--eval-prompts", "10", "--set", "trainer.elastic_threads=true",
+                       "--set", "learner.micro_batch_tokens=584"])
     b = tp.parse_args([*tp.forwarded_args(a), "--child", "entropo", "--result", "x.json"])
     for key in ("prompts", "n", "max_new_tokens", "steps", "lr", "micro_batch", "skip_steps", "seed", "trl_threads",
-                "temperature", "mode", "eval_prompts"):
+                "temperature", "mode", "eval_prompts", "overrides"):
         assert getattr(a, key) == getattr(b, key), key
     assert b.child == "entropo" and b.result == "x.json"
 
