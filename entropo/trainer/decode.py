@@ -72,7 +72,7 @@ def sample(
     temperature: float,
     top_p: float,
     max_new_tokens: int,
-    eos_id: int,
+    eos_id: int | None,
     pad_id: int,
     scale: Callable[[torch.Tensor], torch.Tensor] | None = None,
     on_step: Callable[[], object] | None = None,
@@ -87,7 +87,7 @@ def sample(
         temperature: T; 0 decodes greedily.
         top_p: nucleus mass (1: none).
         max_new_tokens: most tokens per response, EOS included.
-        eos_id: ends a response (kept in it).
+        eos_id: ends a response (kept in it); None: every response runs to ``max_new_tokens``.
         pad_id: fills a response after its EOS.
         scale: per-token temperature, ``z -> scores`` (replaces ``z / T``; HAPO S2).
         on_step: called after every decode step (the worker's elastic threads).
@@ -120,7 +120,8 @@ def sample(
         token_logp = torch.log_softmax(logits / report_t, -1).gather(-1, token[:, None]).squeeze(-1)
         response[rows[live], t] = token[live]
         logp[rows[live], t] = token_logp[live]
-        live = live & (token != eos_id)
+        if eos_id is not None:
+            live = live & (token != eos_id)
         steps = t + 1
         if on_step is not None:
             on_step()

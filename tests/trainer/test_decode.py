@@ -90,7 +90,7 @@ def test_sampled_log_probs_equal_a_teacher_forced_pass(model_and_prompts):
 
 def test_steps_stop_at_the_longest_response_and_at_the_limit(model_and_prompts):
     model, tok, ids, mask = model_and_prompts
-    out = sample(model, ids, mask, n=1, temperature=0.0, top_p=1.0, max_new_tokens=5, eos_id=-1,
+    out = sample(model, ids, mask, n=1, temperature=0.0, top_p=1.0, max_new_tokens=5, eos_id=None,
                  pad_id=tok.pad_token_id)
     assert out.steps == 5 and out.response_ids.shape == (4, 5)
     calls = []
