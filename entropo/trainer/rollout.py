@@ -164,7 +164,6 @@ class AdaptiveTemperature:
         tau, code_compat, mu, sigma, s_pos, s_neg = params.hapo_temperature
         self.base_T, self.tau, self.code_compat = params.temperature, tau, code_compat
         self.stats = HapoStats(*(torch.tensor(x, dtype=torch.float64) for x in (mu, sigma, s_pos, s_neg)))
-        self.seen: list[torch.Tensor] = []
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         from entropo.algorithms.hapo import adaptive_temperature
@@ -172,7 +171,6 @@ class AdaptiveTemperature:
         logp = torch.log_softmax(scores.float(), dim=-1)
         entropy = -(logp.exp() * logp.clamp(min=-1e4)).sum(-1)  # [N]
         t = adaptive_temperature(entropy, self.stats, self.base_T, self.tau, self.code_compat)
-        self.seen.append(t.detach().float())
         return scores / t.to(scores.dtype).unsqueeze(-1)
 
 
