@@ -96,7 +96,7 @@ def sample(
     """
     device = prompt_ids.device
     positions = (prompt_mask.long().cumsum(-1) - 1).clamp(min=0)
-    cache = DynamicCache()
+    cache = DynamicCache(config=model.config)  # the model's layer kinds (sliding windows, ...)
     out = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=positions,
                 past_key_values=cache, use_cache=True)
     cache.batch_repeat_interleave(n)
