@@ -41,12 +41,17 @@ CpuTimes = tuple[int, int]
 """``(idle ticks, total ticks)`` summed over the watched CPUs."""
 
 
+def affinity_cpus() -> list[int]:
+    """The CPUs this process may run on (all of them where the OS has no affinity mask)."""
+    if hasattr(os, "sched_getaffinity"):
+        return sorted(os.sched_getaffinity(0))
+    return list(range(os.cpu_count() or 1))
+
+
 def proc_stat_reader(cpus: Sequence[int] | None = None, path: str = "/proc/stat") -> Callable[[], CpuTimes] | None:
     """A function returning ``(idle, total)`` ticks of ``cpus`` (default: this process's
     affinity mask), or None where ``path`` cannot be read."""
-    if cpus is None:
-        cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 1)
-    names = {f"cpu{c}" for c in cpus}
+    names = {f"cpu{c}" for c in (affinity_cpus() if cpus is None else cpus)}
 
     def read() -> CpuTimes:
         idle = total = 0
@@ -93,9 +98,9 @@ class ElasticThreads:
     @classmethod
     def for_actor(cls, base: int, ceiling: int | None) -> ElasticThreads:
         """The actor's threads: elastic up to ``ceiling`` where ``/proc/stat`` is readable."""
-        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        reader = proc_stat_reader() if ceiling and ceiling > base else None
-        return cls(base, ceiling or base, cpus, reader)
+        cpus = affinity_cpus()
+        reader = proc_stat_reader(cpus) if ceiling and ceiling > base else None
+        return cls(base, ceiling or base, len(cpus), reader)
 
     @property
     def elastic(self) -> bool:

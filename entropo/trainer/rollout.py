@@ -16,6 +16,7 @@ and reports the weight version it generated with.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -82,14 +83,14 @@ class HFEngine:
         prompt_ids, prompt_mask = left_pad(prompts, tok.pad_token_id)
         prompt_ids, prompt_mask = prompt_ids.to(self.device), prompt_mask.to(self.device)
         torch.manual_seed(params.seed)
+        on_step = threads.grow if threads is not None and threads.elastic else None
         if params.stop:
-            response_ids, rollout_logp = self._generate_with_stop(prompt_ids, prompt_mask, params, threads)
+            response_ids, rollout_logp = self._generate_with_stop(prompt_ids, prompt_mask, params, on_step)
         else:
             scale = None
             if params.hapo_temperature is not None and params.temperature != 0:
                 hapo = AdaptiveTemperature(params)
                 scale = lambda z: hapo(None, z)  # noqa: E731
-            on_step = threads.grow if threads is not None and threads.elastic else None
             out = decode.sample(self.model, prompt_ids, prompt_mask, params.n, params.temperature, params.top_p,
                                 params.max_new_tokens, tok.eos_token_id, tok.pad_token_id, scale, on_step)
             response_ids, rollout_logp = out.response_ids, out.logp
@@ -111,7 +112,7 @@ class HFEngine:
         )
 
     def _generate_with_stop(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, params: SamplingParams,
-                            threads: ElasticThreads | None) -> tuple[torch.Tensor, torch.Tensor]:
+                            on_step: Callable[[], object] | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Stop strings: ``model.generate`` (its ``StopStringCriteria`` matches them across token
         boundaries); returns ``(response_ids, rollout_logp)`` like :func:`decode.sample`."""
         tok = self.tokenizer
@@ -133,7 +134,7 @@ class HFEngine:
             eos_token_id=tok.eos_token_id,
             output_logits=True,
             return_dict_in_generate=True,
-            stopping_criteria=[GrowThreads(threads)] if threads is not None and threads.elastic else None,
+            stopping_criteria=[EveryStep(on_step)] if on_step is not None else None,
         )
         response_ids = out.sequences[:, prompt_ids.shape[1]:]  # [N, T]
         logits = torch.stack(out.logits, dim=1).float()  # [N, T, V] raw
@@ -142,15 +143,15 @@ class HFEngine:
         return response_ids, logp.gather(-1, response_ids.unsqueeze(-1)).squeeze(-1)
 
 
-class GrowThreads(StoppingCriteria):
-    """Never stops generation: it lets the worker's elastic threads grow between decode steps
-    (:mod:`entropo.trainer.elastic_threads`); ``generate`` calls its criteria once a step."""
+class EveryStep(StoppingCriteria):
+    """Never stops generation: it runs ``fn`` between decode steps (the worker's elastic
+    threads, :mod:`entropo.trainer.elastic_threads`); ``generate`` calls its criteria once a step."""
 
-    def __init__(self, threads: ElasticThreads) -> None:
-        self.threads = threads
+    def __init__(self, fn: Callable[[], object]) -> None:
+        self.fn = fn
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor | None, **kwargs) -> torch.Tensor:
-        self.threads.grow()
+        self.fn()
         return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
 
 
