@@ -142,7 +142,9 @@ class ModelConfig:
     is the built-in tiny model, warm-started on the embedded addition task (``embedded:tiny-qwen2``: untrained)."""
 
     dtype: str = "auto"
-    """float32, bfloat16 or auto (bfloat16 on GPU, float32 on CPU)."""
+    """float32, bfloat16 or auto (bfloat16 on GPU, float32 on CPU): the learner's weights
+    (DeepSpeed bf16 keeps fp32 master weights in the optimizer) and the rollout model's,
+    each resolved on its own device; weight sync casts between them."""
 
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass to save memory."""

@@ -50,7 +50,7 @@ from entropo.trainer.batch import StepBatch
 from entropo.trainer.learner import LearnerRank, LearnerShard
 from entropo.trainer.rollout import RolloutOutput, RolloutWorker, SamplingParams
 from entropo.trainer.run import RunError
-from entropo.trainer.weight_sync import DEFAULT_BUCKET_BYTES
+from entropo.trainer.weight_sync import DEFAULT_BUCKET_BYTES, check_receiver
 
 STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
 
@@ -431,7 +431,7 @@ class Cluster:
 
     def _new_worker(self, i: int):
         slot = self.plan.workers[i]
-        return self._actor(RolloutWorker, slot, self.cfg.model.path, self.cfg.rollout.engine, "float32",
+        return self._actor(RolloutWorker, slot, self.cfg.model.path, self.cfg.rollout.engine, self.cfg.model.dtype,
                            "cuda" if slot.gpus > 0 else "cpu", actor_threads(self.cfg, slot.cpus, self._single_node),
                            actor_max_threads(self.cfg, "rollout", slot, self._single_node))
 
@@ -442,8 +442,12 @@ class Cluster:
         world = 1 + len(self.workers)
         gpu = self.plan.learners[0].gpus > 0 and all(s.gpus > 0 for s in self.plan.workers)
         backend = "nccl" if gpu else "gloo"
+        # The wire carries the learner's dtypes (bf16 on GPU by default), whatever the workers hold.
+        sender = ray.get(self.learners[0].sync_specs.remote())
+        for own in ray.get([w.sync_specs.remote() for w in self.workers]):
+            check_receiver(sender, own)  # before the rendezvous, which would wait for a failed member
         calls = [a.join_sync_group.remote(host, port, world, backend, DEFAULT_BUCKET_BYTES) for a in self.learners]
-        calls += [w.join_sync_group.remote(host, port, i + 1, world, backend, DEFAULT_BUCKET_BYTES)
+        calls += [w.join_sync_group.remote(host, port, i + 1, world, backend, DEFAULT_BUCKET_BYTES, sender)
                   for i, w in enumerate(self.workers)]
         ray.get(calls)
 

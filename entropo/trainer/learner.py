@@ -286,11 +286,13 @@ class LearnerRank:
         return out
 
     # ---- weights ------------------------------------------------------------------------
+    def sync_specs(self) -> list[weight_sync.ParamSpec]:
+        """The weight-sync plan's parameters as this rank sends them (full shapes under ZeRO-3)."""
+        return weight_sync.param_specs(iter(self.strategy.module.named_parameters()), weight_sync.full_shape)
+
     def join_sync_group(self, host: str, port: int, world: int, backend: str, bucket_bytes: int) -> None:
         """Rank 0 joins the weight-sync group as its rank 0; other ranks only plan the gathers."""
-        module = self.strategy.module
-        specs = weight_sync.param_specs(iter(module.named_parameters()), weight_sync.full_shape)
-        self.plan = weight_sync.SyncPlan.build(specs, bucket_bytes)
+        self.plan = weight_sync.SyncPlan.build(self.sync_specs(), bucket_bytes)
         if self.is_main:
             self.sync_group = weight_sync.init_sync_group(host, port, 0, world, backend)
 

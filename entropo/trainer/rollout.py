@@ -234,11 +234,16 @@ class RolloutWorker:
         self.threads.reset()
         return self.engine.generate(prompts, params, self.threads)
 
+    def sync_specs(self) -> list[weight_sync.ParamSpec]:
+        """This model's parameters, for the check against the learner's plan."""
+        return weight_sync.param_specs(iter(self.engine.named_parameters().items()))
+
     def join_sync_group(self, host: str, port: int, rank: int, world: int, backend: str,
-                        bucket_bytes: int) -> None:
+                        bucket_bytes: int, sender: list[weight_sync.ParamSpec]) -> None:
+        """Join the group as ``rank`` and adopt the learner's plan (``sender``: its parameters in
+        its dtypes; the cluster has checked them against :meth:`sync_specs`)."""
         self.sync_group = weight_sync.init_sync_group(host, port, rank, world, backend)
-        specs = weight_sync.param_specs(iter(self.engine.named_parameters().items()))
-        self.plan = weight_sync.SyncPlan.build(specs, bucket_bytes)
+        self.plan = weight_sync.SyncPlan.build(sender, bucket_bytes)
 
     def receive_weights(self, version: int) -> int:
         assert self.sync_group is not None and self.plan is not None, "join_sync_group first"

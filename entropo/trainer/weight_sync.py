@@ -5,9 +5,13 @@ It is built directly from a ``TCPStore`` and a backend process group, so it live
 the learner's own default group (DeepSpeed's) without touching it (see shared/NOTES.md).
 gloo on CPU; nccl on GPU.
 
-Both sides derive the same :class:`SyncPlan` from the model's parameter names, shapes and
-dtypes, so no metadata crosses the wire: parameters are packed in order into flat buckets
-of at most ``bucket_bytes``, and each bucket is one broadcast. Under ZeRO-3 every learner
+The plan is the sender's: learner rank 0's parameter names, shapes and dtypes
+(:class:`ParamSpec`), handed to every worker once when the group is built, so no metadata
+crosses the wire afterwards. A worker checks the names and shapes against its own model
+(:func:`check_receiver`) and receives each bucket in the sender's dtype, casting into its own
+parameters: a bf16 learner feeds an fp32 rollout model, and the reverse. Parameters are
+packed in order into flat buckets of at most ``bucket_bytes``, and each bucket is one
+broadcast. Under ZeRO-3 every learner
 rank joins the gather of each bucket's parameters (a collective of the learner group);
 only rank 0 broadcasts.
 """
@@ -71,6 +75,19 @@ def param_specs(named: Iterator[tuple[str, torch.Tensor]], shape_of: Callable[[t
     return out
 
 
+def check_receiver(sender: list[ParamSpec], receiver: list[ParamSpec]) -> None:
+    """Raise ``ValueError`` naming the first parameter where the receiving model differs from
+    the sender's plan in name, order or shape (dtypes may differ: values are cast on receipt)."""
+    if len(sender) != len(receiver):
+        names = {s.name for s in sender} ^ {r.name for r in receiver}
+        raise ValueError(f"weight sync: the learner sends {len(sender)} parameters, the rollout model has "
+                         f"{len(receiver)}; in one only: {sorted(names)[:5]}")
+    for i, (s, r) in enumerate(zip(sender, receiver)):
+        if s.name != r.name or s.shape != r.shape:
+            raise ValueError(f"weight sync: parameter {i} is '{s.name}' {list(s.shape)} on the learner but "
+                             f"'{r.name}' {list(r.shape)} in the rollout model")
+
+
 def full_shape(p: torch.Tensor) -> tuple[int, ...]:
     """The full shape of a parameter, also when ZeRO-3 has partitioned it (``ds_shape``)."""
     return tuple(getattr(p, "ds_shape", p.shape))
@@ -112,7 +129,10 @@ def send_weights(group: dist.ProcessGroup | None, params: dict[str, torch.nn.Par
 
 def receive_weights(group: dist.ProcessGroup, params: dict[str, torch.nn.Parameter], plan: SyncPlan,
                     device: torch.device | None = None) -> int:
-    """Receive every bucket from group rank 0 and copy it into ``params`` in place."""
+    """Receive every bucket from group rank 0 and copy it into ``params`` in place.
+
+    ``plan`` is the sender's (its dtypes are what the wire carries); ``copy_`` casts into each
+    parameter's own dtype."""
     received = 0
     for bucket in plan.buckets:
         numel = sum(s.numel for s in bucket)

@@ -55,19 +55,26 @@ def _fixed_batch(cfg, cluster, reward):
     return ctl, batch
 
 
-def test_weight_sync_makes_rollout_logprobs_equal_learner(ray_session, tiny_model_dir, tmp_path, digits_reward):
+# bf16 (the learner's DeepSpeed bf16, the rollout model loaded in bf16): the decode loop's
+# cached keys and the learner's full forward round differently in 8 mantissa bits, so the
+# sampled log-probs and π_old agree to ~3e-3 here, not 1e-5; after a sync both sides score
+# with the same forward and agree exactly.
+@pytest.mark.parametrize(("dtype", "tol"), [("float32", 1e-5), ("bfloat16", 1e-2)])
+def test_weight_sync_makes_rollout_logprobs_equal_learner(ray_session, tiny_model_dir, tmp_path, digits_reward,
+                                                          dtype, tol):
     from entropo.trainer.cluster import Cluster
     from entropo.trainer.learner import LearnerShard
 
-    cfg = _cfg(tiny_model_dir, tmp_path, "learner.ranks=1", "rollout.workers=2", f"reward.fns=[{digits_reward}]")
+    cfg = _cfg(tiny_model_dir, tmp_path, "learner.ranks=1", "rollout.workers=2", f"reward.fns=[{digits_reward}]",
+               f"model.dtype={dtype}")
     cluster = Cluster(cfg)
     try:
         ctl, batch = _fixed_batch(cfg, cluster, digits_reward)
         assert batch.advantages.abs().sum() > 0
         shard = LearnerShard(batch.prompt_ids, batch.prompt_mask, batch.response_ids, batch.mask)
         args = (batch.prompt_ids, batch.prompt_mask, batch.response_ids, batch.mask, cfg.rollout.temperature)
-        # before any update, rollout log-probs from generate equal the learner's π_old
-        assert (batch.rollout_logp - batch.old_logp).abs().max() < 1e-5
+        # before any update, rollout log-probs from sampling equal the learner's π_old
+        assert (batch.rollout_logp - batch.old_logp).abs().max() < tol
         cluster.update(ctl.minibatches(batch), StepContext(step=1))
         learner = ray_session.get(cluster.learners[0].score.remote(shard))
         stale = ray_session.get(cluster.workers[0].score.remote(*args))
@@ -75,7 +82,7 @@ def test_weight_sync_makes_rollout_logprobs_equal_learner(ray_session, tiny_mode
         cluster.sync_weights(7)
         for w in cluster.workers:
             fresh = ray_session.get(w.score.remote(*args))
-            assert (learner - fresh).abs().max() < 1e-5
+            assert (learner - fresh).abs().max() < 1e-5  # same weights, same forward
             assert ray_session.get(w.weight_version.remote()) == 7
     finally:
         cluster.shutdown()
