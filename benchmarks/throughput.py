@@ -149,6 +149,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--trl-threads", type=int, default=0,
                    help="torch threads of the TRL process: 0 (default) torch's default (all cores), "
                         "-1 as many as each entropo actor gets, else that many")
+    p.add_argument("--trl-bf16", action="store_true",
+                   help="TRL with bf16=True (accelerate's bf16 autocast), to compare with entropo's "
+                        "learner.mixed_precision=bf16 (--set)")
     p.add_argument("--poll-s", type=float, default=0.5, help="memory sampling interval, seconds")
     p.add_argument("--timeout-s", type=float, default=1800.0, help="limit of one side's run, seconds")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -185,6 +188,7 @@ def forwarded_args(args: argparse.Namespace) -> list[str]:
         "--prompts", str(args.prompts), "--n", str(args.n), "--max-new-tokens", str(args.max_new_tokens),
         "--steps", str(args.steps), "--lr", repr(args.lr), "--micro-batch", str(args.micro_batch),
         "--skip-steps", str(args.skip_steps), "--seed", str(args.seed), "--trl-threads", str(args.trl_threads),
+        *(["--trl-bf16"] if args.trl_bf16 else []),
         "--temperature", repr(args.temperature), "--mode", args.mode, "--eval-prompts", str(args.eval_prompts),
         *(x for o in args.overrides for x in ("--set", o)),
     ]
@@ -611,7 +615,7 @@ def child_trl(args: argparse.Namespace, result: Path) -> None:
 
     out_dir = tempfile.mkdtemp(prefix="bench-trl-")
     config = GRPOConfig(
-        output_dir=out_dir, use_cpu=True, bf16=False, fp16=False, report_to=[], seed=args.seed,
+        output_dir=out_dir, use_cpu=True, bf16=args.trl_bf16, fp16=False, report_to=[], seed=args.seed,
         max_steps=args.steps, learning_rate=args.lr, lr_scheduler_type="constant", warmup_steps=0,
         weight_decay=0.0, max_grad_norm=1.0, beta=0.0, num_iterations=1,
         num_generations=args.n, per_device_train_batch_size=args.micro_batch,
@@ -633,7 +637,8 @@ def child_trl(args: argparse.Namespace, result: Path) -> None:
     result.write_text(json.dumps({"side": "trl", "steps": timer.steps, "trl_version": trl.__version__,
                                   "accuracy": accuracy,
                                   "logged_mean_length": logged,
-                                  "threads": f"{torch.get_num_threads()} (one process)"}))
+                                  "threads": f"{torch.get_num_threads()} (one process)"
+                                             + (", bf16 autocast" if args.trl_bf16 else "")}))
 
 
 # ---------------------------------------------------------------------------------------

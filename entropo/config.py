@@ -49,6 +49,7 @@ from entropo.algorithms.registry import (
 from entropo.algorithms.regularizers import KL_ESTIMATORS, AdaptiveEntropyConfig
 from entropo.algorithms.reshapers import EttrlConfig, SeedConfig
 from entropo.algorithms.siren import SirenConfig
+from entropo.models.mixed_precision import MODES as MIXED_PRECISION_MODES
 from entropo.rewards.code_exec import CodeConfig
 from entropo.rewards.countdown import CountdownConfig
 from entropo.rewards.empo import EMPOConfig
@@ -282,6 +283,12 @@ class LearnerConfig:
 
     ppo_epochs: int = 1
     """Passes over the step's batch."""
+
+    mixed_precision: str | None = None
+    """null, or bf16: every learner forward and backward under ``torch.autocast(bfloat16)`` with
+    fp32 weights, gradients and optimizer state (accelerate's ``mixed_precision="bf16"``); on
+    CPU attention stays fp32 (entropo.models.mixed_precision). Not ``model.dtype=bfloat16``,
+    which stores the weights in bf16."""
 
     fuse_old_forward: bool = True
     """Skip the separate π_old pass when it would equal the update's own forward: one epoch of
@@ -544,6 +551,8 @@ def _check_sections(cfg: TrainConfig) -> None:
             "validated on a GPU (see README, Status); use rollout.engine=hf, which runs on GPUs too"
         )
     _check_choice("model.dtype", cfg.model.dtype, ("auto", "float32", "bfloat16"))
+    if cfg.learner.mixed_precision is not None:
+        _check_choice("learner.mixed_precision", cfg.learner.mixed_precision, MIXED_PRECISION_MODES)
     if cfg.learner.zero_stage not in (0, 1, 2, 3):
         raise ConfigError(f"learner.zero_stage: must be 0, 1, 2 or 3, got {cfg.learner.zero_stage}")
     positive = {

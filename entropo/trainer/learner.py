@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -27,6 +28,7 @@ import torch
 from entropo.algorithms.losses.base import TokenLossInputs
 from entropo.algorithms.objective import Objective, StepContext, micro_objective, prepare_minibatch
 from entropo.config import TrainConfig
+from entropo.models import mixed_precision
 from entropo.trainer import micro_batches, weight_sync
 
 # Metrics that are each micro-batch's share of the mini-batch loss: summed, not averaged.
@@ -118,6 +120,7 @@ class LearnerRank:
 
     def setup(self, host: str, port: int) -> None:
         from entropo.models.loading import load_model
+        from entropo.models.mixed_precision import keep_attention_fp32
         from entropo.trainer.dist_reduce import DistReducer
         from entropo.trainer.strategy import DeepSpeedStrategy, accelerator_is_gpu, init_distributed
 
@@ -133,6 +136,16 @@ class LearnerRank:
         if self.cfg.algorithm.kl_coef > 0:
             self.ref = load_model(self.cfg.model.path, "float32").to(self.device).eval()
             self.ref.requires_grad_(False)
+        if self.cfg.learner.mixed_precision is not None:
+            if warning := mixed_precision.slow_bf16_warning(self.cfg.learner.mixed_precision, self.device):
+                warnings.warn(warning, stacklevel=1)
+            for m in (self.strategy.module, self.ref):
+                if m is not None:
+                    keep_attention_fp32(m)
+
+    def _compute(self):
+        """The precision every forward of this learner runs in (``learner.mixed_precision``)."""
+        return mixed_precision.autocast(self.cfg.learner.mixed_precision, self.device)
 
     # ---- π_old / π_ref ------------------------------------------------------------------
     def _extras(self, names: set[str] | frozenset[str]) -> dict:
@@ -172,11 +185,12 @@ class LearnerRank:
         for rows in self._micro_batches(shard):
             s, _ = shard.rows(rows).trimmed()
             dev = [self._dev(x) for x in (s.prompt_ids, s.prompt_mask, s.response_ids, s.mask)]
-            out = response_outputs(module, *dev, self.cfg.rollout.temperature, extras=fns)
-            values = {"old_logp": out.logp, "entropy": out.entropy, **out.extras}
-            if self.ref is not None and not policy_only:
-                values["ref_logp"], _ = response_logprobs(self.ref, *dev, self.cfg.rollout.temperature,
-                                                          with_entropy=False)
+            with self._compute():
+                out = response_outputs(module, *dev, self.cfg.rollout.temperature, extras=fns)
+                values = {"old_logp": out.logp, "entropy": out.entropy, **out.extras}
+                if self.ref is not None and not policy_only:
+                    values["ref_logp"], _ = response_logprobs(self.ref, *dev, self.cfg.rollout.temperature,
+                                                              with_entropy=False)
             parts.add(rows, values, dev[3])
             self.threads.grow()
         module.train(was_training)
@@ -223,8 +237,9 @@ class LearnerRank:
                 for j, rows in enumerate(slices):
                     s, t = mb.rows(rows).trimmed()
                     dev = [self._dev(x) for x in (s.prompt_ids, s.prompt_mask, s.response_ids, s.mask)]
-                    out = response_outputs(self.strategy.train_model, *dev, self.cfg.rollout.temperature,
-                                           with_entropy=obj.needs_entropy or fused, extras=fns)
+                    with self._compute():
+                        out = response_outputs(self.strategy.train_model, *dev, self.cfg.rollout.temperature,
+                                               with_entropy=obj.needs_entropy or fused, extras=fns)
                     if fused:
                         s.old_logp, s.entropy = out.logp.detach(), out.entropy.detach()
                         outputs.add(rows, {"old_logp": s.old_logp, "entropy": s.entropy}, dev[3])
