@@ -366,6 +366,29 @@ def actor_max_threads(cfg: TrainConfig, kind: str, slot: Slot, single_node: bool
     return max(1, (os.cpu_count() or 1) // peers)
 
 
+CPU_MALLOC_KEEP_BYTES = 1 << 30
+"""glibc's mmap and trim thresholds in CPU actors: allocations below 1 GiB come from the heap and
+up to 1 GiB of freed heap stays mapped. With the defaults, every step's KV cache, logits and
+activations of tens of MB were fresh mmaps, zeroed page by page by the kernel and unmapped on
+free: ~12% of the rollout's decode time on the embedded task. The cost: freed memory is not
+handed back to the OS (an actor keeps its peak)."""
+
+
+def actor_env(cfg: TrainConfig, slot: Slot, single_node: bool) -> dict[str, str]:
+    """Environment variables of an actor's process (``runtime_env``); a ``MALLOC_*`` variable
+    set in the driver's environment wins over :data:`CPU_MALLOC_KEEP_BYTES`."""
+    env = {
+        "DS_ACCELERATOR": "cuda" if slot.gpus > 0 else "cpu",
+        "TOKENIZERS_PARALLELISM": "false",
+        "OMP_NUM_THREADS": str(actor_threads(cfg, slot.cpus, single_node)),
+        "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "0"),
+    }
+    if slot.gpus == 0:
+        for key in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_"):
+            env[key] = os.environ.get(key, str(CPU_MALLOC_KEEP_BYTES))
+    return env
+
+
 # ---------------------------------------------------------------------------------------
 # the actors
 
@@ -419,12 +442,7 @@ class Cluster:
     def _actor(self, cls: type, slot: Slot, *args):
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-        env = {
-            "DS_ACCELERATOR": "cuda" if slot.gpus > 0 else "cpu",
-            "TOKENIZERS_PARALLELISM": "false",
-            "OMP_NUM_THREADS": str(actor_threads(self.cfg, slot.cpus, self._single_node)),
-            "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "0"),
-        }
+        env = actor_env(self.cfg, slot, self._single_node)
         strategy = PlacementGroupSchedulingStrategy(self.groups[slot.group], placement_group_bundle_index=slot.bundle)
         return ray.remote(cls).options(num_cpus=slot.cpus, num_gpus=slot.gpus, runtime_env={"env_vars": env},
                                        scheduling_strategy=strategy).remote(*args)

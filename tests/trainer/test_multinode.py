@@ -21,8 +21,11 @@ import pytest
 from entropo.config import load_config
 from entropo.trainer.cluster import (
     CONFIG_FIELDS,
+    CPU_MALLOC_KEEP_BYTES,
     Placement,
     PlacementError,
+    Slot,
+    actor_env,
     check_capacity,
     plan_placement,
 )
@@ -284,6 +287,19 @@ def test_strict_strategies_are_checked_per_node():
 def test_a_shortfall_of_free_resources_only_delays():
     notes = check_capacity(_plan(2, 2), {"CPU": 6.0}, {"CPU": 1.0}, NODES)
     assert notes == ["needs 4 CPUs, 1 available now: waiting for other work to release them"]
+
+
+def test_cpu_actors_keep_freed_memory_unless_the_driver_says_otherwise(monkeypatch):
+    cfg = load_config(overrides=["learner.ranks=1", "rollout.workers=1"])
+    for key in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_"):
+        monkeypatch.delenv(key, raising=False)
+    cpu = actor_env(cfg, Slot(0, 0, 1.0, 0.0), single_node=True)
+    assert cpu["MALLOC_MMAP_THRESHOLD_"] == cpu["MALLOC_TRIM_THRESHOLD_"] == str(CPU_MALLOC_KEEP_BYTES) == "1073741824"
+    assert cpu["DS_ACCELERATOR"] == "cpu" and cpu["OMP_NUM_THREADS"] == str(max(1, (os.cpu_count() or 1) // 2))
+    gpu = actor_env(cfg, Slot(0, 0, 1.0, 1.0), single_node=True)
+    assert gpu["DS_ACCELERATOR"] == "cuda" and not any(k.startswith("MALLOC_") for k in gpu)
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "4096")
+    assert actor_env(cfg, Slot(0, 0, 1.0, 0.0), single_node=True)["MALLOC_TRIM_THRESHOLD_"] == "4096"
 
 
 def test_bad_placement_values_name_the_field():
