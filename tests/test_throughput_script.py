@@ -29,8 +29,8 @@ def test_defaults(tp):
     # the default training job's sizes, so that the final accuracies can be compared
     assert (a.prompts, a.n, a.max_new_tokens, a.steps, a.reps) == (24, 8, 64, 60, 2)
     assert a.micro_batch == 8 and a.skip_steps == 1 and a.lr == pytest.approx(5e-5) and a.temperature == 0.7
-    assert a.mode == "async" and a.eval_prompts == 200
-    assert a.trl_threads == 0 and a.only is None and a.child is None
+    assert a.mode == "async" and a.eval_prompts == 1000
+    assert a.trl_threads == 0 and a.only is None and a.child is None and not a.trl_bf16
 
 
 def test_options(tp):
@@ -65,12 +65,13 @@ def test_forwarded_args_round_trip(tp):
     a = tp.parse_args(["--prompts", "4", "--n", "2", "--steps", "5", "--lr", "2.5e-05", "--micro-batch", "2",
                        "--trl-threads", "3", "--seed", "7", "--temperature", "0.9", "--mode", "sync",
                        "--eval-prompts", "10", "--set", "trainer.elastic_threads=true",
-                       "--set", "learner.micro_batch_tokens=584"])
+                       "--set", "learner.micro_batch_tokens=584", "--trl-bf16"])
     b = tp.parse_args([*tp.forwarded_args(a), "--child", "entropo", "--result", "x.json"])
     for key in ("prompts", "n", "max_new_tokens", "steps", "lr", "micro_batch", "skip_steps", "seed", "trl_threads",
-                "temperature", "mode", "eval_prompts", "overrides"):
+                "temperature", "mode", "eval_prompts", "overrides", "trl_bf16"):
         assert getattr(a, key) == getattr(b, key), key
-    assert b.child == "entropo" and b.result == "x.json"
+    assert b.child == "entropo" and b.result == "x.json" and b.trl_bf16
+    assert not tp.parse_args(tp.forwarded_args(tp.parse_args([]))).trl_bf16
 
 
 def test_trl_threads(tp):
