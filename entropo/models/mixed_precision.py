@@ -4,8 +4,12 @@
 backward) under ``torch.autocast(dtype=bfloat16)``, the scheme of accelerate's
 ``mixed_precision="bf16"`` and Lightning's ``"bf16-mixed"``: the parameters, their gradients
 and AdamW's state stay fp32; autocast rounds the inputs of matrix multiplies to bf16 and
-keeps reductions (softmax, norms) in fp32. Log-probs and entropies are computed from the
-logits in fp32 (:func:`entropo.algorithms.entropy.logprobs_and_entropy` upcasts). This is not
+keeps reductions (softmax, norms) in fp32. The logits leave the last matmul in bf16 (8
+significant bits: a logit of 12 is at most 0.03 off); log-probs and entropies are computed
+from them in fp32 (:func:`entropo.algorithms.entropy.logprobs_and_entropy` upcasts), and the
+loss outside autocast. In the fused π_old pass π_old and π_θ are the same numbers, so the
+ratio starts at exactly 1; against the fp32 rollout the log-probs differ by that rounding,
+which TIS (or the ratio to the rollout's log-probs) sees as a small mismatch. This is not
 ``model.dtype=bfloat16``, which stores the weights themselves in bf16 (DeepSpeed bf16).
 
 Our deviation: on CPU, attention runs in fp32 (:data:`FP32_ATTENTION`, registered with

@@ -120,7 +120,6 @@ class LearnerRank:
 
     def setup(self, host: str, port: int) -> None:
         from entropo.models.loading import load_model
-        from entropo.models.mixed_precision import keep_attention_fp32
         from entropo.trainer.dist_reduce import DistReducer
         from entropo.trainer.strategy import DeepSpeedStrategy, accelerator_is_gpu, init_distributed
 
@@ -141,7 +140,7 @@ class LearnerRank:
                 warnings.warn(warning, stacklevel=1)
             for m in (self.strategy.module, self.ref):
                 if m is not None:
-                    keep_attention_fp32(m)
+                    mixed_precision.keep_attention_fp32(m)
 
     def _compute(self):
         """The precision every forward of this learner runs in (``learner.mixed_precision``)."""
