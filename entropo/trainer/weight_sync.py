@@ -11,9 +11,8 @@ crosses the wire afterwards. A worker checks the names and shapes against its ow
 (:func:`check_receiver`) and receives each bucket in the sender's dtype, casting into its own
 parameters: a bf16 learner feeds an fp32 rollout model, and the reverse. Parameters are
 packed in order into flat buckets of at most ``bucket_bytes``, and each bucket is one
-broadcast. Under ZeRO-3 every learner
-rank joins the gather of each bucket's parameters (a collective of the learner group);
-only rank 0 broadcasts.
+broadcast. Under ZeRO-3 every learner rank joins the gather of each bucket's parameters (a
+collective of the learner group); only rank 0 broadcasts.
 """
 
 from __future__ import annotations
