@@ -3,8 +3,9 @@
 ``learner.mixed_precision=bf16`` runs every learner forward (π_old, π_ref, π_θ with its
 backward) under ``torch.autocast(dtype=bfloat16)``, the scheme of accelerate's
 ``mixed_precision="bf16"`` and Lightning's ``"bf16-mixed"``: the parameters, their gradients
-and AdamW's state stay fp32; autocast rounds the inputs of matrix multiplies to bf16 and
-keeps reductions (softmax, norms) in fp32. The logits leave the last matmul in bf16 (8
+and AdamW's state stay fp32; autocast rounds the inputs of matrix multiplies to bf16, and
+other ops run in their inputs' dtype (CPU autocast has no fp32 list for softmax or norms:
+Qwen2-style RMSNorm upcasts to fp32 itself, and attention is ours, below). The logits leave the last matmul in bf16 (8
 significant bits: a logit of 12 is at most 0.03 off); log-probs and entropies are computed
 from them in fp32 (:func:`entropo.algorithms.entropy.logprobs_and_entropy` upcasts), and the
 loss outside autocast. In the fused π_old pass π_old and π_θ are the same numbers, so the
