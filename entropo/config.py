@@ -290,6 +290,16 @@ class LearnerConfig:
     CPU attention stays fp32 (entropo.models.mixed_precision). Not ``model.dtype=bfloat16``,
     which stores the weights in bf16."""
 
+    skip_zero_advantage: bool = True
+    """Rows whose advantage is 0 at every token (every group whose responses all scored
+    alike, under GRPO) run a no-grad forward only, for π_old and the metrics, and no backward —
+    where that is exact: the token loss vanishes with the advantage (ppo_clip, clip_cov,
+    hapo_clip), no KL to the reference, entropy bonus or regulariser, and no statistic over
+    other rows taken per micro-batch (entropo.algorithms.objective). The gradient, the
+    optimizer step and every logged number are those of the full backward (up to float
+    summation order); ``perf/backward_rows_frac`` logs the share of rows that ran one.
+    false: every row runs a backward."""
+
     fuse_old_forward: bool = True
     """Skip the separate π_old pass when it would equal the update's own forward: one epoch of
     one mini-batch, no KL to the reference, and nothing before the update reading π_old (no

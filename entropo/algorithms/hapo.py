@@ -326,7 +326,8 @@ def adaptive_bounds_and_advantage(
     return eps_low, eps_high, adv.detach()
 
 
-@TOKEN_LOSSES.register("hapo_clip", config=HapoClipConfig, selector=hapo_clip_select, needs=("entropy",))
+@TOKEN_LOSSES.register("hapo_clip", config=HapoClipConfig, selector=hapo_clip_select, needs=("entropy",),
+                       vanishes_at_zero_advantage=True)
 def hapo_clip_loss(inp: TokenLossInputs, cfg: HapoClipConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Per-token HAPO loss ``[n, T]``; ĥ from ``inp.selected`` when given, else over the scope."""
     metrics: dict[str, torch.Tensor] = {}

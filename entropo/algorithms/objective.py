@@ -101,6 +101,28 @@ class Objective:
         return TOKEN_LOSSES.get(self.loss).selector is not None and _global(self.loss_cfg)
 
     @property
+    def inert_at_zero_advantage(self) -> bool:
+        """A row whose advantage is 0 at every token adds nothing to the gradient, and leaving
+        it out of a micro-batch changes no other row's loss: the token loss vanishes with A,
+        nothing is added that does not (no KL to π_ref, entropy bonus or regulariser), and
+        every batch statistic is either taken over the whole mini-batch before the
+        micro-batches (global scope) or read from the token's own row. A micro-scope mask
+        that leaves the denominator also breaks it (the denominator becomes per micro-batch).
+        An adaptive entropy coefficient is decided per step; the learner checks it there."""
+        loss = TOKEN_LOSSES.get(self.loss)
+        if not loss.vanishes_at_zero_advantage or (loss.selector is not None and not _global(self.loss_cfg)):
+            return False
+        if self.kl_coef != 0.0 or self.entropy_coef != 0.0 or self.regularizers:
+            return False
+        for name, cfg in self.weights:
+            if not (_global(cfg) or TOKEN_WEIGHTS.get(name).row_local):
+                return False
+        for name, cfg in self.masks:
+            if not (_global(cfg) or (TOKEN_MASKS.get(name).row_local and not cfg.excludes_from_denominator)):
+                return False
+        return True
+
+    @property
     def needs_policy_prepass(self) -> bool:
         """Some global-scope decision reads π_θ (log-probs or entropies) of the mini-batch."""
         return self.loss_is_global or any(_global(cfg) for _, cfg in (*self.weights, *self.masks))

@@ -29,6 +29,11 @@ class Entry:
             computes them only when a selected method asks.
         needs_adv_variation: the method's statistic is degenerate unless advantages vary
             inside its scope (spec section 7); the config validator warns about it.
+        vanishes_at_zero_advantage: for a token loss, ℓ_i and its gradient are 0 wherever
+            A_i = 0 (given its selection), so rows with no advantage need no backward.
+        row_local: for a token weight or mask, the decision at a token reads that token's row
+            only (no statistic over other rows), so it does not depend on which rows share a
+            micro-batch.
     """
 
     name: str
@@ -37,6 +42,8 @@ class Entry:
     selector: Callable[..., Any] | None = None
     needs_adv_variation: bool = False
     needs: frozenset[str] = frozenset()
+    vanishes_at_zero_advantage: bool = False
+    row_local: bool = False
 
 
 class Registry:
@@ -54,11 +61,14 @@ class Registry:
         selector: Callable[..., Any] | None = None,
         needs_adv_variation: bool = False,
         needs: tuple[str, ...] = (),
+        vanishes_at_zero_advantage: bool = False,
+        row_local: bool = False,
     ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         def decorator(fn: Callable[..., Any]) -> Callable[..., Any]:
             if name in self._entries:
                 raise ValueError(f"{self.family} '{name}' is registered twice")
-            self._entries[name] = Entry(name, fn, config, selector, needs_adv_variation, frozenset(needs))
+            self._entries[name] = Entry(name, fn, config, selector, needs_adv_variation, frozenset(needs),
+                                        vanishes_at_zero_advantage, row_local)
             return fn
 
         return decorator

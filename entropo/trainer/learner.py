@@ -26,7 +26,13 @@ from dataclasses import dataclass
 import torch
 
 from entropo.algorithms.losses.base import TokenLossInputs
-from entropo.algorithms.objective import Objective, StepContext, micro_objective, prepare_minibatch
+from entropo.algorithms.objective import (
+    Objective,
+    Prepared,
+    StepContext,
+    micro_objective,
+    prepare_minibatch,
+)
 from entropo.config import TrainConfig
 from entropo.models import mixed_precision
 from entropo.trainer import micro_batches, weight_sync
@@ -232,32 +238,44 @@ class LearnerRank:
                 prepared = self._prepare(mb, obj, ctx, gen, reuse_old=(epoch == 0 and k == 0))
                 for key, v in prepared.metrics.items():
                     _acc(sums, weights, key, float(v), 1.0)
-                slices = self._micro_batches(mb)
-                for j, rows in enumerate(slices):
-                    s, t = mb.rows(rows).trimmed()
+                plan = self._plan(mb, obj, ctx, prepared)
+                trained = [m for m in plan if m.backward]
+                for m in plan:
+                    s, t = mb.rows(m.rows).trimmed()
                     dev = [self._dev(x) for x in (s.prompt_ids, s.prompt_mask, s.response_ids, s.mask)]
-                    with self._compute():
-                        out = response_outputs(self.strategy.train_model, *dev, self.cfg.rollout.temperature,
+                    model = self.strategy.train_model if m.backward else module
+                    with torch.set_grad_enabled(m.backward), self._compute():
+                        out = response_outputs(model, *dev, self.cfg.rollout.temperature,
                                                with_entropy=obj.needs_entropy or fused, extras=fns)
-                    if fused:
-                        s.old_logp, s.entropy = out.logp.detach(), out.entropy.detach()
-                        outputs.add(rows, {"old_logp": s.old_logp, "entropy": s.entropy}, dev[3])
-                    inp = self._inputs(s, out.logp, out.entropy if obj.needs_entropy else None, ctx,
-                                       generator=gen, extras=out.extras)
-                    ref = self._dev(s.ref_logp) if s.ref_logp is not None else None
-                    loss, metrics = micro_objective(inp, obj, prepared.rows(rows, width=t), ref_logp=ref, ctx=ctx)
-                    last = j == len(slices) - 1
-                    self.strategy.backward(loss, boundary=last)
-                    tokens = float(s.mask.sum())
-                    for key, v in metrics.items():
-                        if key in SHARE_METRICS:
-                            _acc(sums, weights, key, float(v), 0.0)
-                        else:
-                            _acc(sums, weights, key, float(v) * tokens, tokens)
-                    if last:
-                        grad_norms.append(self.strategy.step())
+                    last = m is trained[-1]
+                    if m.filler:  # matches the other ranks' collectives; adds nothing
+                        if m.backward:
+                            self.strategy.backward(out.logp.sum() * 0.0, boundary=last)
                     else:
-                        self.strategy.micro_step()
+                        if fused:
+                            s.old_logp, s.entropy = out.logp.detach(), out.entropy.detach()
+                            outputs.add(m.rows, {"old_logp": s.old_logp, "entropy": s.entropy}, dev[3])
+                        inp = self._inputs(s, out.logp, out.entropy if obj.needs_entropy else None, ctx,
+                                           generator=gen, extras=out.extras)
+                        ref = self._dev(s.ref_logp) if s.ref_logp is not None else None
+                        with torch.set_grad_enabled(m.backward):
+                            loss, metrics = micro_objective(inp, obj, prepared.rows(m.rows, width=t),
+                                                            ref_logp=ref, ctx=ctx)
+                        if m.backward:
+                            self.strategy.backward(loss, boundary=last)
+                        tokens = float(s.mask.sum())
+                        for key, v in metrics.items():
+                            if key in SHARE_METRICS:
+                                _acc(sums, weights, key, float(v), 0.0)
+                            else:
+                                _acc(sums, weights, key, float(v) * tokens, tokens)
+                        rows = float(len(m.rows))
+                        _acc(sums, weights, "perf/backward_rows_frac", rows * m.backward, rows)
+                    if m.backward:
+                        if last:
+                            grad_norms.append(self.strategy.step())
+                        else:
+                            self.strategy.micro_step()
                     self.threads.grow()
                 n_updates += 1
         out = self._reduce_metrics(sums, weights, n_updates)
@@ -338,13 +356,32 @@ class LearnerRank:
     def _micro_batches(self, shard: LearnerShard) -> list[torch.Tensor]:
         """Row indices of this rank's micro-batches (see :mod:`entropo.trainer.micro_batches`);
         every rank runs as many as the rank with the most."""
-        learner = self.cfg.learner
-        if learner.micro_batch_tokens is None:
-            return micro_batches.fixed_size(len(shard), learner.micro_batch_size)
-        groups = micro_batches.token_budget(shard.prompt_mask.sum(-1), shard.mask.sum(-1),
-                                            learner.micro_batch_tokens)
+        groups = self._cut(shard, torch.arange(len(shard)))
+        if self.cfg.learner.micro_batch_tokens is None:
+            return groups
         counts, _ = self.reducer.gather(self._dev(torch.tensor([float(len(groups))])))
         return micro_batches.split_to(groups, int(counts.max().item()))
+
+    def _cut(self, shard: LearnerShard, rows: torch.Tensor) -> list[torch.Tensor]:
+        """Micro-batches of the shard's ``rows``, as positions into ``rows``."""
+        learner = self.cfg.learner
+        if learner.micro_batch_tokens is None:
+            return micro_batches.fixed_size(len(rows), learner.micro_batch_size)
+        return micro_batches.token_budget(shard.prompt_mask[rows].sum(-1), shard.mask[rows].sum(-1),
+                                          learner.micro_batch_tokens)
+
+    def _plan(self, mb: LearnerShard, obj: Objective, ctx: StepContext,
+              prepared: Prepared) -> list[micro_batches.MicroBatch]:
+        """This mini-batch's forwards: every row with a backward, or, where it is exact
+        (``learner.skip_zero_advantage``), rows with no advantage in no-grad forwards only."""
+        plan = None
+        if (self.cfg.learner.skip_zero_advantage and obj.inert_at_zero_advantage and not ctx.entropy_coef
+                and prepared.norm is not None):
+            inert = ((mb.advantages * mb.mask) == 0).all(-1)
+            plan = micro_batches.with_inert_rows(lambda rows: self._cut(mb, rows), inert,
+                                                 micro_batches.max_over_ranks(self.reducer, self.device),
+                                                 match_forwards=self.strategy.zero_stage == 3)
+        return plan or [micro_batches.MicroBatch(rows) for rows in self._micro_batches(mb)]
 
     def _dev(self, x: torch.Tensor | None) -> torch.Tensor | None:
         return None if x is None else x.to(self.device)

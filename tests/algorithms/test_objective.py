@@ -90,3 +90,85 @@ def test_kl_term_requires_reference():
     loss, _ = micro_objective(inp, Objective("ppo_clip", PPOClipConfig(), kl_coef=0.04), ref_logp=zeros - 0.5)
     # k3 with Δ = log π_ref − log π_θ = −0.5: e^−0.5 + 0.5 − 1 = 0.106531; × 0.04 = 0.004261
     assert loss.item() == pytest.approx(0.04 * 0.106531, abs=1e-6)
+
+
+# ---- rows with no advantage (learner.skip_zero_advantage) --------------------------------
+
+def _inert_objectives():
+    from entropo.algorithms.hapo import HapoClipConfig
+    from entropo.algorithms.losses.dmmpt import DmmptConfig
+    from entropo.algorithms.losses.steer import SteerConfig
+    from entropo.algorithms.losses.tis import TisConfig
+
+    tis = (("tis", TisConfig(cap=1.02)),)  # a cap inside the ratios below: some weights truncate
+    return {
+        # name: (objective, rows with A = 0 may be left out)
+        "grpo": (Objective("ppo_clip", PPOClipConfig()), True),
+        "grpo+tis": (Objective("ppo_clip", PPOClipConfig(), weights=tis), True),
+        "dual_clip+seq_mean": (Objective("ppo_clip", PPOClipConfig(dual_clip_c=3.0),
+                                         agg_mode="seq-mean-token-mean"), True),
+        "clip_cov": (Objective("clip_cov", ClipCovConfig(clip_ratio=0.05, cov_low=0.1, cov_high=5.0)), True),
+        "hapo_clip": (Objective("hapo_clip", HapoClipConfig()), True),
+        "entropy_mask": (Objective("ppo_clip", PPOClipConfig(), masks=(("high_entropy", EntropyMaskConfig()),)),
+                         True),
+        "steer": (Objective("ppo_clip", PPOClipConfig(), weights=(("steer", SteerConfig(stat_scope="global")),)),
+                  True),
+        "dmmpt": (Objective("ppo_clip", PPOClipConfig(), masks=(("dmmpt", DmmptConfig(tau=0.3, sigma=10.0)),)),
+                  True),
+        # not inert: a term without A, or a statistic over the micro-batch's other rows
+        "kl_cov": (Objective("kl_cov", KLCovConfig(k=0.2)), False),
+        "bonus": (Objective("ppo_clip", PPOClipConfig(), entropy_coef=0.01), False),
+        "kl_ref": (Objective("ppo_clip", PPOClipConfig(), kl_coef=0.04), False),
+        "clip_cov_micro": (Objective("clip_cov", ClipCovConfig(clip_ratio=0.2, cov_low=-5.0, cov_high=5.0,
+                                                                stat_scope="micro")), False),
+        "entropy_mask_micro": (Objective("ppo_clip", PPOClipConfig(),
+                                         masks=(("high_entropy", EntropyMaskConfig(stat_scope="micro")),)), False),
+        # linear STEER reads Ω_min, which is 0 exactly when an A = 0 row shares the micro-batch
+        "steer_micro": (Objective("ppo_clip", PPOClipConfig(),
+                                  weights=(("steer", SteerConfig(scheme="linear", stat_scope="micro")),)), False),
+        "dmmpt_micro": (Objective("ppo_clip", PPOClipConfig(),
+                                  masks=(("dmmpt", DmmptConfig(tau=0.3, sigma=10.0, stat_scope="micro")),)), False),
+    }
+
+
+INERT_ROWS = [0, 3, 6]
+
+
+def _loss_and_grad_of_rows(obj, rows):
+    """Loss and gradient (d/dlogp and d/dentropy) of one micro-batch of ``rows`` (A = 0 on
+    INERT_ROWS), the statistics prepared over all 8 rows."""
+    logp, old, adv, mask, entropy = _batch(5)
+    adv = adv.clone()
+    adv[INERT_ROWS] = 0.0
+    rollout = old + 0.03 * torch.randn(old.shape, generator=torch.Generator().manual_seed(9))
+    ref = old - 0.1
+
+    def inputs(lp, index, ent=entropy):
+        return TokenLossInputs(lp[index], old[index], adv[index], mask[index], entropy=ent[index],
+                               old_entropy=entropy[index], rollout_logp=rollout[index], step_entropy=0.5,
+                               generator=torch.Generator().manual_seed(3))
+
+    prepared = prepare_minibatch(inputs(logp, slice(None)), obj)
+    lp, ent = logp.clone().requires_grad_(True), entropy.clone().requires_grad_(True)
+    index = torch.tensor(rows)
+    loss, _ = micro_objective(inputs(lp, index, ent), obj, prepared.rows(index), ref_logp=ref[index])
+    loss.backward()
+    return loss.item(), torch.cat([lp.grad, torch.zeros_like(lp) if ent.grad is None else ent.grad], dim=1)
+
+
+@pytest.mark.parametrize("name", sorted(_inert_objectives()))
+def test_rows_without_advantage_can_be_left_out_exactly_when_the_objective_says_so(name):
+    """Where ``inert_at_zero_advantage`` holds, a micro-batch without the A = 0 rows has the
+    loss and gradient of one with them (those rows' gradient is exactly 0); where it does not,
+    leaving them out changes the gradient (so the flag is not merely conservative)."""
+    obj, inert = _inert_objectives()[name]
+    assert obj.inert_at_zero_advantage is inert
+    full, g_full = _loss_and_grad_of_rows(obj, list(range(8)))
+    part, g_part = _loss_and_grad_of_rows(obj, [r for r in range(8) if r not in INERT_ROWS])
+    assert g_full.abs().sum() > 0
+    if inert:
+        assert g_full[INERT_ROWS].abs().max() == 0
+        assert part == pytest.approx(full, abs=1e-7)
+        torch.testing.assert_close(g_part, g_full, atol=1e-7, rtol=0)
+    else:
+        assert not torch.allclose(g_part, g_full, atol=1e-6)

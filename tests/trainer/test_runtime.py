@@ -151,6 +151,42 @@ def test_fused_old_pass_equals_the_separate_forward(ray_session, tiny_model_dir,
     torch.testing.assert_close(filled.entropy, batch.entropy, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize(("zero", "micro", "fused"), [(3, "learner.micro_batch_size=3", False),
+                                                      (2, "learner.micro_batch_tokens=40", True)])
+def test_skipping_rows_without_advantage_changes_no_number(ray_session, tiny_model_dir, tmp_path, digits_reward,
+                                                           zero, micro, fused):
+    """``learner.skip_zero_advantage`` on 2 ranks against every row's backward on 1 rank: the
+    same gradient, loss and metrics (and, fused, the same π_old) when groups 0, 1 and 3 have
+    A = 0. Rank 0 then holds no row to train: it promotes inert rows to match rank 1's backward
+    micro-batches and, under ZeRO-3, both ranks match their no-grad forwards."""
+    import dataclasses
+
+    common = ("rollout.workers=1", f"reward.fns=[{digits_reward}]", "algorithm.token_weight=[tis]")
+    one_cfg = _cfg(tiny_model_dir, tmp_path, "learner.ranks=1", "learner.zero_stage=0", "learner.micro_batch_size=16",
+                   "learner.skip_zero_advantage=false", *common)
+    _, batch = _one_update(one_cfg, digits_reward)
+    batch.advantages[:8] = 0.0  # groups 0, 1: rank 0's rows
+    batch.advantages[12:] = 0.0  # group 3
+    assert (batch.advantages[8:12] != 0).any()
+    one, _ = _one_update(one_cfg, digits_reward, batch)
+    many_cfg = _cfg(tiny_model_dir, tmp_path, "learner.ranks=2", f"learner.zero_stage={zero}", micro, *common)
+    filled = dataclasses.replace(batch, old_logp=None, entropy=None) if fused else batch
+    many, _ = _one_update(many_cfg, digits_reward, filled, fused=fused)
+    assert one["actor/grad_norm"] > 0 and one["perf/backward_rows_frac"] == 1.0
+    assert many["actor/grad_norm"] == pytest.approx(one["actor/grad_norm"], rel=1e-5)
+    assert many["actor/pg_loss"] == pytest.approx(one["actor/pg_loss"], abs=1e-6)
+    for key in ("actor/neg_logp", "actor/pg_clipfrac", "tis/ratio_mean", "tis/weight_mean"):
+        assert many[key] == pytest.approx(one[key], abs=1e-6), key
+    if fused:  # no-grad and training forwards of the same rows (float32): rounding only
+        torch.testing.assert_close(filled.old_logp, batch.old_logp, atol=1e-5, rtol=0)
+        torch.testing.assert_close(filled.entropy, batch.entropy, atol=1e-5, rtol=0)
+        assert 0.25 <= many["perf/backward_rows_frac"] < 1.0
+    else:
+        # rank 1: rows 8-11 train (cut 3 + 1, two backward micro-batches); rank 0 promotes 2 of its
+        # 8 inert rows to match: (2 + 4) of 16 rows ran a backward
+        assert many["perf/backward_rows_frac"] == 0.375
+
+
 @pytest.mark.parametrize(
     ("zero", "recipe_overrides"),
     [

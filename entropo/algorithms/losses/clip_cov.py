@@ -107,7 +107,8 @@ def clip_cov_select(inp: TokenLossInputs, cfg: ClipCovConfig) -> tuple[torch.Ten
 
 
 @TOKEN_LOSSES.register(
-    "clip_cov", config=ClipCovConfig, selector=clip_cov_select, needs_adv_variation=True
+    "clip_cov", config=ClipCovConfig, selector=clip_cov_select, needs_adv_variation=True,
+    vanishes_at_zero_advantage=True,
 )
 def clip_cov_loss(inp: TokenLossInputs, cfg: ClipCovConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Per-token Clip-Cov loss ``[n, T]``; selects in scope unless ``inp.selected`` is given."""

@@ -73,7 +73,7 @@ class DmmptConfig:
             )
 
 
-@TOKEN_MASKS.register("dmmpt", config=DmmptConfig, needs=("step_entropy",))
+@TOKEN_MASKS.register("dmmpt", config=DmmptConfig, needs=("step_entropy",), row_local=True)
 def dmmpt_mask(inp: TokenLossInputs, cfg: DmmptConfig) -> tuple[TokenMask, dict[str, torch.Tensor]]:
     """Keep every valid token except well-mastered positive ones while ``H̄ < σ``.
 

@@ -53,7 +53,7 @@ class PPOClipConfig:
             raise ValueError(f"algorithm.ppo_clip.dual_clip_c must be > 1, got {self.dual_clip_c}")
 
 
-@TOKEN_LOSSES.register("ppo_clip", config=PPOClipConfig)
+@TOKEN_LOSSES.register("ppo_clip", config=PPOClipConfig, vanishes_at_zero_advantage=True)
 def ppo_clip_loss(inp: TokenLossInputs, cfg: PPOClipConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Per-token clipped surrogate ``[n, T]`` and its clip statistics."""
     log_ratio = inp.logp - inp.old_logp  # [n, T]

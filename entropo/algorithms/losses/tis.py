@@ -55,7 +55,7 @@ class TisConfig:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, got '{self.mode}'")
 
 
-@TOKEN_WEIGHTS.register("tis", config=TisConfig, needs=("rollout_logp",))
+@TOKEN_WEIGHTS.register("tis", config=TisConfig, needs=("rollout_logp",), row_local=True)
 def rollout_is_weights(inp: TokenLossInputs, cfg: TisConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Importance weights ``[n, T]`` of π_old over π_roll (no gradient; 0 on masked positions).
 
