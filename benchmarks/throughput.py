@@ -33,7 +33,11 @@ learned as much from the same number of samples:
   --max-new-tokens)`` — the memory bound of ``--micro-batch`` padded rows — and the learner
   computes in bf16 mixed precision (``learner.mixed_precision=bf16``: autocast matmuls, fp32
   weights, AdamW and attention; generation stays fp32). Both modes fuse the
-  π_old pass into the update (exact here: one update per step). ``--mode sync``: the defaults.
+  π_old pass into the update (exact here: one update per step), and both leave the rows
+  whose advantage is 0 at every token (groups whose 8 responses scored alike) out of the
+  backward (``learner.skip_zero_advantage``, on by default where exact, as here: their
+  gradient is exactly 0; they still run a no-grad forward, for π_old and the metrics).
+  ``--mode sync``: the defaults.
   ``--set KEY=VALUE`` (repeatable) adds entropo config overrides after the mode's.
 - TRL: ``GRPOTrainer`` (``use_cpu=True``, bf16/fp16 off — ``--trl-bf16`` turns on its bf16
   autocast, which made its steps slower here: PyTorch's bf16 attention backward on CPU —,
@@ -65,7 +69,10 @@ Metrics, over the measured steps (step > ``--skip-steps``: step 1 holds the star
 - generated tokens/s = Σ generated tokens / Σ rollout (generation) time (entropo async: the
   background generation's own time, ``timing/rollout_ahead``);
 - trained tokens/s = Σ tokens in the update (response tokens under the loss mask) / Σ step time;
-  with no filtering, trained = generated on both sides;
+  with no filtering, trained = generated on both sides. Tokens of rows with advantage 0 count
+  on both sides: their gradient is 0 either way, TRL computes it and entropo skips it (the
+  report prints the share of rows that ran a backward). Counting only the tokens with a
+  non-zero advantage would scale both sides alike (the same task, the same group size);
 - s/step = mean step time (entropo ``timing/step``; TRL ``on_step_begin`` → ``on_step_end``);
 - peak memory, two honest views, sampled every ``--poll-s`` by this process over the child's
   whole process tree (psutil): ``peak RSS Σ driver+actors`` = the sum, over the driver and
@@ -84,7 +91,10 @@ matmuls, best of several, with all cores and with 1 thread, before and after the
 repetitions; the best is kept). The learner's work per step is estimated as
 6·N·T (forward + backward of the update) + 2·N·T (a separate π_old forward, when entropo runs
 one: not when it is fused), N = the weights of the model's matrix multiplies (``nn.Linear``;
-the tied LM head counted, the embedding lookup not), T = trained tokens; divided by entropo's
+the tied LM head counted, the embedding lookup not), T = trained tokens; the backward's
+4·N·T counts only the share b of rows that ran one (``perf/backward_rows_frac``: entropo's
+``learner.skip_zero_advantage`` leaves rows whose advantage is 0 at every token to a no-grad
+forward; the report prints b); divided by entropo's
 ``timing/forward + timing/update``. This counts
 useful tokens only: prompt tokens, padding and attention scores add real work, so the true
 utilisation is somewhat higher. For TRL (which, with one iteration per generation, skips the
@@ -262,9 +272,10 @@ def last_line(ratio: float) -> str:
     return f"ratio entropo/trl trained tokens/s: {ratio:.2f}"
 
 
-def learner_flops(params: int, trained_tokens: float, forward_tokens: float = 0.0) -> float:
-    """Estimated learner FLOPs of one step: 6·N·T (update forward + backward) + 2·N·T_fwd (π_old)."""
-    return 6.0 * params * trained_tokens + 2.0 * params * forward_tokens
+def learner_flops(params: int, trained_tokens: float, forward_tokens: float = 0.0, backward_frac: float = 1.0) -> float:
+    """Estimated learner FLOPs of one step: 2·N·T (update forward) + 4·N·T·b (backward of the
+    share b of the rows that ran one) + 2·N·T_fwd (a separate π_old forward)."""
+    return 2.0 * params * trained_tokens * (1.0 + 2.0 * backward_frac) + 2.0 * params * forward_tokens
 
 
 def matmul_flops(size: int) -> float:
@@ -290,6 +301,8 @@ def summarize_steps(steps: list[dict], skip: int, phases: tuple[str, ...]) -> di
         "step_s": total_step / len(measured),
         "trained_per_step": sum(s["trained"] for s in measured) / len(measured),
         "gen_s": total_rollout / len(measured),
+        # rows whose update ran a backward (entropo's learner.skip_zero_advantage; TRL: all)
+        "backward_frac": sum(s.get("backward_frac", 1.0) for s in measured) / len(measured),
     }
     for ph in phases:
         out[f"{ph}_s"] = sum(s[f"{ph}_s"] for s in measured) / len(measured)
@@ -514,7 +527,8 @@ def child_entropo(args: argparse.Namespace, result: Path) -> None:
                "generated": m["response_length/mean"] * per_step,
                "trained": m["perf/tokens_per_s"] * m["timing/step"],
                # generation time: in async mode the background generation, not the wait for it
-               "gen_s": m.get("timing/rollout_ahead", m["timing/rollout"])}
+               "gen_s": m.get("timing/rollout_ahead", m["timing/rollout"]),
+               "backward_frac": m.get("perf/backward_rows_frac", 1.0)}
         for ph in ENTROPO_PHASES:
             rec[f"{ph}_s"] = m.get(f"timing/{ph}", 0.0)
         steps.append(rec)
@@ -712,6 +726,10 @@ def report(args: argparse.Namespace, runs: dict[str, list[dict]], peaks: dict[st
                      f"previous step; that generation took {fmt_num(gen)} s per step, overlapped)")
     if "entropo" in sides and all(x["forward_s"] == 0 for x in summ["entropo"]):
         lines.append("  (entropo: no separate π_old forward: fused into the update, learner.fuse_old_forward)")
+    if "entropo" in sides:
+        b = statistics.fmean(x["backward_frac"] for x in summ["entropo"])
+        lines.append(f"  (entropo: {100 * b:.1f}% of the rows ran a backward; the others had advantage 0 at every "
+                     f"token and ran a no-grad forward only, learner.skip_zero_advantage; TRL: 100%)")
     if "trl" in sides:
         lines.append("  (TRL: rollout = _generate, reward = _calculate_rewards, prep = rest of "
                      "_generate_and_score_completions, update = rest of the step)")
@@ -720,7 +738,8 @@ def report(args: argparse.Namespace, runs: dict[str, list[dict]], peaks: dict[st
     best = max(peaks["all"], peaks["one"])
     lines += ["", f"learner FLOP/s vs an fp32 matmul peak measured in this run ({args.matmul_size}² matmuls, best of "
                   f"before/after): {peaks['all']:.1f} GFLOP/s on {os.cpu_count()} threads, {peaks['one']:.1f} GFLOP/s "
-                  f"on 1 thread; N = {n_mm:,} matmul weights, T = trained tokens per step"]
+                  f"on 1 thread; N = {n_mm:,} matmul weights, T = trained tokens per step, b = share of rows "
+                  f"with a backward"]
 
     def flops_line(label: str, formula: str, gflops: list[float]) -> str:
         m = statistics.fmean(gflops)
@@ -728,13 +747,14 @@ def report(args: argparse.Namespace, runs: dict[str, list[dict]], peaks: dict[st
                 f"({100 * m / peaks['one']:.2f}% of the 1-thread peak)")
 
     if "entropo" in sides and any(x["forward_s"] > 0 for x in summ["entropo"]):
-        lines.append(flops_line("entropo", "(6·N·T + 2·N·T) / (forward + update)", [
-            learner_flops(n_mm, x["trained_per_step"], x["trained_per_step"]) / (x["forward_s"] + x["update_s"]) / 1e9
-            for x in summ["entropo"]]))
+        lines.append(flops_line("entropo", "((2 + 4·b)·N·T + 2·N·T) / (forward + update)", [
+            learner_flops(n_mm, x["trained_per_step"], x["trained_per_step"], x["backward_frac"])
+            / (x["forward_s"] + x["update_s"]) / 1e9 for x in summ["entropo"]]))
     if "entropo" in sides:
         lines.append(flops_line("entropo" if all(x["forward_s"] == 0 for x in summ["entropo"]) else "",
-                                "6·N·T / update", [
-            learner_flops(n_mm, x["trained_per_step"]) / x["update_s"] / 1e9 for x in summ["entropo"]]))
+                                "(2 + 4·b)·N·T / update", [
+            learner_flops(n_mm, x["trained_per_step"], 0.0, x["backward_frac"]) / x["update_s"] / 1e9
+            for x in summ["entropo"]]))
     if "trl" in sides:
         lines.append(flops_line("trl", "6·N·T / update", [
             learner_flops(n_mm, x["trained_per_step"]) / x["update_s"] / 1e9 for x in summ["trl"]]))

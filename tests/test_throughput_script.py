@@ -149,6 +149,9 @@ def test_summarize_steps_skips_start_up_and_sums_before_dividing(tp):
     assert s["trained_per_step"] == pytest.approx(150.0)
     assert s["rollout_s"] == pytest.approx(2.0) and s["update_s"] == pytest.approx(0.5)
     assert s["other_s"] == pytest.approx(0.5)
+    assert s["backward_frac"] == 1.0  # steps without the record (TRL): every row
+    steps[1]["backward_frac"], steps[2]["backward_frac"] = 0.25, 0.75
+    assert tp.summarize_steps(steps, skip=1, phases=("rollout", "update"))["backward_frac"] == pytest.approx(0.5)
     with pytest.raises(ValueError):
         tp.summarize_steps(steps, skip=3, phases=("rollout",))
 
@@ -173,6 +176,8 @@ def test_learner_flops(tp):
     assert tp.learner_flops(n, t) == pytest.approx(6 * n * t)
     assert tp.learner_flops(n, t, t) == pytest.approx(8 * n * t)
     assert tp.learner_flops(1_000, 10, 5) == pytest.approx(6 * 1_000 * 10 + 2 * 1_000 * 5)
+    # a backward for 40% of the rows: forward 2·N·T + backward 4·N·T·0.4 = 3.6·N·T
+    assert tp.learner_flops(1_000, 10, 0.0, 0.4) == pytest.approx(3.6 * 1_000 * 10)
     # 8·N·T over 0.5 s, as in the report: N = 0.5M, T = 4000 → 34.3 GFLOP/s
     assert tp.learner_flops(n, t, t) / 0.5 / 1e9 == pytest.approx(34.29, abs=0.01)
 

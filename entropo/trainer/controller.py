@@ -139,6 +139,7 @@ class Controller:
         self.fused = rewards is not None and old_pass_fused(cfg, targets)
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="rollout-ahead") if cfg.trainer.async_rollout else None
         self._ahead: Future | None = None  # the next step's generation, in flight
+        self._ahead_rewards: dict[str, float] | None = None  # its reward metrics, when scored there
         self._ahead_sampler_state: dict | None = None  # data position before its draw
 
     # ---- the step -----------------------------------------------------------------------
@@ -186,7 +187,8 @@ class Controller:
                 with t("forward"):
                     self.cluster.forward(batch, self.forward_extras())
             with t("reward"):
-                metrics.update(self.score(batch))
+                scored, self._ahead_rewards = self._ahead_rewards, None
+                metrics.update(scored if scored is not None else self.score(batch))
             if not ds.enable:
                 return batch, metrics
             # group ids restart at 0 in every generation batch: make them unique across batches
@@ -210,9 +212,11 @@ class Controller:
         fresh draw. In async mode the next step's generation starts here."""
         if attempt == 1 and self._ahead is not None:
             with t("rollout"):  # only the part not hidden behind the previous step
-                batch, seconds = self._ahead.result()
+                batch, seconds, self._ahead_rewards, reward_seconds = self._ahead.result()
             self._ahead = None
             t.seconds["rollout_ahead"] = seconds
+            if self._ahead_rewards is not None:
+                t.seconds["reward_ahead"] = reward_seconds
         else:
             prompts = self.sampler.next_batch()
             with t("rollout"):
@@ -225,15 +229,23 @@ class Controller:
         return batch
 
     def start_ahead(self, step: int) -> None:
-        """Draw ``step``'s prompts now and generate them in the background."""
+        """Draw ``step``'s prompts now and generate them in the background; score them there
+        too when no reward reads π_old (the fused π_old pass guarantees it) and no dynamic
+        sampling decides on more batches, so that slow rewards overlap the update as well."""
         self._ahead_sampler_state = self.sampler.state_dict()
         prompts = self.sampler.next_batch()
         params = self.sampling(step, 1)
+        score = self.fused and not self.cfg.algorithm.dynamic_sampling.enable
 
-        def run() -> tuple[StepBatch, float]:
+        def run() -> tuple[StepBatch, float, dict[str, float] | None, float]:
             start = time.perf_counter()
             batch = self.cluster.rollout(prompts, params, self.tokenizer)
-            return batch, time.perf_counter() - start
+            seconds = time.perf_counter() - start
+            if not score:
+                return batch, seconds, None, 0.0
+            start = time.perf_counter()
+            metrics = self.score(batch)
+            return batch, seconds, metrics, time.perf_counter() - start
 
         self._ahead = self._pool.submit(run)
 

@@ -279,6 +279,33 @@ def test_async_rollout_overlaps_generation_and_stays_one_step_behind():
     assert ctl.sampler.pos == 12  # 3 steps × 4 prompts, nothing drawn beyond
 
 
+@pytest.mark.parametrize("fused", [True, False])
+def test_async_fused_scores_the_next_batch_in_the_background(fused):
+    """With nothing before the reward reading π_old (fused), the background thread scores the
+    batch it generated: the step uses those rewards (the same as scoring it again) and logs
+    their time as ``timing/reward_ahead``. Without fusion the rewards wait for π_old."""
+    import threading
+
+    ctl, _ = _controller("trainer.async_rollout=true", "trainer.total_steps=3",
+                         f"learner.fuse_old_forward={str(fused).lower()}")
+    threads = []
+    score = ctl.score
+    ctl.score = lambda batch: threads.append(threading.current_thread().name) or score(batch)
+    steps = [ctl.train_step() for _ in range(3)]
+    if fused:
+        assert threads[0] == "MainThread" and all(n.startswith("rollout-ahead") for n in threads[1:])
+        assert all(s["timing/reward_ahead"] > 0 for s in steps[1:])
+        batch = ctl.last_batch
+        rewards = batch.rewards.clone()
+        again = score(batch)
+        assert torch.equal(batch.rewards, rewards)
+        assert again and all(steps[-1][k] == pytest.approx(v) for k, v in again.items())
+    else:
+        assert threads == ["MainThread"] * 3
+        assert not any("timing/reward_ahead" in s for s in steps)
+    ctl.settle()
+
+
 def test_async_checkpoint_keeps_the_pending_draw():
     ctl, _ = _controller("trainer.async_rollout=true", "trainer.total_steps=5")
     ctl.train_step()
