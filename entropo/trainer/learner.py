@@ -12,7 +12,9 @@ mini-batches × epochs × micro-batches of the composed token objective
    π_old pass is reused; later mini-batches run a no-grad pre-pass. Either way the
    selection equals what the training forward would see, and does not depend on the
    micro-batch size or the number of ranks.
-2. per micro-batch, the forward with gradient, the objective's share, and backward;
+2. per micro-batch, the forward with gradient, the objective's share, and backward; rows
+   whose advantage is 0 at every token run a no-grad forward only where that is exact
+   (``learner.skip_zero_advantage``; :func:`entropo.trainer.micro_batches.with_inert_rows`);
 3. one optimizer step per mini-batch (gradient clipping inside DeepSpeed).
 """
 
