@@ -28,8 +28,9 @@ add nothing to the gradient. :func:`with_inert_rows` cuts them into micro-batche
 that run a no-grad forward only (π_old and metrics stay those of every row) and the other rows
 into micro-batches with a backward. The two kinds are cut separately, so a step with many
 solved-by-all or failed-by-all groups spends its backward passes only on rows that move the
-policy. Ranks must agree on how many backward micro-batches they run (ZeRO reduces gradients
-in backward hooks) and, under ZeRO-3, on how many forwards: a rank short of rows of a kind
+policy. Ranks must agree on how many backward micro-batches they run (ZeRO-2/3 reduce
+gradients in backward hooks, every stage at the accumulation boundary) and, under ZeRO-3, on
+how many forwards: a rank short of rows of a kind
 promotes inert rows into backward micro-batches (their gradient is exactly 0) or runs
 *filler* micro-batches (one row whose outputs are dropped) to match.
 """
