@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import fcntl
 import importlib
+import json
 import os
 import shutil
 import tempfile
@@ -38,6 +39,7 @@ from transformers import (
     AutoTokenizer,
     PreTrainedModel,
     PreTrainedTokenizerBase,
+    PreTrainedTokenizerFast,
 )
 
 from entropo.models.tiny import save_tiny
@@ -178,11 +180,29 @@ def load_tokenizer(path: str) -> PreTrainedTokenizerBase:
         The tokenizer with ``padding_side="left"`` (decoder-only generation appends to the
         right end of every row) and, when it has none, ``pad_token = eos_token``.
     """
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(path))
+    resolved = resolve_model_path(path)
+    tokenizer = AutoTokenizer.from_pretrained(resolved)
+    if _declared_tokenizer_class(resolved) in GENERIC_TOKENIZERS and type(tokenizer).__name__ not in GENERIC_TOKENIZERS:
+        # transformers 5 maps a folder whose config says e.g. qwen2 to Qwen2's own (byte-level)
+        # tokenizer class, even when tokenizer_config.json declares a generic one: a character
+        # tokenizer then loses its spaces. The declared generic class reads tokenizer.json as is.
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(resolved)
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+GENERIC_TOKENIZERS = ("TokenizersBackend", "PreTrainedTokenizerFast")
+"""Tokenizer classes that take ``tokenizer.json`` as it is, with no model-specific rules."""
+
+
+def _declared_tokenizer_class(directory: str) -> str | None:
+    """``tokenizer_class`` of a local folder's ``tokenizer_config.json`` (None elsewhere)."""
+    config = Path(directory) / "tokenizer_config.json"
+    if not config.is_file():
+        return None
+    return json.loads(config.read_text(encoding="utf-8")).get("tokenizer_class")
 
 
 def torch_dtype(dtype: str) -> torch.dtype:
