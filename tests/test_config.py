@@ -63,6 +63,17 @@ def test_overrides():
         (["logger.backends=[mlflow]"], "logger.backends"),
         (["learner.mini_batch_prompts=5"], "learner.mini_batch_prompts"),
         (["rollout.temperature"], "key=value"),
+        (["rollout.engine=sglang"], "rollout.engine: 'sglang' is not one of hf, vllm"),
+        (["rollout.engine=vllm", "rollout.vllm.dtype=float16"], "rollout.vllm.dtype"),
+        (["rollout.engine=vllm", "rollout.vllm.kv_cache_gb=0"], "rollout.vllm.kv_cache_gb: must be > 0"),
+        (["rollout.engine=vllm", "rollout.vllm.gpu_memory_utilization=1.5"], "rollout.vllm.gpu_memory_utilization"),
+        (["rollout.engine=vllm", "rollout.vllm.tensor_parallel_size=0"], "rollout.vllm.tensor_parallel_size"),
+        (["rollout.engine=vllm", "rollout.vllm.tensor_parallel_size=2", "rollout.gpus_per_worker=1"],
+         "rollout.gpus_per_worker=1.0: set it to 2"),
+        (["rollout.engine=vllm", "rollout.vllm.max_model_len=100"],
+         "max_model_len=100 is below data.max_prompt_tokens"),
+        (["rollout.vllm.enforce_eager=false"], "rollout.vllm.enforce_eager is set, but rollout.engine is 'hf'"),
+        (["rollout.engine=vllm", "algorithm.sampling=[hapo_temperature]"], "hapo_temperature needs rollout.engine=hf"),
     ],
 )
 def test_bad_values_name_the_key(overrides, message):
@@ -104,3 +115,19 @@ def test_config_is_frozen():
     cfg = load_config()
     with pytest.raises(AttributeError):
         cfg.rollout.n = 3  # type: ignore[misc]
+
+
+def test_vllm_engine_settings_resolve_what_needs_no_device():
+    from entropo.trainer.vllm_engine import max_model_len
+
+    cfg = load_config(overrides=["rollout.engine=vllm", "trainer.seed=7", "data.max_prompt_tokens=100"])
+    v = cfg.vllm_engine()
+    assert v.seed == 7 and v.max_model_len is None and cfg.max_sequence_tokens == 164
+
+    class Model:
+        max_position_embeddings = 256
+
+    assert max_model_len(v, cfg.max_sequence_tokens, Model()) == 164
+    assert max_model_len(v, 576, Model()) == 256  # the run would allow more than the model holds
+    assert max_model_len(load_config(overrides=["rollout.engine=vllm", "rollout.vllm.max_model_len=900"])
+                         .vllm_engine(), 576, Model()) == 900  # set by the user: vLLM says if it cannot

@@ -101,7 +101,8 @@ class Placement:
     learner_cpus: float = 1.0  # learner.cpus_per_rank
     learner_gpus: float | None = None  # learner.gpus_per_rank (None: 1 if the cluster has GPUs)
     rollout_cpus: float = 1.0  # rollout.cpus_per_worker
-    rollout_gpus: float | None = None  # rollout.gpus_per_worker (None: 1 if the cluster has GPUs)
+    rollout_gpus: float | None = None  # rollout.gpus_per_worker (None: rollout_shards if the cluster has GPUs)
+    rollout_shards: int = 1  # rollout.vllm.tensor_parallel_size with rollout.engine=vllm, else 1
 
     @classmethod
     def from_config(cls, cfg: TrainConfig) -> Placement:
@@ -111,6 +112,8 @@ class Placement:
             section, field_name = key.split(".")
             values[name] = getattr(getattr(cfg, section), field_name, getattr(d, name))
         values["strategy"] = str(values["strategy"]).upper()
+        if cfg.rollout.engine == "vllm":
+            values["rollout_shards"] = cfg.rollout.vllm.tensor_parallel_size
         return cls(**values).validated()
 
     def validated(self) -> Placement:
@@ -130,13 +133,21 @@ class Placement:
         return self
 
     def resolved(self, cluster_has_gpus: bool) -> Placement:
-        """GPUs per actor filled in: ``None`` means one GPU each when the cluster has GPUs."""
+        """GPUs per actor filled in: ``None`` means one GPU each (a rollout worker: one per shard)
+        when the cluster has GPUs, else none."""
         auto = 1.0 if cluster_has_gpus else 0.0
-        return replace(
+        out = replace(
             self,
             learner_gpus=auto if self.learner_gpus is None else float(self.learner_gpus),
-            rollout_gpus=auto if self.rollout_gpus is None else float(self.rollout_gpus),
+            rollout_gpus=auto * self.rollout_shards if self.rollout_gpus is None else float(self.rollout_gpus),
         )
+        if self.rollout_shards > 1 and out.rollout_gpus < self.rollout_shards:
+            raise PlacementError(
+                f"rollout.vllm.tensor_parallel_size={self.rollout_shards} needs one GPU per shard, but each rollout "
+                f"worker gets {_fmt(out.rollout_gpus)} (rollout.gpus_per_worker"
+                f"{'' if cluster_has_gpus else '; this cluster has no GPUs'}); on CPU raise rollout.workers instead"
+            )
+        return out
 
 
 @dataclass(frozen=True)
@@ -410,6 +421,7 @@ class Cluster:
         self.max_restarts = int(getattr(cfg.rollout, "max_restarts", 3))
         self.restarts = 0  # rollout workers recreated over this run
         self._version = 0  # weight version the workers hold (the last sync)
+        self.sync_bytes = 0  # bytes broadcast by learner rank 0 in the last sync
         self.learners: list = []
         self.workers: list = []
         self.groups: list = []
@@ -436,7 +448,7 @@ class Cluster:
         host, port = ray.get(self.learners[0].address.remote())
         ray.get([a.setup.remote(host, port) for a in self.learners])
         self.workers = [self._new_worker(i) for i in range(cfg.rollout.workers)]
-        ray.get([w.ready.remote() for w in self.workers])
+        self._wait_ready(self.workers)
         self._build_sync_group()
 
     def _actor(self, cls: type, slot: Slot, *args):
@@ -448,16 +460,40 @@ class Cluster:
                                        scheduling_strategy=strategy).remote(*args)
 
     def _new_worker(self, i: int):
-        slot = self.plan.workers[i]
-        return self._actor(RolloutWorker, slot, self.cfg.model.path, self.cfg.rollout.engine, self.cfg.model.dtype,
-                           "cuda" if slot.gpus > 0 else "cpu", actor_threads(self.cfg, slot.cpus, self._single_node),
-                           actor_max_threads(self.cfg, "rollout", slot, self._single_node))
+        cfg, slot = self.cfg, self.plan.workers[i]
+        device = "cuda" if slot.gpus > 0 else "cpu"
+        vllm = vllm_engine = None
+        if cfg.rollout.engine == "vllm":
+            from entropo.trainer.vllm_engine import EngineSettings
+
+            vllm = cfg.vllm_engine()
+            # a learner rank in the same bundle shares the GPU: the engine sleeps while it trains
+            shared = self.placement.colocate and slot.gpus > 0 and i < len(self.plan.learners)
+            vllm_engine = EngineSettings(device=device, sleep_between_steps=shared, detokenize=bool(cfg.rollout.stop),
+                                         max_len=cfg.max_sequence_tokens)
+        return self._actor(RolloutWorker, slot, cfg.model.path, cfg.rollout.engine, cfg.model.dtype, device,
+                           actor_threads(cfg, slot.cpus, self._single_node),
+                           actor_max_threads(cfg, "rollout", slot, self._single_node), vllm, vllm_engine)
+
+    def _wait_ready(self, workers: list) -> None:
+        """Wait for rollout workers to start; an engine that cannot load is one line (RunError)."""
+        from entropo.trainer.vllm_engine import EngineLoadError
+
+        try:
+            ray.get([w.ready.remote() for w in workers])
+        except RayTaskError as e:
+            if isinstance(e.cause, EngineLoadError):
+                raise RunError(str(e.cause)) from None
+            raise
 
     def _build_sync_group(self) -> None:
         """(Re)build the weight-sync group on all members, with a fresh store on a fresh port
         of learner rank 0's node (a rebuilt group never meets the old one's store)."""
         host, port = ray.get(self.learners[0].address.remote())
-        world = 1 + len(self.workers)
+        # members: learner rank 0, then each worker's ranks (a vLLM worker: one per shard)
+        ranks = ray.get([w.sync_ranks.remote() for w in self.workers])
+        first = [1 + sum(ranks[:i]) for i in range(len(ranks))]
+        world = 1 + sum(ranks)
         gpu = self.plan.learners[0].gpus > 0 and all(s.gpus > 0 for s in self.plan.workers)
         backend = "nccl" if gpu else "gloo"
         # The wire carries the learner's dtypes (bf16 on GPU by default), whatever the workers hold.
@@ -465,7 +501,7 @@ class Cluster:
         for own in ray.get([w.sync_specs.remote() for w in self.workers]):
             check_receiver(sender, own)  # before the rendezvous, which would wait for a failed member
         calls = [a.join_sync_group.remote(host, port, world, backend, DEFAULT_BUCKET_BYTES) for a in self.learners]
-        calls += [w.join_sync_group.remote(host, port, i + 1, world, backend, DEFAULT_BUCKET_BYTES, sender)
+        calls += [w.join_sync_group.remote(host, port, first[i], world, backend, DEFAULT_BUCKET_BYTES, sender)
                   for i, w in enumerate(self.workers)]
         ray.get(calls)
 
@@ -512,6 +548,8 @@ class Cluster:
             self.restarts += 1
         try:
             ray.get([self.workers[i].ready.remote() for i in lost], timeout=self.placement.timeout_s)
+        except RayTaskError as e:
+            raise RunError(f"recreated rollout worker(s) {lost} cannot start: {e.cause}") from error
         except GetTimeoutError:
             raise PlacementError(
                 f"recreated rollout worker(s) {lost} not ready after trainer.placement_timeout_s="
@@ -522,8 +560,9 @@ class Cluster:
         self._on_workers(lambda: self._push_calls(self._version))
 
     def metrics(self) -> dict[str, float]:
-        """Cluster-level metrics: ``rollout/worker_restarts`` (cumulative over the run)."""
-        return {"rollout/worker_restarts": float(self.restarts)}
+        """Cluster-level metrics: ``rollout/worker_restarts`` (cumulative over the run) and
+        ``sync/bytes`` (what learner rank 0 broadcast in the last weight sync)."""
+        return {"rollout/worker_restarts": float(self.restarts), "sync/bytes": float(self.sync_bytes)}
 
     # ---- rollout ------------------------------------------------------------------------
     def rollout(self, rows: list, params: SamplingParams, tokenizer) -> StepBatch:
@@ -589,7 +628,8 @@ class Cluster:
         return self._version
 
     def sync_weights(self, version: int) -> None:
-        self._on_workers(lambda: self._push_calls(version))
+        sent = self._on_workers(lambda: self._push_calls(version))
+        self.sync_bytes = sent[0]  # learner rank 0's send_weights
         self._version = version
 
     def _push_calls(self, version: int) -> list:

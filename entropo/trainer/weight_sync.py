@@ -126,24 +126,30 @@ def send_weights(group: dist.ProcessGroup | None, params: dict[str, torch.nn.Par
     return sent
 
 
-def receive_weights(group: dist.ProcessGroup, params: dict[str, torch.nn.Parameter], plan: SyncPlan,
-                    device: torch.device | None = None) -> int:
-    """Receive every bucket from group rank 0 and copy it into ``params`` in place.
-
-    ``plan`` is the sender's (its dtypes are what the wire carries); ``copy_`` casts into each
-    parameter's own dtype."""
-    received = 0
+def receive_buckets(group: dist.ProcessGroup, plan: SyncPlan,
+                    device: torch.device | None = None) -> Iterator[tuple[ParamSpec, torch.Tensor]]:
+    """Receive every bucket from group rank 0, yielding each parameter as a view of its bucket,
+    in the sender's dtype (``plan`` is the sender's). A bucket is received when the first of its
+    parameters is asked for, so a consumer that loads as it goes (vLLM's ``load_weights``) holds
+    one bucket at a time. The consumer must take every parameter: each bucket is a collective."""
     for bucket in plan.buckets:
-        numel = sum(s.numel for s in bucket)
-        flat = torch.empty(numel, dtype=bucket[0].dtype, device=device)
+        flat = torch.empty(sum(s.numel for s in bucket), dtype=bucket[0].dtype, device=device)
         _broadcast(group, flat)
         offset = 0
-        with torch.no_grad():
-            for spec in bucket:
-                target = params[spec.name]
-                target.copy_(flat[offset : offset + spec.numel].view(spec.shape))
-                offset += spec.numel
-        received += flat.numel() * flat.element_size()
+        for spec in bucket:
+            yield spec, flat[offset : offset + spec.numel].view(spec.shape)
+            offset += spec.numel
+
+
+def receive_weights(group: dist.ProcessGroup, params: dict[str, torch.nn.Parameter], plan: SyncPlan,
+                    device: torch.device | None = None) -> int:
+    """Receive every bucket from group rank 0 and copy it into ``params`` in place (``copy_``
+    casts into each parameter's own dtype). Returns bytes received."""
+    received = 0
+    with torch.no_grad():
+        for spec, value in receive_buckets(group, plan, device):
+            params[spec.name].copy_(value)
+            received += value.numel() * value.element_size()
     return received
 
 
