@@ -327,7 +327,6 @@ def test_clip_cov_recipe_on_two_zero3_ranks_and_a_vllm_worker(ray_session, model
         "rollout.n=4", "rollout.max_new_tokens=12", "learner.micro_batch_size=4", "learner.lr=1e-3",
         "logger.backends=[jsonl]", "reward.mode=local", "evaluation.max_prompts=8", f"reward.fns=[{DIGITS}]",
         "data.max_prompt_tokens=32", "algorithm.clip_cov.clip_ratio=0.05", "algorithm.clip_cov.cov_low=0.01",
-        "algorithm.sampling=[aepo]",  # its extra batch at a shifted temperature: a per-request T on vLLM
     ])
     assert train(cfg)["steps"] == 3
     rows = _rows(tmp_path)
@@ -343,9 +342,27 @@ def test_clip_cov_recipe_on_two_zero3_ranks_and_a_vllm_worker(ray_session, model
         assert row["logprob_gap/p99"] < FP32_TOL  # steps 2, 3: after in-place syncs
         assert row["sync/bytes"] == 4 * n_params  # fp32, every parameter, once
         assert row["actor/grad_norm"] > 0
-    assert rows[1]["aepo/temperature"] == 1.2  # Ĥ starts at 0: T_high for the first extra batch
     assert any(r["clip_cov/selected_frac"] > 0 for r in rows[1:])
     assert undocumented({k for r in rows for k in r}) == [], "add them to docs/metrics.md"
+
+
+def test_aepo_draws_its_extra_batch_at_its_temperature_on_vllm(ray_session, model_dir, tmp_path):
+    """AEPO's temperature-shifted extra batch is one more rollout call with its own T (a
+    per-request setting on vLLM); HAPO's per-token temperature is refused at load instead."""
+    import math
+
+    from entropo.trainer.run import train
+
+    cfg = load_config(overrides=[
+        f"model.path={model_dir}", f"trainer.output_dir={tmp_path}", "rollout.engine=vllm", "trainer.total_steps=1",
+        "trainer.prompts_per_step=4", "rollout.n=4", "rollout.max_new_tokens=12", "learner.micro_batch_size=4",
+        "logger.backends=[jsonl]", "reward.mode=local", "data.eval=null", f"reward.fns=[{DIGITS}]",
+        "data.max_prompt_tokens=32", "algorithm.sampling=[aepo]",
+    ])
+    train(cfg)
+    row = _rows(tmp_path)[-1]
+    assert row["aepo/temperature"] == 1.2  # Ĥ starts at 0 <= the target: T_high
+    assert row["timing/aepo"] > 0 and all(math.isfinite(row[k]) for k in row if k.startswith("aepo/"))
 
 
 def test_default_job_on_vllm_evaluates_like_the_hf_engine(ray_session, tmp_path):
