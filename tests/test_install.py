@@ -3,21 +3,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from tests.script_module import load
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _pip_check_module():
-    spec = importlib.util.spec_from_file_location("pip_check", ROOT / "scripts" / "pip_check.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_pip_check_is_clean_but_for_the_named_upstream_faults():
@@ -27,7 +21,7 @@ def test_pip_check_is_clean_but_for_the_named_upstream_faults():
 
 
 def test_an_unexplained_pip_check_line_fails():
-    pip_check = _pip_check_module()
+    pip_check = load("scripts/pip_check.py")
     known = next(iter(pip_check.KNOWN_UPSTREAM_FAULTS))
     assert pip_check.unexplained([known, ""]) == []
     assert pip_check.unexplained([known, "ray 2.60.0 requires click, which is not installed."]) == [

@@ -3,20 +3,14 @@ itself, a few minutes, is the benchmark's)."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "rollout_engines.py"
+from tests.script_module import load
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_rollout_engines", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load("benchmarks/rollout_engines.py")
 
 
 def test_defaults_are_the_issues_measurement(bench):

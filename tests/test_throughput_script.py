@@ -6,19 +6,15 @@ from __future__ import annotations
 import importlib.util
 import math
 import re
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "throughput.py"
+from tests.script_module import load
 
 
 @pytest.fixture(scope="module")
 def tp():
-    spec = importlib.util.spec_from_file_location("bench_throughput", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load("benchmarks/throughput.py")
 
 
 # ---- arguments ---------------------------------------------------------------------------
