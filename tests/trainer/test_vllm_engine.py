@@ -422,3 +422,22 @@ def test_engine_errors_are_one_sentence():
     except Exception as e:  # pydantic's first line would only say "1 validation error for Model"
         assert cause(e) == "Model architectures ['Odd'] are not supported for now"
     assert cause(RuntimeError("a\nb")) == "a b" and cause(RuntimeError()) == "RuntimeError"
+
+
+def test_only_expected_vllm_warnings_are_dropped():
+    import logging
+
+    from entropo.trainer.vllm_engine import (
+        EXPECTED_VLLM_WARNINGS,
+        TIED_HEAD_WARNING,
+        ExpectedWarnings,
+    )
+
+    def record(msg: str) -> logging.LogRecord:
+        return logging.LogRecord("vllm.x", logging.WARNING, __file__, 1, msg, None, None)
+
+    untied = ExpectedWarnings(EXPECTED_VLLM_WARNINGS)
+    assert not untied.filter(record("RotaryEmbedding: Failed to load weights"))
+    assert untied.filter(record(TIED_HEAD_WARNING))  # a real failure when the head is not tied
+    assert not ExpectedWarnings([*EXPECTED_VLLM_WARNINGS, TIED_HEAD_WARNING]).filter(record(TIED_HEAD_WARNING))
+    assert untied.filter(record("Available memory on node 0 is less than requested memory for kv"))
