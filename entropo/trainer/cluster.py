@@ -475,12 +475,12 @@ class Cluster:
                            actor_threads(cfg, slot.cpus, self._single_node),
                            actor_max_threads(cfg, "rollout", slot, self._single_node), vllm, vllm_engine)
 
-    def _wait_ready(self, workers: list) -> None:
+    def _wait_ready(self, workers: list, timeout_s: float | None = None) -> None:
         """Wait for rollout workers to start; an engine that cannot load is one line (RunError)."""
         from entropo.trainer.vllm_engine import EngineLoadError
 
         try:
-            ray.get([w.ready.remote() for w in workers])
+            ray.get([w.ready.remote() for w in workers], timeout=timeout_s)
         except RayTaskError as e:
             if isinstance(e.cause, EngineLoadError):
                 raise RunError(str(e.cause)) from None
@@ -547,9 +547,7 @@ class Cluster:
             self.workers[i] = self._new_worker(i)
             self.restarts += 1
         try:
-            ray.get([self.workers[i].ready.remote() for i in lost], timeout=self.placement.timeout_s)
-        except RayTaskError as e:
-            raise RunError(f"recreated rollout worker(s) {lost} cannot start: {e.cause}") from error
+            self._wait_ready([self.workers[i] for i in lost], self.placement.timeout_s)
         except GetTimeoutError:
             raise PlacementError(
                 f"recreated rollout worker(s) {lost} not ready after trainer.placement_timeout_s="
