@@ -122,7 +122,7 @@ def method_overrides(name: str, args: argparse.Namespace) -> list[str]:
     # PEAR's own) and adds nothing to the reward.
     fns = [str(f) for f in view.reward.fns]
     if (any(f.split("=")[-1].split("*")[0].strip() == "pear" for f in fns)
-            and str(view.data.eval or "").startswith("embedded")
+            and str(view.data.train if view.data.eval == "auto" else view.data.eval or "").startswith("embedded")
             and "reward.fns" not in _set_keys(sets)):
         out.append(f"reward.fns=[{','.join([*fns, 'embedded*0'])}]")
     return out + sets

@@ -131,6 +131,10 @@ def _print_summary(summary: dict) -> None:
     print(f"\nrun finished: {summary['steps']} steps in {summary['wall_seconds']:.0f} s")
     print(f"  held-out accuracy {_pct(summary.get('accuracy_start'))} -> {_pct(summary.get('accuracy_end'))}; "
           f"token entropy {entropy}")
+    errors = summary.get("reward_errors") or 0
+    if errors:
+        print(f"  reward errors: {errors:.0f} (function, response) calls fell back to reward.fallback_score "
+              "(reward/errors in metrics.jsonl)")
     print(f"  run directory: {run}  (config.yaml, metrics.jsonl, summary.json, checkpoints/)")
     print(f"  look at it:    entropo report {run}   (plots in {run}/report/report.html)")
 

@@ -14,6 +14,7 @@ The result is frozen: runtime facts travel in the batch or a context, never in t
 from __future__ import annotations
 
 import dataclasses
+import math
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -157,8 +158,11 @@ class DataConfig:
     """Training prompts: a jsonl/json/parquet file, a directory, a dataset name, or
     ``embedded:addition`` (the built-in synthetic task)."""
 
-    eval: str | None = "embedded:addition"
-    """Held-out prompts, same forms as ``train`` (its eval/test split); None disables evaluation."""
+    eval: str | None = "auto"
+    """Held-out prompts, same forms as ``train`` (its eval/test split); null disables evaluation.
+    auto: the eval split of ``train`` (an embedded task's, a directory's test/validation files, a
+    hub dataset's test split), else prompts held out of ``train`` (entropo.data.eval_split);
+    the start-up log says which."""
 
     max_prompt_tokens: int = 512
     """Prompts longer than this (after the chat template) are filtered out, with a count."""
@@ -174,9 +178,20 @@ class RewardConfig:
     fallback_score: float = 0.0
     """Score given when a reward function raises, times out or returns NaN."""
 
+    correct_threshold: float = 1.0
+    """When a response counts as correct (pass@k, maj@k, ``reward/accuracy``, the summary):
+    the ``acc`` of the first reward function that reports one (verl's and our dict field),
+    else a total reward (before overlong shaping) ≥ this. 1.0 is the full score of a 0/1
+    reward, so partial credit (a 0.1 format score) is not correct."""
+
+    max_error_frac: float = 0.5
+    """Stop the run when one reward function fell back (raised, timed out, non-finite) on
+    more than this fraction of a step's or an evaluation's samples; 1.0 never stops."""
+
     mode: str = "ray"
     """Where rewards run: ray (worker processes, killed and replaced when they hang) or local
-    (threads in the controller; a hung call is abandoned, not killed)."""
+    (threads in the controller; a hung call is abandoned, not killed, and functions that need
+    the main thread fail, e.g. math-verify's ``parse`` with its default signal-based timeout)."""
 
     workers: int = 2
     """Reward workers (processes in ray mode, threads in local mode)."""
@@ -688,12 +703,22 @@ def _check_sections(cfg: TrainConfig) -> None:
     _check_choice("reward.mode", cfg.reward.mode, ("ray", "local"))
     if cfg.reward.workers < 1 or cfg.reward.timeout_s <= 0:
         raise ConfigError("reward.workers must be >= 1 and reward.timeout_s > 0")
+    if not 0 <= cfg.reward.max_error_frac <= 1:
+        raise ConfigError(f"reward.max_error_frac: must be in [0, 1], got {cfg.reward.max_error_frac}")
+    if not math.isfinite(cfg.reward.correct_threshold):
+        raise ConfigError(f"reward.correct_threshold: must be a finite number, got {cfg.reward.correct_threshold}")
     from entropo.rewards.loader import RewardSpecError, parse_entries
 
     try:
-        parse_entries(list(cfg.reward.fns))
+        specs = parse_entries(list(cfg.reward.fns))
     except (RewardSpecError, ValueError) as e:
         raise ConfigError(f"reward.fns: {e}") from None
+    datasets = [("data.train", cfg.data.train), ("data.eval", cfg.data.eval)]
+    foreign = [(k, v) for k, v in datasets if v and v != "auto" and not v.startswith("embedded:")]
+    if foreign and any(s.target == "embedded" for s in specs):
+        key, value = foreign[0]
+        raise ConfigError(f"reward.fns: 'embedded' scores only the embedded addition task, but {key} is '{value}'; "
+                          "set reward.fns to your reward (e.g. math, or path/to/file.py:compute_score)")
     for backend in cfg.logger.backends:
         _check_choice("logger.backends", backend, ("console", "jsonl", "tensorboard", "wandb"))
 

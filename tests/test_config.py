@@ -131,3 +131,26 @@ def test_vllm_engine_settings_resolve_what_needs_no_device():
     assert max_model_len(v, 576, Model()) == 256  # the run would allow more than the model holds
     assert max_model_len(load_config(overrides=["rollout.engine=vllm", "rollout.vllm.max_model_len=900"])
                          .vllm_engine(), 576, Model()) == 900  # set by the user: vLLM says if it cannot
+
+
+@pytest.mark.parametrize("overrides", [
+    ["data.train=my/gsm8k.parquet"],
+    ["data.eval=my/test.jsonl"],
+    ["data.train=openai/gsm8k", "reward.fns=[math,embedded*0.1]"],
+])
+def test_embedded_reward_on_a_users_data_is_refused(overrides):
+    """The embedded reward checks the addition task's answers only: on other data it would
+    score every response wrong (or, partially credited, right) without a word."""
+    with pytest.raises(ConfigError, match="reward.fns: 'embedded' scores only the embedded addition task"):
+        load_config(overrides=overrides)
+    load_config(overrides=[*overrides, "reward.fns=[math]"])
+
+
+@pytest.mark.parametrize(("overrides", "key"), [
+    (["reward.max_error_frac=1.5"], "reward.max_error_frac"),
+    (["reward.max_error_frac=-0.1"], "reward.max_error_frac"),
+    (["reward.correct_threshold=nan"], "reward.correct_threshold"),
+])
+def test_reward_failure_settings_are_checked(overrides, key):
+    with pytest.raises(ConfigError, match=key):
+        load_config(overrides=overrides)

@@ -19,4 +19,4 @@ def test_defaults_shown_are_the_dataclass_defaults():
     table = {k: d for k, d, _ in rows()}
     assert table["algorithm.clip_cov.clip_ratio"] == "0.0002"
     assert table["algorithm.token_mask"] == "[]"
-    assert table["data.eval"] == "embedded:addition"
+    assert table["data.eval"] == "auto"

@@ -27,7 +27,9 @@ four fields elsewhere with dotted paths, e.g. ``{"prompt": "question", "ground_t
 "answer"}``. Unless mapped, ``ground_truth`` falls back to a top-level ``ground_truth``
 column; a missing ground truth is None (some reward functions need none); a missing
 ``data_source`` becomes ``spec``; a missing ``extra_info`` becomes ``{}``. Numeric ground
-truths become strings. Other columns are not kept.
+truths become strings. Every top-level column except the prompt's and TRL's ``completion``
+is kept as is in ``PromptRow.columns`` (TRL passes them to reward functions as keyword
+lists, e.g. ``solution``).
 
 Errors: a malformed row (bad JSON, not an object, missing or empty prompt, wrong field type)
 raises :class:`DataError` naming the file and the row (``line N`` for JSON lines, counting
@@ -38,6 +40,7 @@ dropped, logged, and reported in the returned :class:`LoadedRows` (``n_skipped``
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections.abc import Iterator
@@ -60,6 +63,8 @@ DEFAULT_FIELD_MAP = {
     "data_source": "data_source",
     "extra_info": "extra_info",
 }
+NOT_COLUMNS = ("completion", "completion_ids")
+"""Columns TRL never passes to reward functions (besides the prompt)."""
 EMBEDDED_DEFAULTS = {"train": {"n": 2000, "seed": 0, "digits": 3}, "eval": {"n": 200, "seed": 1, "digits": 3}}
 _MISSING = object()
 
@@ -78,6 +83,8 @@ class PromptRow:
         data_source: the dataset name reward functions may dispatch on (verl convention).
         extra_info: any other per-row data, passed to reward functions.
         index: the row's position in the loaded list (0-based, after skipped rows).
+        columns: the row's top-level columns other than the prompt's and ``completion``, as
+            read (TRL hands these to reward functions; empty for the embedded task).
     """
 
     prompt: str | list[dict[str, Any]]
@@ -85,6 +92,7 @@ class PromptRow:
     data_source: str
     extra_info: dict[str, Any] = field(default_factory=dict)
     index: int = 0
+    columns: dict[str, Any] = field(default_factory=dict)
 
 
 class LoadedRows(list[PromptRow]):
@@ -176,7 +184,10 @@ def _to_row(raw: Any, field_map: dict[str, str], explicit: set[str], default_sou
         extra = {}
     elif not isinstance(extra, dict):
         raise _RowError(f"extra_info (field '{field_map['extra_info']}') must be an object")
-    return PromptRow(prompt=prompt, ground_truth=truth, data_source=source, extra_info=dict(extra))
+    dropped = {field_map["prompt"].split(".")[0], *NOT_COLUMNS}
+    columns = {k: v for k, v in raw.items() if k not in dropped}
+    return PromptRow(prompt=prompt, ground_truth=truth, data_source=source, extra_info=dict(extra),
+                     columns=columns)
 
 
 # ---------------------------------------------------------------------------------------
@@ -237,7 +248,7 @@ def _split_kind(split: str, source: str) -> str:
     raise DataError(f"{source}: unknown split '{split}'; use train or eval ({', '.join(EVAL_SPLIT_NAMES)})")
 
 
-def _file_split(path: Path) -> str | None:
+def file_split(path: Path) -> str | None:
     filename = path.name.lower()
     for name in ("train", *EVAL_SPLIT_NAMES):
         if filename.startswith(name) and filename[len(name):len(name) + 1] in (".", "-", "_"):
@@ -249,7 +260,7 @@ def _directory_files(directory: Path, split: str) -> list[Path]:
     files = sorted(p for p in directory.iterdir() if p.is_file() and p.suffix in FILE_SUFFIXES)
     if not files:
         raise DataError(f"{directory}: no {'/'.join(FILE_SUFFIXES)} files in this directory")
-    splits = {p: _file_split(p) for p in files}
+    splits = {p: file_split(p) for p in files}
     if not any(splits.values()):
         return files
     chosen = [p for p in files if splits[p] == _split_kind(split, str(directory))]
@@ -279,7 +290,7 @@ def _read_hub(spec: str, split: str) -> Iterator[tuple[str, Any]]:
         yield f"{name} [{hub_split}]: row {i}", raw
 
 
-def _looks_local(spec: str) -> bool:
+def looks_local(spec: str) -> bool:
     return spec.startswith(("/", "./", "../", "~")) or spec.endswith(FILE_SUFFIXES)
 
 
@@ -357,7 +368,7 @@ def load_rows(
         if path.suffix not in FILE_SUFFIXES:
             raise DataError(f"{spec}: unsupported file type '{path.suffix}'; use {', '.join(FILE_SUFFIXES)}")
         sources = _read_file(path)
-    elif _looks_local(spec):
+    elif looks_local(spec):
         raise DataError(f"{spec}: no such file or directory")
     else:
         sources = _read_hub(spec, split)
@@ -377,7 +388,7 @@ def load_rows(
                 raise DataError(message) from None
             skipped.append(message)
             continue
-        rows.append(PromptRow(row.prompt, row.ground_truth, row.data_source, row.extra_info, len(rows)))
+        rows.append(dataclasses.replace(row, index=len(rows)))
 
     if n_seen == 0:
         raise DataError(f"{spec}: the dataset is empty")

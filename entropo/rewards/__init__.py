@@ -38,6 +38,7 @@ Metrics returned in ``RewardResult.metrics`` (the controller adds ``reward/mean`
 | ``reward/errors/exception`` | … because the function raised or returned something unusable (or its worker died) |
 | ``reward/errors/timeout`` | … because one call passed ``reward.timeout_s`` |
 | ``reward/errors/nan`` | … because the score was NaN or infinite |
+| ``reward/error_frac`` | ``reward/errors`` over the (function, sample) calls of the step |
 | ``reward/skipped`` | (function, sample) pairs that returned None (fallback score, not an error) |
 | ``reward/workers_replaced`` | workers killed for a timeout, or found dead, and restarted |
 | ``reward/workers_recycled`` | Ray workers restarted because their resident memory grew by more than ``worker_memory_growth_mb`` |
@@ -50,6 +51,7 @@ Metrics returned in ``RewardResult.metrics`` (the controller adds ``reward/mean`
 
 from entropo.rewards.api import RewardResult, Sample, group_reward
 from entropo.rewards.loader import RewardSpecError
-from entropo.rewards.manager import RewardManager
+from entropo.rewards.manager import RewardFailureError, RewardManager, check_failures
 
-__all__ = ["RewardManager", "RewardResult", "RewardSpecError", "Sample", "group_reward"]
+__all__ = ["RewardFailureError", "RewardManager", "RewardResult", "RewardSpecError", "Sample", "check_failures",
+           "group_reward"]

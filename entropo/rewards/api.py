@@ -26,7 +26,7 @@ class Sample:
     """One response to score.
 
     Attributes:
-        prompt: the prompt as given to the policy (rendered text).
+        prompt: the prompt as given to the policy (rendered text, chat template applied).
         response: the response text (special tokens kept, e.g. ``</think>``).
         response_ids: the response token ids (valid tokens only).
         ground_truth: the dataset's reference answer, or None.
@@ -36,6 +36,10 @@ class Sample:
         entropy: π_old token entropies at the rollout temperature (valid tokens), for rewards
             that ask for them (PEAR).
         old_logp: π_old log-probs of the response tokens.
+        messages: the prompt's chat messages when the dataset gives it as a conversation
+            (TRL's conversational format), else None.
+        columns: the dataset row's other top-level columns (TRL passes them as keywords).
+        trainer_state: the run's progress when the sample was scored.
     """
 
     prompt: str
@@ -47,6 +51,25 @@ class Sample:
     group: int = 0
     entropy: torch.Tensor | None = None
     old_logp: torch.Tensor | None = None
+    messages: list[dict[str, Any]] | None = None
+    columns: dict[str, Any] = field(default_factory=dict)
+    trainer_state: TrainerState | None = None
+
+
+@dataclass(frozen=True)
+class TrainerState:
+    """The run's progress, for rewards that shape by it (TRL's ``trainer_state`` keyword).
+
+    Attributes:
+        global_step: the training step being scored (1-based; 0 for the evaluation before
+            the first step).
+        max_steps: ``trainer.total_steps``.
+        is_eval: whether the samples come from an evaluation, not a training step.
+    """
+
+    global_step: int = 0
+    max_steps: int = 0
+    is_eval: bool = False
 
 
 RewardFn = Callable[[Sample], "float | dict[str, float] | None"]
@@ -84,13 +107,15 @@ class RewardResult:
         components: name -> ``[N]``, each function's weighted contribution; they sum to
             ``rewards``.
         correct: ``[N]`` float, the ``acc`` of the first function (in ``reward.fns`` order)
-            that reports one for the sample, else ``1.0 if rewards > 0``.
+            that reports one for the sample, else ``1.0 if rewards >= reward.correct_threshold``.
         cluster_ids: ``[N]`` int64, the answer-cluster id of each response within its group
             (0, 1, ... in order of first appearance; equivalent answers share an id; the
             empty answer is a cluster too). Filled by the first group reward that reports
             ``"cluster"`` (EMPO) or, with ``reward.cluster_answers``, by a clustering pass;
             ``-1`` where nothing computed one. SEED-GRPO (spec A5) and EMPO read it.
         metrics: flat ``reward/...`` metrics (floats), see the package docstring.
+        failures: one entry per function that fell back on any sample, in ``reward.fns``
+            order.
     """
 
     rewards: torch.Tensor
@@ -98,3 +123,21 @@ class RewardResult:
     correct: torch.Tensor
     cluster_ids: torch.Tensor
     metrics: dict[str, float]
+    failures: list[EntryFailures] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class EntryFailures:
+    """How often one reward function fell back in one ``score`` call.
+
+    Attributes:
+        label: the function's label.
+        failed: samples whose score is the fallback because of an error (not a None).
+        total: samples scored.
+        first: the first failure's reason and last traceback line.
+    """
+
+    label: str
+    failed: int
+    total: int
+    first: str

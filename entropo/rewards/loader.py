@@ -8,7 +8,8 @@ Entry syntax (one string, so it works in YAML lists and dotted overrides alike):
     format*0.1                  built-in with weight 0.1
     my_pkg.rewards:score        module:function (imported; the driver's cwd is on the path)
     rewards/gsm8k.py:compute_score*2
-                                path/to/file.py:function (relative to the cwd)
+                                path/to/file.py:function (relative to the cwd; the
+                                file imports modules beside it)
     strict=rewards/a.py:score   an explicit label (needed when two entries share a name)
 
 ``weight`` is a float literal after the last ``*``; the label defaults to the built-in name
@@ -21,9 +22,10 @@ entry is loaded, so a wrong one fails at start-up naming the entry):
 - verl: ``compute_score(data_source, solution_str, ground_truth, extra_info=None)`` → float
   or dict with ``"score"``; called per sample with keyword arguments.
 - TRL: ``f(prompts, completions, **kwargs)`` → list of float (or None); called on a chunk of
-  samples with ``prompts``, ``completions`` (strings), ``completion_ids``, ``ground_truth``,
-  ``data_source``, ``extra_info`` (lists) and every ``extra_info`` key that all samples of
-  the chunk have, as a column (only the parameters it accepts unless it takes ``**kwargs``).
+  samples with the keywords TRL's ``GRPOTrainer`` passes (:func:`trl_kwargs`): ``prompts``,
+  ``completions`` (chat messages for a conversational dataset), ``completion_ids``, every
+  dataset column but the prompt as a list (e.g. ``solution``) and ``trainer_state``; only
+  the parameters it accepts unless it takes ``**kwargs``.
 - native: ``f(sample)`` (one required positional parameter) → float, dict or None.
 - native group: ``@group_reward``-decorated ``f(samples)`` → one result per sample.
 
@@ -51,7 +53,6 @@ CLUSTERS_TARGET = "@answer_clusters"
 """The internal group entry that only clusters answers (``reward.cluster_answers``)."""
 
 VERL_PARAMS = ("data_source", "solution_str", "ground_truth")
-TRL_COLUMNS = ("prompts", "completions", "completion_ids", "ground_truth", "data_source", "extra_info")
 _LABEL = re.compile(r"[A-Za-z_][\w.\-]*")
 _FLOAT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 
@@ -170,6 +171,11 @@ def load_function(spec: FnSpec) -> Callable:
             key = "entropo_reward_" + hashlib.sha1(module_name.encode()).hexdigest()[:12]
             module = sys.modules.get(key)
             if module is None:
+                # A reward file imports the modules beside it, as it would run as a script;
+                # the directory stays on the path for imports made inside calls.
+                folder = os.path.dirname(module_name)
+                if folder not in sys.path:
+                    sys.path.insert(0, folder)
                 ispec = importlib.util.spec_from_file_location(key, module_name)
                 module = importlib.util.module_from_spec(ispec)
                 sys.modules[key] = module  # dataclasses and pickling look modules up here
@@ -264,15 +270,8 @@ def adapt(spec: FnSpec, fn: Callable) -> Loaded:
     if "completions" in params and ("prompts" in params or var_kw):
 
         def trl(samples: list[Sample]):
-            cols = {"prompts": [s.prompt for s in samples], "completions": [s.response for s in samples],
-                    "completion_ids": [list(s.response_ids) for s in samples],
-                    "ground_truth": [s.ground_truth for s in samples],
-                    "data_source": [s.data_source for s in samples],
-                    "extra_info": [s.extra_info for s in samples]}
-            shared = set.intersection(*(set(s.extra_info) for s in samples)) if samples else set()
-            for key in sorted(shared - set(cols)):
-                cols[key] = [s.extra_info[key] for s in samples]
-            return fn(**{k: v for k, v in cols.items() if var_kw or k in params})
+            kwargs = trl_kwargs(samples)
+            return fn(**{k: v for k, v in kwargs.items() if var_kw or k in params})
 
         return Loaded(spec, "batch", "trl", trl, is_async)
     positional = [p for p in required if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
@@ -283,6 +282,34 @@ def adapt(spec: FnSpec, fn: Callable) -> Loaded:
         "expected verl compute_score(data_source, solution_str, ground_truth, extra_info), "
         "TRL f(prompts, completions, **kwargs), native f(sample) or @group_reward f(samples)"
     )
+
+
+def trl_kwargs(samples: list[Sample]) -> dict[str, Any]:
+    """The keyword arguments TRL's ``GRPOTrainer`` gives a reward function, for these samples.
+
+    ``prompts``: the dataset's prompts (chat messages for a conversational dataset, else the
+    text); ``completions``: ``[{"role": "assistant", "content": text}]`` per sample when the
+    prompt is conversational, else the text; ``completion_ids``; every dataset column except
+    the prompt and ``completion`` as a list (missing entries None); ``trainer_state``.
+    Columns TRL does not have come last and never shadow a dataset column: ``ground_truth``,
+    ``data_source``, ``extra_info`` (our row fields) and each ``extra_info`` key all samples
+    share.
+    """
+    kwargs: dict[str, Any] = {}
+    shared = set.intersection(*(set(s.extra_info) for s in samples)) if samples else set()
+    for key in sorted(shared):
+        kwargs[key] = [s.extra_info[key] for s in samples]
+    kwargs.update(ground_truth=[s.ground_truth for s in samples], data_source=[s.data_source for s in samples],
+                  extra_info=[s.extra_info for s in samples])
+    names = list(dict.fromkeys(k for s in samples for k in s.columns))
+    for key in names:
+        kwargs[key] = [s.columns.get(key) for s in samples]
+    kwargs["prompts"] = [s.prompt if s.messages is None else s.messages for s in samples]
+    kwargs["completions"] = [s.response if s.messages is None else [{"role": "assistant", "content": s.response}]
+                             for s in samples]
+    kwargs["completion_ids"] = [list(s.response_ids) for s in samples]
+    kwargs["trainer_state"] = samples[0].trainer_state if samples else None
+    return kwargs
 
 
 def _check_required(spec: FnSpec, sig: inspect.Signature, required: list, given: set[str]) -> None:

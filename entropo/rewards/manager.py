@@ -3,15 +3,15 @@
 ``RewardManager(cfg.reward, tokenizer)`` parses and loads ``reward.fns`` (failing at
 start-up with the entry named), starts the worker pool, and ``score(samples)`` returns a
 :class:`~entropo.rewards.api.RewardResult`: total rewards, weighted components, ``correct``,
-answer-cluster ids and metrics. Failures never stop the step: an exception, a timeout or a
-non-finite score gives that (function, sample) ``reward.fallback_score`` (then weighted) and
-is counted; the first :data:`MAX_LOGGED_ERRORS` of each call are printed with their
-tracebacks.
+answer-cluster ids, per-function failures and metrics. A failure never stops the scoring:
+an exception, a timeout or a non-finite score gives that (function, sample)
+``reward.fallback_score`` (then weighted) and is counted; the first failure of each
+function and reason is printed with its traceback, later ones only counted.
+:func:`check_failures` turns a function that fell back on more than
+``reward.max_error_frac`` of the samples into a :class:`RewardFailureError`.
 
-Config fields read (``getattr`` with these defaults where ``RewardConfig`` lacks them):
-``fns``, ``fallback_score``, ``timeout_s``; ``mode`` ("ray"), ``workers`` (2),
-``worker_cpus`` (1.0), ``worker_memory_growth_mb`` (2048), ``cluster_answers`` (False), and the
-built-ins' option sections ``math``, ``countdown``, ``format``, ``code``, ``pear``, ``empo``.
+``correct`` is the first reported ``acc``, else ``total reward ≥ reward.correct_threshold``
+(:meth:`RewardManager.correctness_rule` says it in words, for the start-up log).
 """
 
 from __future__ import annotations
@@ -24,17 +24,13 @@ from typing import Any
 import torch
 
 from entropo.rewards import registry
-from entropo.rewards.api import RewardResult, Sample
+from entropo.rewards.api import EntryFailures, RewardResult, Sample
 from entropo.rewards.evaluator import ERROR_REASONS, OK, SKIPPED, Evaluator, Job, Outcome
 from entropo.rewards.loader import CLUSTERS_TARGET, FnSpec, RewardSpecError, parse_entries
 from entropo.rewards.pool import LocalBackend, RayBackend, execute
 from entropo.rewards.registry import RewardContext
 
 MODES = ("ray", "local")
-DEFAULTS = {"mode": "ray", "workers": 2, "worker_cpus": 1.0, "worker_memory_growth_mb": 2048.0, "cluster_answers": False}
-"""Defaults of the fields ``RewardConfig`` may not have yet (see the module docstring)."""
-MAX_LOGGED_ERRORS = 3
-"""Failures printed (with traceback) per ``score`` call; all are counted."""
 CHUNKS_PER_WORKER = 4
 """Jobs per worker and entry: enough to balance load, few enough to keep calls cheap."""
 MAX_CHUNK_UNITS = 64
@@ -64,8 +60,34 @@ def make_context(tokenizer: Any) -> RewardContext:
     return RewardContext(think_close_id=int(tid), tokenizer=None, has_tokenizer=True)
 
 
-def _field(cfg: Any, name: str) -> Any:
-    return getattr(cfg, name, DEFAULTS[name])
+class RewardFailureError(RuntimeError):
+    """A reward function fell back on more than ``reward.max_error_frac`` of the samples."""
+
+
+def last_line(message: str) -> str:
+    """The last non-empty line of a traceback or reason (the exception and its text)."""
+    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else "no detail"
+
+
+def check_failures(result: RewardResult, max_error_frac: float, where: str) -> None:
+    """Raise when a function fell back on more than ``max_error_frac`` of the samples.
+
+    Args:
+        result: a :meth:`RewardManager.score` result.
+        max_error_frac: ``reward.max_error_frac``.
+        where: what was scored, for the message ("step 3", "the evaluation").
+
+    Raises:
+        RewardFailureError: one line naming the function, the fraction and the first
+            failure's last line.
+    """
+    for f in result.failures:
+        if f.failed > max_error_frac * f.total:
+            raise RewardFailureError(
+                f"reward '{f.label}' failed on {f.failed}/{f.total} samples of {where} "
+                f"({f.failed / f.total:.0%} > reward.max_error_frac={max_error_frac:g}); first: {f.first}. "
+                "Fix the function (its first traceback is in the log above), or raise reward.max_error_frac")
 
 
 class RewardManager:
@@ -83,7 +105,9 @@ class RewardManager:
     def __init__(self, cfg: Any, tokenizer: Any = None) -> None:
         self.fallback = float(cfg.fallback_score)
         self.timeout_s = float(cfg.timeout_s)
-        mode, workers = _field(cfg, "mode"), int(_field(cfg, "workers"))
+        self.threshold = float(cfg.correct_threshold)
+        self.reported: set[tuple[str, str]] = set()
+        mode, workers = cfg.mode, int(cfg.workers)
         if mode not in MODES:
             raise ValueError(f"reward.mode: '{mode}' is not one of {', '.join(MODES)}")
         if workers < 1:
@@ -93,7 +117,7 @@ class RewardManager:
         specs = parse_entries(list(cfg.fns))
         if not specs:
             raise RewardSpecError("reward.fns is empty: give at least one reward function")
-        if _field(cfg, "cluster_answers") and not any(s.target == "empo" for s in specs):
+        if cfg.cluster_answers and not any(s.target == "empo" for s in specs):
             specs.append(FnSpec("_clusters", CLUSTERS_TARGET, 0.0, "reward.cluster_answers"))
         options = {}
         for name in registry.names():
@@ -116,9 +140,14 @@ class RewardManager:
         if mode == "local":
             self.backend: Any = LocalBackend(self.evaluator, workers)
         else:
-            memory = float(_field(cfg, "worker_memory_growth_mb"))
+            memory = float(cfg.worker_memory_growth_mb)
             self.backend = RayBackend(specs, options, ctx, self.timeout_s, workers,
-                                      float(_field(cfg, "worker_cpus")), memory if memory > 0 else None)
+                                      float(cfg.worker_cpus), memory if memory > 0 else None)
+
+    def correctness_rule(self) -> str:
+        """How ``correct`` is decided, in one line (printed once at start-up)."""
+        return (f"[reward] correct = the 'acc' a reward function reports (first in reward.fns), "
+                f"else total reward >= reward.correct_threshold={self.threshold:g}")
 
     # ---- scoring ------------------------------------------------------------------------
     def score(self, samples: list[Sample]) -> RewardResult:
@@ -168,13 +197,15 @@ class RewardManager:
         correct = torch.full((n,), float("nan"))
         cluster_ids = torch.full((n,), -1, dtype=torch.int64)
         counts = dict.fromkeys(ERROR_REASONS, 0)
-        skipped = logged = 0
+        skipped = scored = 0
+        failures: list[EntryFailures] = []
         metrics: dict[str, float] = {}
         group_ids = torch.tensor([s.group for s in samples], dtype=torch.int64)
         for e, spec in enumerate(self.specs):
             scores = torch.full((n,), self.fallback, dtype=torch.float64)
             acc = torch.full((n,), float("nan"), dtype=torch.float64)
             extras: dict[str, torch.Tensor] = {}
+            failed, first = 0, ""
             for row in range(n):
                 o = table[e][row] or Outcome("exception", message="no result came back (internal error)")
                 if o.status == OK:
@@ -191,20 +222,33 @@ class RewardManager:
                     skipped += 1
                 else:
                     counts[o.status] += 1
-                    if logged < MAX_LOGGED_ERRORS:
-                        logged += 1
-                        print(f"[reward] '{spec.label}' failed on sample {row} ({o.status}); scored "
-                              f"{self.fallback:g}:\n{o.message}", file=sys.stderr, flush=True)
+                    failed += 1
+                    first = first or f"{o.status}: {last_line(o.message)}"
+                    self._report(spec.label, row, o)
+            if failed:
+                failures.append(EntryFailures(spec.label, failed, n, first))
+            scored += n
             if spec.target != CLUSTERS_TARGET:
                 components[spec.label] = (spec.weight * scores).to(torch.float32)
             metrics.update(self._summary(e, spec.label, extras, acc, group_ids))
         rewards = torch.stack(list(components.values())).sum(0) if components else torch.zeros(n)
-        correct = torch.where(torch.isnan(correct), (rewards > 0).float(), correct).to(torch.float32)
+        by_threshold = (rewards >= self.threshold).float()
+        correct = torch.where(torch.isnan(correct), by_threshold, correct).to(torch.float32)
         metrics["reward/errors"] = float(sum(counts.values()))
+        metrics["reward/error_frac"] = float(sum(counts.values())) / max(scored, 1)
         for reason, c in counts.items():
             metrics[f"reward/errors/{reason}"] = float(c)
         metrics["reward/skipped"] = float(skipped)
-        return RewardResult(rewards.to(torch.float32), components, correct, cluster_ids, metrics)
+        return RewardResult(rewards.to(torch.float32), components, correct, cluster_ids, metrics, failures)
+
+    def _report(self, label: str, row: int, o: Outcome) -> None:
+        """Print the first failure of each (function, reason) with its traceback; count the rest."""
+        if (label, o.status) in self.reported:
+            return
+        self.reported.add((label, o.status))
+        print(f"[reward] '{label}' failed on sample {row} ({o.status}); scored {self.fallback:g}. Later "
+              f"{o.status} failures of '{label}' are only counted (reward/errors):\n{o.message}",
+              file=sys.stderr, flush=True)
 
     def _summary(self, e: int, label: str, extras: dict[str, torch.Tensor], acc: torch.Tensor,
                  group_ids: torch.Tensor) -> dict[str, float]:

@@ -179,6 +179,11 @@ def plan_placement(ranks: int, workers: int, p: Placement) -> Plan:
     """One bundle per actor (colocated: per learner/worker pair). ``p`` must be resolved."""
     assert p.learner_gpus is not None and p.rollout_gpus is not None, "resolve the placement first"
     lc, lg, rc, rg = p.learner_cpus, p.learner_gpus, p.rollout_cpus, p.rollout_gpus
+    if ranks == 0:  # rollout workers only (entropo eval): one group of their bundles
+        rollout = tuple(Slot(0, i, rc, rg) for i in range(workers))
+        why = {"CPU": f"rollout.workers={workers} × rollout.cpus_per_worker={_fmt(rc)}",
+               "GPU": f"rollout.workers={workers} × rollout.gpus_per_worker={_fmt(rg)}"}
+        return Plan((tuple(_bundle(rc, rg) for _ in range(workers)),), ("rollout",), p.strategy, (), rollout, why)
     if not p.colocate:
         groups = (tuple(_bundle(lc, lg) for _ in range(ranks)), tuple(_bundle(rc, rg) for _ in range(workers)))
         learners = tuple(Slot(0, i, lc, lg) for i in range(ranks))
@@ -410,9 +415,11 @@ class Cluster:
     Args:
         cfg: the run's configuration.
         placement: overrides the placement read from ``cfg`` (tests; programmatic use).
+        learners: start the learner ranks; without them (``entropo eval``) the rollout workers
+            generate with the weights of ``model.path`` and nothing syncs or updates.
     """
 
-    def __init__(self, cfg: TrainConfig, placement: Placement | None = None) -> None:
+    def __init__(self, cfg: TrainConfig, placement: Placement | None = None, learners: bool = True) -> None:
         self.cfg = cfg
         connect(cfg, placement)
         total = ray.cluster_resources()
@@ -426,7 +433,7 @@ class Cluster:
         self.workers: list = []
         self.groups: list = []
         nodes = alive_nodes()
-        self.plan = plan_placement(cfg.learner.ranks, cfg.rollout.workers, self.placement)
+        self.plan = plan_placement(cfg.learner.ranks if learners else 0, cfg.rollout.workers, self.placement)
         for note in check_capacity(self.plan, total, ray.available_resources(), nodes, self.placement.nodes):
             print(f"[cluster] {note}", flush=True)
         self._single_node = len(nodes) == 1
@@ -439,7 +446,11 @@ class Cluster:
 
     def _start_actors(self) -> None:
         cfg = self.cfg
-        world = cfg.learner.ranks
+        world = len(self.plan.learners)
+        if not world:
+            self.workers = [self._new_worker(i) for i in range(cfg.rollout.workers)]
+            self._wait_ready(self.workers)
+            return
         self.learners = [
             self._actor(LearnerRank, slot, cfg, r, world, actor_threads(cfg, slot.cpus, self._single_node),
                         actor_max_threads(cfg, "learner", slot, self._single_node))
@@ -553,6 +564,8 @@ class Cluster:
                 f"recreated rollout worker(s) {lost} not ready after trainer.placement_timeout_s="
                 f"{_fmt(self.placement.timeout_s)} s (its node gone and no room elsewhere?)"
             ) from error
+        if not self.learners:
+            return  # rollout only: the new worker loaded model.path, as the others did
         self._build_sync_group()
         # a worker lost during this resync is recovered the same way (bounded by max_restarts)
         self._on_workers(lambda: self._push_calls(self._version))

@@ -25,7 +25,6 @@ Two ways the loop saves time, both off by nothing but their config:
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import time
@@ -61,6 +60,8 @@ from entropo.algorithms.regularizers import adaptive_entropy_coef
 from entropo.algorithms.select import top_k_mask
 from entropo.algorithms.siren import siren_anchor
 from entropo.config import TrainConfig, to_yaml
+from entropo.data.prompts import render_prompt
+from entropo.rewards.manager import check_failures
 from entropo.trainer.batch import StepBatch
 from entropo.trainer.checkpoint import Checkpoints, load_controller, save_controller
 from entropo.trainer.evaluation import answer_key
@@ -107,6 +108,7 @@ class ControllerState:
     hapo_stats: tuple[float, float, float, float] | None = None  # S2: (μ, σ, s⁺, s⁻) of the last step
     aepo_entropy: float = AEPO_INITIAL_ENTROPY  # S3/G4: Ĥ of the last update
     probe: dict[str, torch.Tensor] | None = None  # D4: fixed responses and their initial entropies
+    reward_errors: float = 0.0  # Σ reward/errors over the steps so far, for the summary
 
 
 class Timer:
@@ -188,7 +190,7 @@ class Controller:
                     self.cluster.forward(batch, self.forward_extras())
             with t("reward"):
                 scored, self._ahead_rewards = self._ahead_rewards, None
-                metrics.update(scored if scored is not None else self.score(batch))
+                metrics.update(scored if scored is not None else self.score(batch, step))
             if not ds.enable:
                 return batch, metrics
             # group ids restart at 0 in every generation batch: make them unique across batches
@@ -244,7 +246,7 @@ class Controller:
             if not score:
                 return batch, seconds, None, 0.0
             start = time.perf_counter()
-            metrics = self.score(batch)
+            metrics = self.score(batch, step)
             return batch, seconds, metrics, time.perf_counter() - start
 
         self._ahead = self._pool.submit(run)
@@ -283,30 +285,38 @@ class Controller:
             return frozenset({"topp_entropy"})
         return frozenset()
 
-    def samples(self, batch: StepBatch) -> list:
+    def samples(self, batch: StepBatch, step: int, is_eval: bool = False) -> list:
         """One reward-function input per response (π_old statistics when the batch has them)."""
-        from entropo.rewards.api import Sample
+        from entropo.rewards.api import Sample, TrainerState
 
+        state = TrainerState(global_step=step, max_steps=self.cfg.trainer.total_steps, is_eval=is_eval)
         out = []
         for i, (text, ids, m, row, g) in enumerate(zip(
             batch.response_text, batch.response_ids, batch.mask, batch.rows, batch.group_ids
         )):
             valid = m.bool()
             out.append(Sample(
-                prompt=row.prompt if isinstance(row.prompt, str) else json.dumps(row.prompt),
+                prompt=render_prompt(row, self.tokenizer),
                 response=text, response_ids=ids[valid].tolist(), ground_truth=row.ground_truth,
                 data_source=row.data_source, extra_info=row.extra_info, group=int(g),
                 entropy=None if batch.entropy is None else batch.entropy[i][valid],
                 old_logp=None if batch.old_logp is None else batch.old_logp[i][valid],
+                messages=None if isinstance(row.prompt, str) else row.prompt, columns=row.columns,
+                trainer_state=state,
             ))
         return out
 
-    def correctness(self, batch: StepBatch) -> torch.Tensor:
-        """Plain correctness ``[N]`` (the reward functions' ``acc``), for evaluation."""
-        return self.rewards.score(self.samples(batch)).correct
+    def correctness(self, batch: StepBatch) -> tuple[torch.Tensor, float]:
+        """Plain correctness ``[N]`` for evaluation (``reward.correct_threshold``) and the share of
+        reward calls that fell back; stops the run like a training step when a reward function
+        fails on most samples."""
+        res = self.rewards.score(self.samples(batch, self.state.step, is_eval=True))
+        check_failures(res, self.cfg.reward.max_error_frac, "the evaluation")
+        return res.correct, res.metrics["reward/error_frac"]
 
-    def score(self, batch: StepBatch) -> dict[str, float]:
-        res = self.rewards.score(self.samples(batch))
+    def score(self, batch: StepBatch, step: int) -> dict[str, float]:
+        res = self.rewards.score(self.samples(batch, step))
+        check_failures(res, self.cfg.reward.max_error_frac, f"step {step}")
         rewards, comps, correct, metrics = res.rewards, dict(res.components), res.correct, dict(res.metrics)
         ov = self.cfg.algorithm.overlong
         if ov.enable:
@@ -355,7 +365,7 @@ class Controller:
         params = dataclasses.replace(self.sampling(step, attempt=0), temperature=t_prime, seed=step * 7919 + 17)
         extra = self.cluster.rollout(first_rows, params, self.tokenizer)
         self.cluster.forward(extra)  # π_old at the base temperature for every row (spec G4)
-        self.score(extra)
+        self.score(extra, step)
         adv, _ = ADVANTAGES.get("grpo").fn(extra.rewards, extra.group_ids, a.grpo, mask=extra.mask)
         n_pos = int((adv > cfg.positive_threshold).sum())
         n_s = min(aepo_num_injected(h_hat, cfg.entropy_target, cfg.reinforce_sample_num, n_pos), len(batch))
@@ -542,7 +552,7 @@ class Controller:
         rows = []
         for i in range(min(self.cfg.logger.samples, len(batch))):
             row = batch.rows[i]
-            prompt = row.prompt if isinstance(row.prompt, str) else json.dumps(row.prompt)
+            prompt = render_prompt(row, self.tokenizer)
             h = float(batch.entropy[i][m[i]].mean()) if m[i].any() else float("nan")
             rows.append([prompt, batch.response_text[i], float(batch.rewards[i]), h])
         self.sinks.log_table(step, "samples", ["prompt", "response", "reward", "mean_entropy"], rows)
@@ -573,6 +583,7 @@ class Controller:
             if self.state.entropy_start is None:
                 self.state.entropy_start = last["entropy/mean"]
             self.state.entropy_end = last["entropy/mean"]
+            self.state.reward_errors += last.get("reward/errors", 0.0)
             final = step == cfg.total_steps
             if self.eval_rows and (final or (every and step % every == 0)):
                 self.settle()

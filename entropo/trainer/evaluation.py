@@ -48,13 +48,15 @@ def evaluate(cfg: TrainConfig, cluster, rows: list, tokenizer, score) -> dict[st
         cluster: the actors (only the rollout workers are used).
         rows: the evaluation prompts.
         tokenizer: the policy's tokenizer.
-        score: ``score(batch) -> correct [N]`` (plain correctness, 0/1).
+        score: ``score(batch) -> (correct [N], error_frac)``: plain correctness (0/1) and the
+            share of reward calls that fell back.
     """
     ev = cfg.evaluation
     params = SamplingParams(n=ev.n, temperature=ev.temperature, top_p=1.0,
                             max_new_tokens=cfg.rollout.max_new_tokens, stop=tuple(cfg.rollout.stop), seed=EVAL_SEED)
     batch = cluster.rollout(rows, params, tokenizer)
-    correct = score(batch).bool().tolist()
+    correct_t, error_frac = score(batch)
+    correct = correct_t.bool().tolist()
     groups: dict[int, list[int]] = defaultdict(list)
     for i, g in enumerate(batch.group_ids.tolist()):
         groups[g].append(i)
@@ -77,4 +79,5 @@ def evaluate(cfg: TrainConfig, cluster, rows: list, tokenizer, score) -> dict[st
             out[f"{prefix}/{name}"] = sum(values) / len(values)
     out["eval/response_length/mean"] = float(batch.mask.sum(-1).mean())
     out["eval/prompts"] = float(len(groups))
+    out["eval/reward_error_frac"] = float(error_frac)
     return out

@@ -16,11 +16,9 @@ class RunError(RuntimeError):
 
 def train(cfg: TrainConfig) -> dict:
     """Train to ``trainer.total_steps``; returns the run summary (also in ``summary.json``)."""
-    from entropo.data.loading import DataError, load_rows
-    from entropo.data.prompts import filter_long
     from entropo.data.sampler import PromptSampler
     from entropo.models.loading import load_tokenizer, resolve_model_path
-    from entropo.rewards import RewardManager, RewardSpecError
+    from entropo.rewards import RewardFailureError, RewardManager, RewardSpecError
     from entropo.telemetry.sinks import make_sinks
     from entropo.trainer.checkpoint import CheckpointError, Checkpoints
     from entropo.trainer.cluster import Cluster, connect
@@ -32,21 +30,7 @@ def train(cfg: TrainConfig) -> dict:
     except (FileNotFoundError, ValueError) as e:
         raise RunError(str(e)) from None
     tokenizer = load_tokenizer(cfg.model.path)
-    try:
-        rows = load_rows(cfg.data.train, split="train")
-    except DataError as e:
-        raise RunError(f"data.train: {e}") from None
-    rows, dropped = filter_long(rows, tokenizer, cfg.data.max_prompt_tokens)
-    if dropped:
-        print(f"[data] dropped {dropped} prompts longer than data.max_prompt_tokens={cfg.data.max_prompt_tokens}")
-    if not rows:
-        raise RunError(f"data.train: no usable prompts in '{cfg.data.train}'")
-    eval_rows = []
-    if cfg.data.eval:
-        try:
-            eval_rows = list(load_rows(cfg.data.eval, split="eval"))[: cfg.evaluation.max_prompts]
-        except DataError as e:
-            raise RunError(f"data.eval: {e}") from None
+    rows, eval_rows = prompts(cfg, tokenizer)
     run_dir = Path(cfg.trainer.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
 
@@ -60,6 +44,7 @@ def train(cfg: TrainConfig) -> dict:
         rewards = RewardManager(cfg.reward, tokenizer)
     except (RewardSpecError, ValueError) as e:
         raise RunError(str(e)) from None
+    print(rewards.correctness_rule())
     cluster = Cluster(cfg)
     sampler = PromptSampler(rows, cfg.trainer.prompts_per_step, cfg.trainer.seed)
     controller = Controller(cfg, cluster, sampler, tokenizer, rewards, sinks=None, eval_rows=eval_rows)
@@ -71,6 +56,8 @@ def train(cfg: TrainConfig) -> dict:
     controller.sinks = sinks
     try:
         last = controller.fit()
+    except RewardFailureError as e:
+        raise RunError(f"{e} (steps before it are in {run_dir / 'metrics.jsonl'})") from None
     finally:
         sinks.close()
         rewards.close()
@@ -83,6 +70,7 @@ def train(cfg: TrainConfig) -> dict:
         "accuracy_end": st.accuracy_end,
         "entropy_start": st.entropy_start,
         "entropy_end": st.entropy_end,
+        "reward_errors": st.reward_errors,
         "run_dir": str(run_dir.resolve()),
         "final": last,
     }
@@ -99,15 +87,57 @@ def _json_safe(value):
     return value
 
 
-def evaluate_only(cfg: TrainConfig) -> dict[str, float]:
-    """``entropo eval``: pass@1, pass@k and maj@k of ``model.path`` on ``data.eval``.
+def prompts(cfg: TrainConfig, tokenizer, train: bool = True) -> tuple[list, list]:
+    """The run's training and evaluation prompts (``data.eval=auto`` resolved, long prompts
+    dropped), with what was chosen printed once.
 
-    It starts the same actors as training (the learner ranks stay idle; a lighter start-up
-    without them is future work) and scores with ``reward.fns``' plain correctness.
+    Args:
+        cfg: the run config.
+        tokenizer: the policy's tokenizer (prompt lengths).
+        train: whether the training prompts are needed; without, ``data.train`` is read only
+            when ``data.eval=auto`` derives the evaluation prompts from it.
+
+    Raises:
+        RunError: a dataset that cannot be loaded or has no usable prompt (the key named).
     """
+    from entropo.data.eval_split import AUTO, split_eval
     from entropo.data.loading import DataError, load_rows
+    from entropo.data.prompts import filter_long
+
+    rows = []
+    if train or cfg.data.eval == AUTO:
+        try:
+            rows = load_rows(cfg.data.train, split="train")
+        except DataError as e:
+            raise RunError(f"data.train: {e}") from None
+    try:
+        choice = split_eval(cfg.data.train, cfg.data.eval, rows, cfg.evaluation.max_prompts)
+    except DataError as e:
+        raise RunError(f"data.eval: {e}") from None
+    print(f"[data] {choice.source}")
+    limit = cfg.data.max_prompt_tokens
+    train_rows: list = []
+    if train:
+        train_rows, dropped = filter_long(choice.train, tokenizer, limit)
+        if dropped:
+            print(f"[data] dropped {dropped} training prompts longer than data.max_prompt_tokens={limit}")
+        if not train_rows:
+            raise RunError(f"data.train: no usable prompts in '{cfg.data.train}'")
+    eval_rows, dropped = filter_long(choice.eval, tokenizer, limit)
+    if dropped:
+        print(f"[data] dropped {dropped} evaluation prompts longer than data.max_prompt_tokens={limit}")
+    return train_rows, eval_rows
+
+
+def evaluate_only(cfg: TrainConfig) -> dict[str, float]:
+    """``entropo eval``: pass@1, pass@k and maj@k of ``model.path`` on the evaluation prompts.
+
+    Only rollout workers start (no learner): they generate with ``model.path``'s weights, the
+    reward functions score, and the metrics are also written to
+    ``trainer.output_dir/eval.json``.
+    """
     from entropo.models.loading import load_tokenizer, resolve_model_path
-    from entropo.rewards import RewardManager, RewardSpecError
+    from entropo.rewards import RewardFailureError, RewardManager, RewardSpecError
     from entropo.trainer.cluster import Cluster, connect
     from entropo.trainer.controller import Controller
 
@@ -115,21 +145,28 @@ def evaluate_only(cfg: TrainConfig) -> dict[str, float]:
         raise RunError("data.eval: set the evaluation prompts (it is null)")
     try:
         resolve_model_path(cfg.model.path)
-        rows = list(load_rows(cfg.data.eval, split="eval"))[: cfg.evaluation.max_prompts]
-    except DataError as e:
-        raise RunError(f"data.eval: {e}") from None
     except (FileNotFoundError, ValueError) as e:
         raise RunError(str(e)) from None
     tokenizer = load_tokenizer(cfg.model.path)
+    _, rows = prompts(cfg, tokenizer, train=False)
+    if not rows:
+        raise RunError(f"data.eval: no evaluation prompts from data.train='{cfg.data.train}'; set data.eval")
     connect(cfg)
     try:
         rewards = RewardManager(cfg.reward, tokenizer)
     except (RewardSpecError, ValueError) as e:
         raise RunError(str(e)) from None
-    cluster = Cluster(cfg)
+    print(rewards.correctness_rule())
+    cluster = Cluster(cfg, learners=False)
     try:
         controller = Controller(cfg, cluster, None, tokenizer, rewards, sinks=None, eval_rows=rows)
-        return controller.evaluate()
+        metrics = controller.evaluate()
+    except RewardFailureError as e:
+        raise RunError(str(e)) from None
     finally:
         rewards.close()
         cluster.shutdown()
+    out = Path(cfg.trainer.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "eval.json").write_text(json.dumps(_json_safe({"model": cfg.model.path, **metrics}), indent=2))
+    return metrics

@@ -67,6 +67,7 @@ def test_jsonl_verl_row_loads_as_is(tmp_path):
         data_source="openai/gsm8k",
         extra_info={"split": "train", "index": 7},
         index=0,
+        columns={k: v for k, v in VERL_ROW.items() if k != "prompt"},  # kept for TRL-style rewards
     )
     assert rows[1].prompt == "plain text" and rows[1].index == 1
 
@@ -95,7 +96,8 @@ def test_field_map_with_dotted_paths(tmp_path):
     path = _write_jsonl(tmp_path / "q.jsonl", raw)
     fmap = {"prompt": "question", "ground_truth": "answer", "data_source": "meta.src", "extra_info": "meta.info"}
     (row,) = load_rows(str(path), field_map=fmap)
-    assert row == PromptRow("1+1?", "2", "toy", {"level": 1}, 0)  # numeric answer -> "2"
+    # numeric answer -> "2"; the other columns stay as read (the prompt's column does not)
+    assert row == PromptRow("1+1?", "2", "toy", {"level": 1}, 0, columns={"answer": 2, "meta": raw[0]["meta"]})
     # unmapped source falls back to the spec, a missing ground truth is None
     (row,) = load_rows(str(path), field_map={"prompt": "question", "ground_truth": "nope"})
     assert row.data_source == str(path) and row.ground_truth is None and row.extra_info == {}

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import torch
 
+from entropo.config import RewardConfig
 from entropo.rewards.api import Sample
 
 
@@ -18,6 +17,6 @@ def sample(response: str, ground_truth: str | None = "0", group: int = 0, data_s
                   data_source=data_source, extra_info=extra_info or {}, group=group, entropy=entropy)
 
 
-def reward_cfg(fns, mode: str = "local", timeout_s: float = 5.0, fallback_score: float = 0.0, **kw):
-    """A RewardConfig-like object (the manager reads fields with getattr)."""
-    return SimpleNamespace(fns=list(fns), fallback_score=fallback_score, timeout_s=timeout_s, mode=mode, **kw)
+def reward_cfg(fns, mode: str = "local", timeout_s: float = 5.0, fallback_score: float = 0.0, **kw) -> RewardConfig:
+    """A ``RewardConfig`` (built-in option sections may be given as dicts)."""
+    return RewardConfig(fns=list(fns), fallback_score=fallback_score, timeout_s=timeout_s, mode=mode, **kw)

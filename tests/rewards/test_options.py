@@ -1,42 +1,18 @@
-"""The built-ins' option dataclasses work as nested sections of a structured config (the
-shape ``RewardConfig`` takes once it carries them), with dotted overrides and validation."""
+"""The built-ins' option dataclasses work as nested sections of ``RewardConfig``, with dotted
+overrides and validation."""
 
 from __future__ import annotations
-
-from dataclasses import dataclass, field
 
 import pytest
 from omegaconf import OmegaConf
 
+from entropo.config import RewardConfig
 from entropo.rewards import RewardManager
-from entropo.rewards.code_exec import CodeConfig
-from entropo.rewards.countdown import CountdownConfig
-from entropo.rewards.empo import EMPOConfig
-from entropo.rewards.math_answer import MathConfig
 from entropo.rewards.pear import PEARConfig
-from entropo.rewards.think_format import FormatConfig
 
 
-@dataclass(frozen=True)
-class ProposedRewardConfig:
-    fns: list[str] = field(default_factory=lambda: ["embedded"])
-    fallback_score: float = 0.0
-    timeout_s: float = 30.0
-    mode: str = "ray"
-    workers: int = 2
-    worker_cpus: float = 1.0
-    worker_memory_growth_mb: float = 2048.0
-    cluster_answers: bool = False
-    math: MathConfig = field(default_factory=MathConfig)
-    countdown: CountdownConfig = field(default_factory=CountdownConfig)
-    format: FormatConfig = field(default_factory=FormatConfig)
-    code: CodeConfig = field(default_factory=CodeConfig)
-    pear: PEARConfig = field(default_factory=PEARConfig)
-    empo: EMPOConfig = field(default_factory=EMPOConfig)
-
-
-def _load(*overrides: str) -> ProposedRewardConfig:
-    merged = OmegaConf.merge(OmegaConf.structured(ProposedRewardConfig), OmegaConf.from_dotlist(list(overrides)))
+def _load(*overrides: str) -> RewardConfig:
+    merged = OmegaConf.merge(OmegaConf.structured(RewardConfig), OmegaConf.from_dotlist(list(overrides)))
     return OmegaConf.to_object(merged)
 
 

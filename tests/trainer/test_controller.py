@@ -290,14 +290,14 @@ def test_async_fused_scores_the_next_batch_in_the_background(fused):
                          f"learner.fuse_old_forward={str(fused).lower()}")
     threads = []
     score = ctl.score
-    ctl.score = lambda batch: threads.append(threading.current_thread().name) or score(batch)
+    ctl.score = lambda batch, step: threads.append(threading.current_thread().name) or score(batch, step)
     steps = [ctl.train_step() for _ in range(3)]
     if fused:
         assert threads[0] == "MainThread" and all(n.startswith("rollout-ahead") for n in threads[1:])
         assert all(s["timing/reward_ahead"] > 0 for s in steps[1:])
         batch = ctl.last_batch
         rewards = batch.rewards.clone()
-        again = score(batch)
+        again = score(batch, 3)
         assert torch.equal(batch.rewards, rewards)
         assert again and all(steps[-1][k] == pytest.approx(v) for k, v in again.items())
     else:
@@ -331,3 +331,40 @@ def test_fit_evaluates_every_evaluation_every_steps_whatever_samples_every(tmp_p
     ctl.evaluate = lambda: (evaluated.append(ctl.state.step), {"eval/pass@1": 0.5})[1]
     ctl.fit()
     assert evaluated == [0, 2, 4]
+
+
+def test_a_reward_failing_on_most_samples_stops_the_step_in_one_line(tmp_path):
+    """Half the responses make the native reward raise: at max_error_frac 0.5 the step goes on
+    (the error fraction is logged), at 0.4 it stops before any update, naming the function."""
+    from entropo.rewards import RewardFailureError
+
+    raising = tmp_path / "rewards.py"
+    raising.write_text("def half(sample):\n"
+                       "    if sample.group % 2:\n"
+                       "        raise KeyError('answer')\n"
+                       "    return 1.0\n")
+    ctl, _ = _controller(f"reward.fns=[{raising}:half]", "reward.max_error_frac=0.5")
+    metrics = ctl.train_step()
+    assert metrics["reward/error_frac"] == 0.5 and metrics["reward/errors"] == 4.0
+    ctl, _ = _controller(f"reward.fns=[{raising}:half]", "reward.max_error_frac=0.4")
+    with pytest.raises(RewardFailureError) as e:
+        ctl.train_step()
+    assert str(e.value).startswith("reward 'half' failed on 4/8 samples of step 1 (50% > reward.max_error_frac=0.4); "
+                                   "first: exception: KeyError: 'answer'")
+    assert "update" not in ctl.cluster.log and ctl.state.step == 0
+
+
+def test_reward_functions_see_the_rendered_prompt_the_messages_and_the_progress(tmp_path):
+    seen = tmp_path / "seen.txt"
+    spy = tmp_path / "spy.py"
+    spy.write_text("def spy(sample):\n"
+                   f"    open({str(seen)!r}, 'a').write(repr((sample.prompt, sample.messages, sample.columns, "
+                   "sample.trainer_state.global_step, sample.trainer_state.max_steps)) + '\\n')\n"
+                   "    return 0.0\n")
+    ctl, _ = _controller(f"reward.fns=[{spy}:spy]", "trainer.total_steps=5")
+    messages = [{"role": "user", "content": "1+1?"}]
+    ctl.sampler = ListSampler([PromptRow(messages, "2", "t", columns={"solution": "2"})], 4)
+    ctl.train_step()
+    first = __import__("ast").literal_eval(seen.read_text().splitlines()[0])
+    # no chat template (tokenizer None): the contents, never a JSON dump
+    assert first == ("1+1?", messages, {"solution": "2"}, 1, 5)

@@ -273,7 +273,8 @@ def test_bad_inputs_fail_fast_with_a_clear_message(tiny_model_dir, tmp_path, cap
     assert "model.path" in capsys.readouterr().err
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
-    assert main(["train", f"model.path={tiny_model_dir}", f"data.train={empty}", f"trainer.output_dir={tmp_path}"]) == 2
+    assert main(["train", f"model.path={tiny_model_dir}", f"data.train={empty}", "reward.fns=[math]",
+                 f"trainer.output_dir={tmp_path}"]) == 2
     err = capsys.readouterr().err
     assert "data.train" in err and "empty.jsonl" in err
 
@@ -294,14 +295,25 @@ def test_step_batch_is_prompt_major(ray_session, tiny_model_dir, tmp_path, digit
     assert torch.equal(batch.mask.sum(-1) > 0, torch.ones(len(batch), dtype=torch.bool))
 
 
-def test_eval_command_reports_pass_at_k(ray_session, tiny_model_dir, capsys):
+def test_eval_command_reports_pass_at_k(ray_session, tiny_model_dir, tmp_path, capsys, monkeypatch):
+    """``entropo eval`` starts rollout workers only, prints the table and writes eval.json."""
     from entropo.cli import main
+    from entropo.trainer import cluster
 
+    planned = []
+    plan = cluster.plan_placement
+    monkeypatch.setattr(cluster, "plan_placement", lambda ranks, *a: planned.append(ranks) or plan(ranks, *a))
     rc = main(["eval", f"model.path={tiny_model_dir}", "evaluation.max_prompts=4", "evaluation.n=2",
-               "evaluation.k=[1,2]", "evaluation.temperature=1.0", "reward.mode=local", "rollout.max_new_tokens=8"])
+               "evaluation.k=[1,2]", "evaluation.temperature=1.0", "reward.mode=local", "rollout.max_new_tokens=8",
+               f"trainer.output_dir={tmp_path}"])
     out = capsys.readouterr().out
     assert rc == 0
-    values = dict(line.split() for line in out.strip().splitlines())
+    assert planned == [0]  # no learner rank placed
+    assert "data.eval=auto: the eval split of embedded:addition (4 prompts)" in out
+    values = dict(line.split() for line in out.strip().splitlines() if not line.startswith("["))
+    written = json.loads((tmp_path / "eval.json").read_text())
+    assert written["model"] == tiny_model_dir
+    assert all(written[k] == pytest.approx(float(v), abs=1e-4) for k, v in values.items())
     assert float(values["eval/prompts"]) == 4.0
     # a random model never answers correctly: pass@1 = pass@2 = 0 (and they are reported)
     assert float(values["eval/pass@1"]) == 0.0 and float(values["eval/pass@2"]) == 0.0
@@ -329,3 +341,44 @@ def test_custom_rewards_in_each_convention_from_a_yaml_config(ray_session, tiny_
     assert row["reward/errors"] == 0.0
     total = row["reward/verl/mean"] + row["reward/trl/mean"] + row["reward/native/mean"]
     assert row["reward/mean"] == pytest.approx(total, abs=1e-6)
+
+
+def test_trl_dataset_and_rewards_unchanged_with_verl_partial_credit(ray_session, tiny_model_dir, tmp_path):
+    """A TRL conversational dataset with a ``solution`` column, TRL's documented example rewards
+    and a verl reward giving 0.1 format credit, on a random model that is never right: 2 steps
+    train, the held-out slice is evaluated, and accuracy is 0 everywhere (it read 1.0 when any
+    reward above 0 counted as correct)."""
+    from entropo.data.loading import load_rows
+    from entropo.trainer.run import train
+
+    spy = tmp_path / "spy.jsonl"
+    data = tmp_path / "trl.jsonl"
+    with data.open("w") as f:
+        for row in load_rows("embedded:addition?n=40"):
+            f.write(json.dumps({"prompt": [{"role": "user", "content": row.prompt}], "solution": f"${row.ground_truth}$",
+                                "reward_model": {"ground_truth": row.ground_truth}, "spy_path": str(spy)}) + "\n")
+    examples = Path(__file__).parents[1] / "rewards" / "custom"
+    fns = [f"{examples}/trl_examples.py:accuracy_reward", f"{examples}/trl_examples.py:format_reward*0.5",
+           f"verl={examples}/verl_partial.py:compute_score",
+           f"spy={Path(__file__).parent / 'rewards_for_tests.py'}:trl_spy*0"]
+    cfg = _cfg(tiny_model_dir, tmp_path / "run", "learner.ranks=1", "rollout.workers=1", "trainer.total_steps=2",
+               f"data.train={data}", f"reward.fns=[{','.join(fns)}]", "reward.mode=ray", "reward.workers=1",
+               "logger.forking_every=0")
+    summary = train(cfg)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [0, 1, 2]
+    assert rows[0]["eval/prompts"] == 4.0  # 40 // 10 held out (data.eval=auto)
+    for r in rows[1:]:
+        assert r["reward/errors"] == 0.0 and r["reward/error_frac"] == 0.0
+        assert r["reward/verl/mean"] == pytest.approx(0.1)  # never right: the format credit only
+        assert r["reward/accuracy"] == 0.0
+    assert rows[0]["eval/pass@1"] == 0.0 and rows[2]["eval/pass@1"] == 0.0
+    assert summary["accuracy_end"] == 0.0 and summary["reward_errors"] == 0.0
+    calls = [json.loads(line) for line in spy.read_text().splitlines()]
+    train_calls = [c for c in calls if not c["is_eval"]]
+    assert {c["step"] for c in train_calls} == {1, 2} and {c["step"] for c in calls if c["is_eval"]} == {0, 2}
+    for c in calls:
+        assert all(isinstance(p, list) and p[0]["role"] == "user" for p in c["prompts"])
+        assert all(comp[0]["role"] == "assistant" and isinstance(comp[0]["content"], str) for comp in c["completions"])
+        assert all(s.startswith("$") for s in c["solution"]) and all(0 < n <= 12 for n in c["n_ids"])
+    assert sum(len(c["completions"]) for c in train_calls) == 2 * 4 * 4  # steps × prompts × n

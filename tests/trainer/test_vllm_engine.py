@@ -380,7 +380,7 @@ def test_default_job_on_vllm_evaluates_like_the_hf_engine(ray_session, tmp_path)
     rows = _rows(tmp_path)
     assert [r["step"] for r in rows] == [0, 1, 2]
 
-    eval_rows = list(load_rows(cfg.data.eval, split="eval"))[:50]
+    eval_rows = list(load_rows(cfg.data.train, split="eval"))[:50]  # data.eval=auto: its eval split
     tok = load_tokenizer(cfg.model.path)
     hf = HFEngine(cfg.model.path).generate(
         [encode_prompt(r, tok) for r in eval_rows],
