@@ -9,16 +9,17 @@ draws, with several runs overlaid (one colour per run):
 (c) accuracy vs ``entropy/mean`` with the entropy–performance law ``R = −a·e^H + b`` (spec D3;
     Cui et al., arXiv 2505.22617, abstract and Sec. 2) fitted per run by
     :func:`entropo.algorithms.diagnostics.fit_entropy_law` on all points, and its predicted
-    ceiling ``R(H=0) = b − a``;
+    ceiling ``R(H=0) = b − a``, only for a fit with R² ≥ ``MIN_LAW_R2`` (0.5);
 (d) phase entropy: ``entropy/think`` / ``entropy/answer`` and ``entropy/correct`` /
     ``entropy/wrong`` (spec D1);
 (e) the token fractions of each active control (keys ending in ``_frac`` outside the
     always-logged namespaces, e.g. ``clip_cov/selected_frac``, ``entropy_mask/keep_frac``);
 (f) Ĉ (``cov/mean``) and predicted vs realised entropy change (spec D2);
 
-plus a summary table per run. The HTML embeds every PNG as a base64 data URI and has inline
-CSS only: no script, no external resource (a Content-Security-Policy forbids them), so the one
-file can be mailed or attached as it is. The PNGs are also written next to it.
+plus a summary table per run, with its reward errors. The HTML embeds every PNG as a base64
+data URI and has inline CSS only: no script, no external resource (a Content-Security-Policy
+forbids them), so the one file can be mailed or attached as it is. The PNGs are also written
+next to it.
 
 Choices, stated once:
 - ``null`` (NaN or infinity in the run) and missing keys are dropped point by point; a plot
@@ -28,9 +29,22 @@ Choices, stated once:
   ``reward/accuracy`` (training accuracy, which the spec allows); the legend names the source.
   Evaluation at step k follows update k, while ``entropy/mean`` at step k is π_old's, before
   it: a one-update offset the paper's protocol does not settle (spec D3 is [SECONDARY]).
+- The law abstains, drawing the points but no curve, no extrapolation and no ceiling, and the
+  plot and table say why (``no fit: R² 0.04 …``), when it has fewer than ``LAW_MIN_POINTS``
+  points, constant entropy, or R² < ``MIN_LAW_R2`` = 0.5: the ceiling is an extrapolation
+  beyond the data, and a curve that explains under half the variance of R says nothing there.
 - ``entropy/correct`` is 0 at a step without a correct response, and ``entropy/wrong`` at one
   without a wrong one (an empty group, :func:`~entropo.algorithms.diagnostics.phase_split_means`);
   those points are dropped using ``reward/accuracy`` when it is logged.
+- Correctness is only known where the reward ran. ``reward/errors`` counts the step's
+  (function, response) calls that fell back (docs/metrics.md), and their responses are
+  labelled by the fallback score, so ``reward/accuracy`` and the correct/wrong split at such
+  a step are not measurements: the summary table gives the errors (total, steps affected, and
+  the worst step's ``reward/error_frac`` where the run logs it; older runs do not), and no note
+  claims a step had no correct or wrong response when rewards failed there.
+- Sample completions are not shown: the trainer's ``samples`` table goes to the TensorBoard
+  and wandb sinks only (:mod:`entropo.telemetry.sinks`), so the run directory holds no plain
+  file of it to read.
 - ``cov/dH_pred`` logged at step k predicts H[k+1] − H[k], and ``cov/dH_realised`` at step k is
   H[k] − H[k−1]; panel (f) therefore draws each prediction at the step it predicts (k + 1).
 """
@@ -60,6 +74,10 @@ from entropo.telemetry.sinks import _fmt_duration
 REPORT_FILE = "report.html"
 LAW_MIN_POINTS = 3
 """Fewest (H, R) pairs :func:`fit_entropy_law` fits; below it no curve is drawn."""
+MIN_LAW_R2 = 0.5
+"""Lowest R² of a law fit the report draws. The ceiling b − a extrapolates the curve to H = 0,
+outside the data; a fit explaining under half the variance of R puts it anywhere (a fit with
+R² 0.04 can read −2.75). 0.5 is a judgement, not a calibrated test."""
 MARKER_MAX_POINTS = 40
 """Series with at most this many points get markers, so a one-step run still shows a dot."""
 DPI = 110
@@ -205,18 +223,49 @@ def _labels(runs: Sequence[Run]) -> list[str]:
     return [f"{lab} #{i + 1}" if labels.count(lab) > 1 else lab for i, lab in enumerate(labels)]
 
 
+def reward_errors(run: Run) -> dict[int, float]:
+    """``step → reward/errors`` for the steps where reward calls fell back (count > 0)."""
+    steps, counts = run.series("reward/errors")
+    return {int(s): float(n) for s, n in zip(steps, counts) if n > 0}
+
+
 # ---------------------------------------------------------------------------------------
 # the law
 
 
 @dataclass(frozen=True)
 class LawPoints:
-    """(H, R) pairs of one run and their fit (None below 3 points or with constant H)."""
+    """(H, R) pairs of one run and the law fitted to them.
+
+    Attributes:
+        H: ``entropy/mean`` per paired step.
+        R: the accuracy at the same steps.
+        source: the accuracy's key (``eval/pass@1`` or ``reward/accuracy``).
+        fit: the least-squares fit, None below ``LAW_MIN_POINTS`` points or with constant H.
+        abstain: why the report draws no fit (``no fit: R² 0.04 …``), None when it draws ``fit``.
+    """
 
     H: np.ndarray
     R: np.ndarray
     source: str
     fit: LawFit | None
+    abstain: str | None = None
+
+    @property
+    def shown(self) -> LawFit | None:
+        """The fit the report draws and tabulates: ``fit`` unless the report abstains."""
+        return None if self.abstain is not None else self.fit
+
+
+def law_abstain(fit: LawFit | None, n_points: int) -> str | None:
+    """Why a fit is not drawn (too few points, constant entropy, R² < ``MIN_LAW_R2``), or None."""
+    if n_points < LAW_MIN_POINTS:
+        return f"no fit: needs {LAW_MIN_POINTS} points"
+    if fit is None:
+        return "no fit: entropy/mean constant"
+    if not fit.r2 >= MIN_LAW_R2:  # `not >=` also rejects a NaN R²
+        return f"no fit: R² {fit.r2:.2f} below MIN_LAW_R2 = {MIN_LAW_R2:g}"
+    return None
 
 
 def law_points(run: Run) -> LawPoints:
@@ -235,7 +284,8 @@ def law_points(run: Run) -> LawPoints:
     source, pairs = best  # type: ignore[misc]
     H = np.array([p[0] for p in pairs], dtype=np.float64)
     R = np.array([p[1] for p in pairs], dtype=np.float64)
-    return LawPoints(H=H, R=R, source=source, fit=fit_entropy_law(H, R) if H.size else None)
+    fit = fit_entropy_law(H, R) if H.size else None
+    return LawPoints(H=H, R=R, source=source, fit=fit, abstain=law_abstain(fit, int(H.size)))
 
 
 # ---------------------------------------------------------------------------------------
@@ -344,10 +394,14 @@ def plot_law(c: Ctx) -> Figure | str:
             continue
         drawn.add(i)
         ax.scatter(law.H, law.R, color=color, s=18, zorder=3)
-        fit = law.fit
+        errors = _law_reward_errors(c.runs[i], law)
+        if errors:
+            c.notes.append(f"{label}: {errors}")
+        fit = law.shown
         if fit is None:
-            c.notes.append(f"{label}: law not fitted ({law.H.size} point(s) of {law.source}; it "
-                           f"needs {LAW_MIN_POINTS} with varying entropy)")
+            what = f"{law.abstain} ({law.H.size} point(s) of {law.source})"
+            ax.plot([], [], "o", color=color, markersize=4, label=what)  # the legend says why
+            c.notes.append(f"{label}: law not drawn, {what}")
             continue
         lo, hi = float(law.H.min()), float(law.H.max())
         grid = np.linspace(lo, hi, 200)
@@ -367,6 +421,18 @@ def plot_law(c: Ctx) -> Figure | str:
     return fig
 
 
+def _law_reward_errors(run: Run, law: LawPoints) -> str | None:
+    """A note when the law's training accuracy comes from steps whose rewards partly failed."""
+    if law.source != "reward/accuracy":
+        return None  # eval/pass@1 has its own eval/reward_error_frac
+    paired = set(run.series("entropy/mean")[0].tolist()) & set(run.series(law.source)[0].tolist())
+    failed = {s: n for s, n in reward_errors(run).items() if s in paired}
+    if not failed:
+        return None
+    return (f"rewards failed on {sum(failed.values()):g} call(s) at {len(failed)} of the law's "
+            f"{len(paired)} step(s), where reward/accuracy counts those responses by the fallback score")
+
+
 def _empty_group_mask(run: Run, key: str) -> Callable[[int], bool]:
     """Drop ``entropy/correct`` where nothing was correct, ``entropy/wrong`` where nothing was wrong."""
     empty = 0.0 if key == "entropy/correct" else 1.0
@@ -375,6 +441,26 @@ def _empty_group_mask(run: Run, key: str) -> Callable[[int], bool]:
         return run.records[step].get("reward/accuracy", math.nan) != empty
 
     return keep
+
+
+def _empty_group_note(run: Run, key: str) -> str:
+    """Why ``entropy/correct`` or ``entropy/wrong`` drew no point though logged.
+
+    ``reward/accuracy`` said the group was empty at every step. That is a fact about the
+    responses only where every reward call ran; at a step with ``reward/errors`` the failed
+    calls were scored by the fallback, so whether a correct (or wrong) response was there is
+    unknown, and the note says so instead of claiming there was none.
+    """
+    kind = key.split("/")[1]
+    steps = set(run.series(key)[0].tolist())
+    failed = {s: n for s, n in reward_errors(run).items() if s in steps}
+    if not failed:
+        return f"{key} not drawn, no step had a {kind} response (reward/accuracy)"
+    clean = len(steps) - len(failed)
+    return (f"{key} not drawn: reward/accuracy counts no {kind} response at any of its "
+            f"{len(steps)} step(s), but rewards failed on {sum(failed.values()):g} call(s) at "
+            f"{len(failed)} of them, so correctness is unknown for those steps"
+            + (f" ({clean} step(s) without reward errors)" if clean else ""))
 
 
 def plot_phase(c: Ctx) -> Figure | str:
@@ -391,8 +477,7 @@ def plot_phase(c: Ctx) -> Figure | str:
                 if _plot(ax, run, key, color, style, marker, mask):
                     drawn.add(i)
                 elif run.has(key):  # logged, but every step had an empty group (logged as 0)
-                    c.notes.append(f"{label}: {key} not drawn, no step had a "
-                                   f"{key.split('/')[1]} response (reward/accuracy)")
+                    c.notes.append(f"{label}: {_empty_group_note(run, key)}")
                 else:
                     c.notes.append(f"{label}: no {key}")
         _style_legend(ax, [("-", "o", keys[0]), ("--", "s", keys[1])])
@@ -479,6 +564,23 @@ def _f(x: float | None, fmt: str = ".3f") -> str:
     return "n/a" if x is None or not math.isfinite(x) else format(x, fmt)
 
 
+def reward_error_summary(run: Run) -> str:
+    """Total failed reward calls, steps affected and the worst ``reward/error_frac``, as text.
+
+    ``n/a`` when the run logs no ``reward/errors``; the worst fraction is left out when the run
+    predates ``reward/error_frac`` (it is not reconstructed from the counts).
+    """
+    if not run.has("reward/errors"):
+        return "n/a"
+    failed = reward_errors(run)
+    text = f"{sum(failed.values()):g} at {len(failed)}/{run.series('reward/errors')[0].size} step(s)"
+    steps, frac = run.series("reward/error_frac")
+    if frac.size and failed:
+        worst = int(np.argmax(frac))
+        text += f"; worst step {int(steps[worst])}: {frac[worst]:.1%} of calls"
+    return text
+
+
 def summary_rows(runs: Sequence[Run], labels: Sequence[str], laws: Sequence[LawPoints]) -> list[dict[str, str]]:
     """One row of display strings per run (the HTML table; also handy in tests)."""
     rows = []
@@ -490,7 +592,7 @@ def summary_rows(runs: Sequence[Run], labels: Sequence[str], laws: Sequence[LawP
         _, h = run.series("entropy/mean")
         steps = run.summary.get("steps", max(run.records))
         wall = run.summary.get("wall_seconds")
-        fit = law.fit
+        fit = law.shown
         rows.append({
             "run": label,
             "path": str(run.path),
@@ -499,7 +601,8 @@ def summary_rows(runs: Sequence[Run], labels: Sequence[str], laws: Sequence[LawP
             "final accuracy": "n/a" if acc is None else f"{acc[1]:.3f} ({acc_src}, step {acc[0]})",
             "final entropy": _f(float(h[-1]) if h.size else None, ".4f"),
             "entropy end/start": _f(float(h[-1] / h[0]) if h.size and h[0] != 0 else None),
-            "law a, b (R²)": "n/a" if fit is None else f"{fit.a:.3f}, {fit.b:.3f} ({fit.r2:.3f})",
+            "reward errors": reward_error_summary(run),
+            "law a, b (R²)": (law.abstain or "n/a") if fit is None else f"{fit.a:.3f}, {fit.b:.3f} ({fit.r2:.3f})",
             "law ceiling": "n/a" if fit is None else f"{fit.ceiling:.3f}",
         })
     return rows
@@ -545,6 +648,9 @@ def _html(runs: Sequence[Run], rows: list[dict[str, str]],
         out.append(f'<tr><td class="path" colspan="{len(cols)}">{e(row["path"])}</td></tr>')
     out.append("</table>")
     bad = [f"{r.name}: {r.bad_lines} unreadable line(s) in metrics.jsonl skipped" for r in runs if r.bad_lines]
+    bad += [f"{r.name}: rewards failed on {sum(f.values()):g} call(s) at {len(f)} step(s) (reward/errors); "
+            "correctness (reward/accuracy, entropy/correct, entropy/wrong) is unknown for those calls"
+            for r in runs if (f := reward_errors(r))]
     if bad:
         out.append('<ul class="notes">' + "".join(f"<li>{e(b)}</li>" for b in bad) + "</ul>")
     for heading, caption, data_uri, skip, notes in sections:

@@ -22,8 +22,20 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 
+from entropo.algorithms.diagnostics import LawFit, fit_entropy_law
 from entropo.cli import main
-from entropo.telemetry.report import PLOTS, ReportError, law_points, load_run, write_report
+from entropo.telemetry.report import (
+    MIN_LAW_R2,
+    PLOTS,
+    Ctx,
+    ReportError,
+    law_abstain,
+    law_points,
+    load_run,
+    plot_law,
+    summary_rows,
+    write_report,
+)
 
 CHROMIUM = "/usr/bin/chromium"
 STEMS = [stem for stem, _, _ in PLOTS]
@@ -167,7 +179,7 @@ def test_one_step_run_with_nulls_and_missing_keys(tmp_path):
     assert "Plot skipped: no run logs entropy/think" in text
     assert "Plot skipped: no run logs cov/mean" in text
     assert not (out / "controls.png").exists()
-    assert "law not fitted (1 point(s) of reward/accuracy" in text
+    assert "law not drawn, no fit: needs 3 points (1 point(s) of reward/accuracy)" in text
     assert "1 unreadable line(s)" in text
     for stem in ("entropy", "reward", "law"):
         _assert_not_blank(out / f"{stem}.png")
@@ -181,6 +193,78 @@ def test_empty_correctness_group_is_not_drawn_as_zero(tmp_path):
     text = write_report([run], tmp_path / "out").read_text()
     assert "entropy/correct not drawn, no step had a correct response" in text
     assert "no entropy/wrong" not in text and "entropy/wrong not drawn" not in text
+
+
+def _scattered_run(path: Path) -> Path:
+    """20 steps, entropy falling 1.0 → 0.43 nats, accuracy alternating 0.2 / 0.6 around a flat
+    line: nothing for the law to explain, so its R² is near 0 (asserted by the test)."""
+    lines = [{"step": k, "entropy/mean": 1.0 - 0.03 * k, "reward/accuracy": 0.2 + 0.4 * (k % 2)}
+             for k in range(1, 20)]
+    path.mkdir(parents=True)
+    (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    return path
+
+
+def test_law_abstains_on_a_meaningless_fit(tmp_path):
+    run = load_run(_scattered_run(tmp_path / "scattered"))
+    law = law_points(run)
+    raw = fit_entropy_law(law.H, law.R)
+    assert law.fit == raw and raw.r2 < 0.05  # the fit exists, and explains nothing
+    assert law.shown is None and law.abstain == f"no fit: R² {raw.r2:.2f} below MIN_LAW_R2 = 0.5"
+
+    row = summary_rows([run], ["scattered"], [law])[0]
+    assert row["law a, b (R²)"].startswith("no fit: R² 0.0") and row["law ceiling"] == "n/a"
+    text = write_report([run.path], tmp_path / "out").read_text()
+    assert "no fit: R²" in text
+    assert f"{raw.ceiling:.3f}" not in text and f"{raw.a:.3f}, {raw.b:.3f}" not in text
+
+    # The plot draws the points, but no curve, no extrapolation and no ceiling star or label.
+    fig = plot_law(Ctx(runs=[run], labels=["scattered"], colors=["C0"], laws=[law]))
+    ax = fig.axes[0]
+    assert not [ln for ln in ax.lines if len(ln.get_xdata())]  # only the empty legend entry
+    assert not [t for t in ax.texts if "ceiling" in t.get_text()]
+    assert any("no fit: R²" in t.get_text() for t in ax.get_legend().get_texts())
+
+
+def test_law_abstain_threshold():
+    def fit(r2: float) -> LawFit:
+        return LawFit(a=0.5, b=1.0, r2=r2, residual_rms=0.0, ceiling=0.5, n_points=5)
+
+    assert law_abstain(fit(MIN_LAW_R2), 5) is None
+    assert law_abstain(fit(0.04), 5) == "no fit: R² 0.04 below MIN_LAW_R2 = 0.5"
+    assert law_abstain(fit(math.nan), 5) is not None
+    assert law_abstain(None, 2) == "no fit: needs 3 points"
+    assert law_abstain(None, 6) == "no fit: entropy/mean constant"
+
+
+@pytest.mark.parametrize("with_frac", [True, False], ids=["error_frac", "older_run"])
+def test_reward_errors_are_shown_and_no_correctness_claim_is_made(tmp_path, with_frac):
+    # Accuracy 1 at every step because every failed call fell back: entropy/wrong is an empty
+    # group by reward/accuracy, yet nobody knows whether the responses were right.
+    errors = {k: {"reward/errors": 8.0, "reward/errors/exception": 8.0}
+              | ({"reward/error_frac": 1.0 if k == 2 else 0.5} if with_frac else {})
+              for k in range(1, 4)}
+    run = _write_run(tmp_path / "failing", steps=3, h0=1.0, h1=0.8, a=0.0, b=1.0,
+                     loss="ppo_clip", mask=[], extra=errors)
+    text = write_report([run], tmp_path / "out").read_text()
+    assert "no step had a wrong response" not in text
+    assert ("entropy/wrong not drawn: reward/accuracy counts no wrong response at any of its 3 "
+            "step(s), but rewards failed on 24 call(s) at 3 of them, so correctness is unknown "
+            "for those steps") in text
+    assert "failing: rewards failed on 24 call(s) at 3 step(s) (reward/errors)" in text
+    cell = "24 at 3/3 step(s)" + ("; worst step 2: 100.0% of calls" if with_frac else "")
+    assert f"<td>{cell}</td>" in text
+
+
+def test_reward_errors_without_failures(tmp_path, two_runs):
+    # A run that logs reward/errors = 0 keeps the plain empty-group note; one without the key says n/a.
+    run = _write_run(tmp_path / "all_right", steps=3, h0=1.0, h1=0.8, a=0.0, b=1.0, loss="ppo_clip",
+                     mask=[], extra={k: {"reward/errors": 0.0} for k in range(1, 4)})
+    text = write_report([run, two_runs[1]], tmp_path / "out").read_text()
+    assert "entropy/wrong not drawn, no step had a wrong response (reward/accuracy)" in text
+    assert "<td>0 at 0/3 step(s)</td>" in text and "rewards failed" not in text
+    rows = summary_rows([load_run(two_runs[1])], ["b"], [law_points(load_run(two_runs[1]))])
+    assert rows[0]["reward errors"] == "n/a"
 
 
 def test_missing_directory_or_metrics_is_a_clear_error(tmp_path, two_runs):
