@@ -11,7 +11,11 @@ setup(
     long_description=Path("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=find_packages(include=["entropo", "entropo.*"]),
+    # configs/ ships inside the package as entropo.recipes, so that `entropo train clip_cov`
+    # finds a recipe by name wherever entropo is installed
+    packages=[*find_packages(include=["entropo", "entropo.*"]), "entropo.recipes"],
+    package_dir={"entropo.recipes": "configs"},
+    package_data={"entropo.recipes": ["*.yaml"]},
     include_package_data=True,
     install_requires=[
         # torch first and pinned on this machine by scripts/install.sh (CPU build);

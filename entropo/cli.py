@@ -1,6 +1,7 @@
 """``entropo`` command line.
 
-- ``entropo train [CONFIG.yaml] [key=value ...]``: train a policy.
+- ``entropo train [CONFIG] [key=value ...]``: train a policy; CONFIG is a YAML file or a
+  shipped recipe's name (``entropo train clip_cov``).
 - ``entropo report RUN [RUN ...] [--out DIR]``: an HTML report of one or more run directories
   (default ``DIR``: the first run's ``report/``); prints the path of ``report.html``.
 - ``entropo launch CONFIG.yaml --address http://HEAD:8265 [key=value ...]``: train as a Ray
@@ -17,8 +18,10 @@ from entropo.config import ConfigError, load_config
 
 
 def _split(args: list[str]) -> tuple[str | None, list[str]]:
+    """``[CONFIG] [key=value ...]``: the first argument without ``=`` is a YAML path or a
+    shipped recipe's name."""
     config = None
-    if args and "=" not in args[0] and (args[0].endswith((".yaml", ".yml"))):
+    if args and "=" not in args[0]:
         config, args = args[0], args[1:]
     return config, args
 
@@ -26,7 +29,7 @@ def _split(args: list[str]) -> tuple[str | None, list[str]]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="entropo", description="RL for reasoning LMs with entropy control")
     sub = parser.add_subparsers(dest="command", required=True)
-    train = sub.add_parser("train", help="train a policy: entropo train [CONFIG.yaml] [key=value ...]")
+    train = sub.add_parser("train", help="train a policy: entropo train [CONFIG.yaml | RECIPE] [key=value ...]")
     train.add_argument("args", nargs="*", help="an optional YAML recipe, then dotted overrides")
     report = sub.add_parser("report", help="plot run directories into one self-contained report.html")
     report.add_argument("runs", nargs="+", metavar="RUN", help="run directories (trainer.output_dir)")

@@ -740,16 +740,66 @@ def _normalise_overrides(overrides: list[str]) -> list[str]:
     return out
 
 
+def recipe_dirs() -> list[Path]:
+    """Where recipes are found by name: the installed package's ``recipes/`` (setup.py ships
+    ``configs/`` there), then ``configs/`` of a source checkout (editable installs)."""
+    package = Path(__file__).resolve().parent
+    return [d for d in (package / "recipes", package.parent / "configs") if d.is_dir()]
+
+
+def recipe_names() -> list[str]:
+    """The shipped recipes' names (``clip_cov``, ``dapo``, ...)."""
+    return sorted({p.stem for d in recipe_dirs() for p in d.glob("*.yaml")})
+
+
+def resolve_recipe(name: str | Path) -> Path:
+    """A YAML file by path, or a shipped recipe by bare name (``clip_cov`` or ``clip_cov.yaml``).
+
+    Raises:
+        ConfigError: neither exists; the message lists the shipped recipes.
+    """
+    path = Path(name).expanduser()
+    if path.is_file():
+        return path
+    if path.parent == Path("."):
+        stem = path.name.removesuffix(".yaml").removesuffix(".yml")
+        for d in recipe_dirs():
+            if (d / f"{stem}.yaml").is_file():
+                return d / f"{stem}.yaml"
+    raise ConfigError(f"config file not found: {name} (a path, or a shipped recipe: {', '.join(recipe_names())})")
+
+
+def _read_yaml(path: Path) -> Any:
+    """The file's top-level mapping; a syntax error or another top level is one line."""
+    import yaml
+
+    try:
+        text = path.read_text(encoding="utf-8")
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{path}: YAML syntax error{where}: {problem}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read: {e}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections (model:, data:, reward:, ...), "
+                          f"not a {type(data).__name__}")
+    return OmegaConf.create(data)
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
-    """Defaults ← YAML file ← dotted overrides, validated and frozen."""
+    """Defaults ← YAML file (a path or a shipped recipe's name) ← dotted overrides, validated
+    and frozen."""
     schema = OmegaConf.structured(TrainConfig)
     layers = [schema]
     try:
         if path is not None:
-            path = Path(path)
-            if not path.is_file():
-                raise ConfigError(f"config file not found: {path}")
-            layers.append(OmegaConf.load(path))
+            path = resolve_recipe(path)
+            layers.append(_read_yaml(path))
         if overrides:
             layers.append(OmegaConf.from_dotlist(_normalise_overrides(list(overrides))))
         merged = OmegaConf.merge(*layers)

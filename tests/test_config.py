@@ -7,6 +7,8 @@ import pytest
 
 from entropo.config import ConfigError, TrainConfig, load_config, to_yaml
 
+ROOT = Path(__file__).resolve().parents[1]
+
 CONFIGS = sorted(Path(__file__).resolve().parents[1].joinpath("configs").glob("*.yaml"))
 
 
@@ -111,6 +113,32 @@ def test_missing_file_and_bad_yaml(tmp_path):
         load_config(bad)
 
 
+@pytest.mark.parametrize(("text", "message"), [
+    ("- a\n- b\n", r"bad\.yaml: the top level must be a mapping of sections .*not a list$"),
+    ("model:\n  path: [x\n", r"bad\.yaml: YAML syntax error at line 3, column 1: expected ','"),
+    ("model:\n\tpath: x\n", r"bad\.yaml: YAML syntax error at line 2, column 1"),
+])
+def test_yaml_errors_are_one_line_with_file_line_and_column(tmp_path, text, message):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text)
+    with pytest.raises(ConfigError, match=message) as e:
+        load_config(bad)
+    assert "\n" not in str(e.value)
+
+
+def test_recipes_load_by_bare_name_from_anywhere(tmp_path, monkeypatch):
+    from entropo.config import recipe_names
+
+    monkeypatch.chdir(tmp_path)
+    assert load_config("clip_cov").algorithm.loss == "clip_cov"
+    assert load_config("clip_cov.yaml").algorithm.loss == "clip_cov"
+    assert set(recipe_names()) == {p.stem for p in (ROOT / "configs").glob("*.yaml")}
+    with pytest.raises(ConfigError, match="config file not found: clip_kov .*clip_cov"):
+        load_config("clip_kov")
+    (tmp_path / "clip_cov.yaml").write_text("trainer:\n  total_steps: 3\n")
+    assert load_config("clip_cov.yaml").algorithm.loss == "ppo_clip"  # a file in the cwd comes first
+
+
 def test_config_is_frozen():
     cfg = load_config()
     with pytest.raises(AttributeError):
@@ -154,3 +182,14 @@ def test_embedded_reward_on_a_users_data_is_refused(overrides):
 def test_reward_failure_settings_are_checked(overrides, key):
     with pytest.raises(ConfigError, match=key):
         load_config(overrides=overrides)
+
+
+def test_python_api_names():
+    import entropo
+    from entropo.config import load_config as direct
+    from entropo.trainer import run
+
+    assert entropo.load_config is direct and entropo.train is run.train and entropo.evaluate is run.evaluate_only
+    assert entropo.RunError is run.RunError
+    with pytest.raises(AttributeError, match="no attribute 'trian'"):
+        entropo.trian  # noqa: B018

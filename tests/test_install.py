@@ -37,3 +37,21 @@ def test_vllm_ray_deepspeed_and_transformers_models_import_together():
                           env={"DS_ACCELERATOR": "cpu", "PATH": "/usr/bin:/bin", "HOME": str(Path.home())})
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split()[0].startswith("0.32")
+
+
+def test_recipes_ship_in_the_wheel_and_load_by_name_from_it(tmp_path):
+    """Built and installed outside the checkout, `load_config("clip_cov")` reads the packaged
+    recipe (entropo/recipes/, from configs/ by setup.py), not the source tree's."""
+    wheels, target = tmp_path / "wheels", tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
+                    str(wheels), str(ROOT)], check=True, capture_output=True)
+    (wheel,) = wheels.glob("entropo-*.whl")
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), str(wheel)],
+                   check=True, capture_output=True)
+    probe = ("from entropo.config import load_config, resolve_recipe; "
+             "print(resolve_recipe('clip_cov')); print(load_config('clip_cov').algorithm.loss)")
+    done = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True,
+                          env={**__import__("os").environ, "PYTHONPATH": str(target)})
+    assert done.returncode == 0, done.stderr[-2000:]
+    path, loss = done.stdout.split()
+    assert Path(path) == target / "entropo" / "recipes" / "clip_cov.yaml" and loss == "clip_cov"

@@ -382,3 +382,19 @@ def test_trl_dataset_and_rewards_unchanged_with_verl_partial_credit(ray_session,
         assert all(comp[0]["role"] == "assistant" and isinstance(comp[0]["content"], str) for comp in c["completions"])
         assert all(s.startswith("$") for s in c["solution"]) and all(0 < n <= 12 for n in c["n_ids"])
     assert sum(len(c["completions"]) for c in train_calls) == 2 * 4 * 4  # steps × prompts × n
+
+
+def test_the_readme_python_example_runs(ray_session, tmp_path, capsys):
+    """The README's Python API example, as written there (its output folder moved to tmp)."""
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    block = readme.split("<!-- python-api-example -->\n```python\n", 1)[1].split("```", 1)[0]
+    assert "from entropo import load_config, train" in block
+    exec(compile(block.replace("runs/api", str(tmp_path / "api")), "README.md", "exec"), {})
+    printed = capsys.readouterr().out.strip().splitlines()[-1]
+    summary = json.loads((tmp_path / "api" / "summary.json").read_text())
+    assert summary["steps"] == 2
+    rows = [json.loads(line) for line in (tmp_path / "api" / "metrics.jsonl").read_text().splitlines()]
+    assert summary["accuracy_start"] == rows[0]["eval/pass@1"] and rows[0]["eval/prompts"] == 16.0
+    assert printed == (f"accuracy {summary['accuracy_start']:.2f} -> {summary['accuracy_end']:.2f}, "
+                       f"entropy {summary['entropy_start']:.3f} -> {summary['entropy_end']:.3f}")
+    assert rows[-1]["clip_cov/selected_frac"] > 0  # the recipe, loaded by its bare name
