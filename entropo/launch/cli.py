@@ -76,7 +76,7 @@ def run(ns: argparse.Namespace) -> int:
             return _slurm(ns, config, overrides)
         return _ray_job(ns, config, overrides)
     except (LaunchError, ValueError) as e:
-        print(f"entropo launch: error: {e}", file=sys.stderr)
+        print(f"entropo: error: {e}", file=sys.stderr)  # as entropo train's errors
         return 2
 
 

@@ -10,9 +10,12 @@ code, the config, local data) is uploaded in the job's ``runtime_env`` with ``en
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import socket
 import sys
 import time
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TextIO
@@ -23,6 +26,22 @@ from entropo.launch import train_command
 DEFAULT_EXCLUDES = (".git", ".venv", "venv", "runs", "wandb", "**/__pycache__", "*.pyc")
 # After the log stream ends the job is terminal; its status may take a moment to show it.
 STATUS_WAIT_S = 30.0
+# Ray's job client does not take the address it is given when one of these is set
+# (sdk.JobSubmissionClient: "always overridden by the RAY_API_SERVER_ADDRESS or RAY_ADDRESS
+# environment variable"); --address is documented to win over them.
+ADDRESS_VARS = ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS")
+# A TCP connect to a live head answers at once. Without this bound an address that drops
+# packets waits for the OS's connect timeout (about 2 min on Linux), and Ray's GCS and Ray
+# Client look-ups retry for 30-45 s before failing with a traceback.
+CONNECT_TIMEOUT_S = 5.0
+# Ports Ray assumes when the address names none (Ray Client 10001, GCS 6379).
+DEFAULT_PORTS = {"http": 80, "https": 443, "ray": 10001, "": 6379}
+# What to check when the cluster cannot be reached, by the address's scheme (default: the
+# dashboard's http(s)).
+_CHECK = {
+    "ray": "check the head's Ray Client address and port (default 10001), or pass its dashboard, http://HEAD:8265",
+    "": "check the head's GCS address and port (default 6379), or pass its dashboard, http://HEAD:8265",
+}
 
 
 class LaunchError(RuntimeError):
@@ -93,13 +112,79 @@ class JobRequest:
 
 
 def make_client(address: str | None) -> JobClient:
-    """A ``JobSubmissionClient`` for the dashboard at ``address`` (e.g. ``http://HEAD:8265``;
-    None reads ``RAY_API_SERVER_ADDRESS`` / ``RAY_ADDRESS``)."""
+    """A ``JobSubmissionClient`` for the dashboard at ``address``.
+
+    Args:
+        address: ``http(s)://HEAD:8265`` (the dashboard), ``ray://HEAD:10001`` (Ray Client)
+            or ``HEAD:6379`` (GCS), from which Ray looks the dashboard up; ``auto``; None
+            reads ``RAY_API_SERVER_ADDRESS`` / ``RAY_ADDRESS``, else a local cluster.
+
+    Raises:
+        LaunchError: the cluster cannot be reached or refuses the client; one line naming
+            the address, the cause and what to check. An unreachable host fails within
+            :data:`CONNECT_TIMEOUT_S`, before Ray's own 30-45 s retries.
+    """
+    chosen = address or os.environ.get(ADDRESS_VARS[0]) or os.environ.get(ADDRESS_VARS[1])
+    if chosen and chosen != "auto":
+        _probe(chosen)
+    from ray.exceptions import AuthenticationError, RayError
     from ray.job_submission import JobSubmissionClient
 
     if use_token_auth():
         os.environ["RAY_AUTH_MODE"] = "token"
-    return JobSubmissionClient(address)
+    try:
+        with _without_address_vars(address):
+            return JobSubmissionClient(address)
+    except AuthenticationError as e:
+        raise LaunchError(f"the Ray cluster at {chosen} refused the job client ({_first_line(e)}); set RAY_AUTH_TOKEN "
+                          "or copy the head's ~/.ray/auth_token here") from None
+    except (ConnectionError, RuntimeError, ValueError, RayError) as e:
+        if not chosen or chosen == "auto":
+            raise LaunchError(f"no Ray cluster found ({_first_line(e)}); pass --address http://HEAD:8265, "
+                              "the head's dashboard") from None
+        raise LaunchError(_unreachable(chosen, _first_line(e))) from None
+
+
+def _probe(address: str) -> None:
+    """Fail fast, in one line, when nothing listens at ``address``'s host and port."""
+    scheme, sep, rest = address.partition("://")
+    if not sep:
+        scheme, rest = "", address
+    parts = urllib.parse.urlsplit("//" + rest)
+    try:
+        host, port = parts.hostname, parts.port or DEFAULT_PORTS.get(scheme.lower())
+    except ValueError:  # a port that is not a number: Ray's own parser says so
+        return
+    if not host or port is None:  # another scheme (a job-manager plugin): Ray's to resolve
+        return
+    try:
+        socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S).close()
+    except TimeoutError:
+        raise LaunchError(_unreachable(address, f"no answer in {CONNECT_TIMEOUT_S:g} s")) from None
+    except OSError as e:
+        raise LaunchError(_unreachable(address, (e.strerror or str(e)).lower())) from None
+
+
+def _unreachable(address: str, cause: str) -> str:
+    scheme = address.partition("://")[0].lower() if "://" in address else ""
+    check = _CHECK.get(scheme, "check the head's dashboard address and port (default 8265; "
+                               "`ray status` on the head shows whether the cluster is up)")
+    return f"cannot reach the Ray cluster at {address} ({cause}); {check}"
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0].rstrip(".") if text else type(e).__name__
+
+
+@contextlib.contextmanager
+def _without_address_vars(address: str | None):
+    """Hide :data:`ADDRESS_VARS` while the client is made, when ``address`` is given."""
+    saved = {k: os.environ.pop(k) for k in ADDRESS_VARS if address and k in os.environ}
+    try:
+        yield
+    finally:
+        os.environ.update(saved)
 
 
 def use_token_auth() -> bool:

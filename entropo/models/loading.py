@@ -14,6 +14,11 @@
   here, naming ``model.path``, instead of deep inside ``from_pretrained``.
 - anything else: a hub name, returned unchanged for ``from_pretrained``.
 
+:func:`check_model_path` is the driver's check, run before any Ray actor starts: a local
+folder must hold ``config.json`` and weights, and a hub name must be in the HF cache when
+offline (``HF_HUB_OFFLINE=1``). It reads the filesystem only, no network; its
+:class:`ModelPathError` names ``model.path``, the value and the fix in one line.
+
 Building is crash- and race-safe: a builder writes into a fresh temporary directory next to
 the final one, which is then renamed into place with ``os.replace`` (atomic on POSIX), so the
 final directory either does not exist or is complete. An ``flock`` on ``<final>.lock`` makes
@@ -165,9 +170,80 @@ def resolve_model_path(path: str) -> str:
     if _looks_local(path):
         local = Path(path).expanduser()
         if not local.exists():
-            raise FileNotFoundError(f"model.path: local path '{path}' does not exist")
+            raise FileNotFoundError(f"model.path: local path '{path}' does not exist; point model.path at a "
+                                    "model folder (save_pretrained or `hf download NAME --local-dir DIR`) or a hub name")
         return str(local)
     return path
+
+
+class ModelPathError(FileNotFoundError):
+    """``model.path`` names no model this process can load; the one-line message names
+    ``model.path``, the value and the fix. A ``FileNotFoundError``, so callers that catch
+    the missing-local-path error of :func:`resolve_model_path` catch this too."""
+
+
+# Any one of these makes a folder loadable by ``from_pretrained`` (sharded saves have the
+# index and the shards, older ones ``pytorch_model.bin``).
+WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.safetensors.index.json", "*.bin.index.json")
+
+
+def _download_fix(name: str) -> str:
+    return (f"download it first with `hf download {name}` (or `huggingface-cli download {name}`) "
+            "while online, or point model.path at a local folder")
+
+
+def check_model_path(path: str) -> str:
+    """The driver's check of ``model.path``, before any actor loads it; filesystem only.
+
+    Args:
+        path: as for :func:`resolve_model_path`.
+
+    Returns:
+        :func:`resolve_model_path`'s result.
+
+    Raises:
+        ValueError: an unknown embedded name.
+        ModelPathError: a local path that does not exist, is not a folder, or lacks
+            ``config.json`` or weights (:data:`WEIGHT_PATTERNS`); a hub name that is not a
+            valid repo id; a hub name not in the HF cache while offline. Online, a hub name
+            not yet cached passes: ``from_pretrained`` downloads it.
+    """
+    resolved = resolve_model_path(path)
+    if path.startswith(EMBEDDED_PREFIX):
+        return resolved  # built by entropo, complete by construction
+    local = Path(resolved).expanduser()
+    if _looks_local(path) or local.exists():  # from_pretrained prefers an existing folder too
+        _check_local_folder(path, local)
+    else:
+        _check_hub_name(path)
+    return resolved
+
+
+def _check_local_folder(path: str, local: Path) -> None:
+    key = f"model.path: '{path}'"
+    fix = "point model.path at a folder written by save_pretrained or `hf download NAME --local-dir DIR`"
+    if not local.is_dir():  # resolve_model_path has checked that it exists
+        raise ModelPathError(f"{key} is a file, not a model folder; {fix}")
+    if not (local / "config.json").is_file():
+        raise ModelPathError(f"{key} has no config.json, so it is not a model folder; {fix}")
+    if not any(next(local.glob(pattern), None) for pattern in WEIGHT_PATTERNS):
+        raise ModelPathError(f"{key} has a config.json but no weights (*.safetensors or *.bin); {fix}")
+
+
+def _check_hub_name(name: str) -> None:
+    import huggingface_hub
+    from huggingface_hub.errors import HFValidationError
+
+    try:
+        cached = huggingface_hub.try_to_load_from_cache(name, "config.json")  # HF_HUB_CACHE, revision main
+    except HFValidationError as e:
+        first = str(e).splitlines()[0].rstrip(".")
+        raise ModelPathError(f"model.path: '{name}' is neither an existing local folder nor a valid hub name "
+                             f"({first}); point model.path at a local folder or an org/name on the hub") from None
+    if huggingface_hub.is_offline_mode() and not isinstance(cached, str):
+        cache = huggingface_hub.constants.HF_HUB_CACHE
+        raise ModelPathError(f"model.path: '{name}' is a hub name that is not in the HF cache ({cache}) and "
+                             f"offline mode (HF_HUB_OFFLINE=1) forbids downloading it; {_download_fix(name)}")
 
 
 def load_tokenizer(path: str) -> PreTrainedTokenizerBase:
@@ -179,9 +255,21 @@ def load_tokenizer(path: str) -> PreTrainedTokenizerBase:
     Returns:
         The tokenizer with ``padding_side="left"`` (decoder-only generation appends to the
         right end of every row) and, when it has none, ``pad_token = eos_token``.
+
+    Raises:
+        ModelPathError: ``from_pretrained`` cannot fetch a hub name (no network and not
+            cached, no such repo, a gated one); local folders raise transformers' own errors.
     """
     resolved = resolve_model_path(path)
-    tokenizer = AutoTokenizer.from_pretrained(resolved)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(resolved)
+    except OSError as e:
+        # e.g. online but the hub is unreachable and the name is not cached: transformers
+        # raises an OSError with several lines; one line naming model.path is enough.
+        if _looks_local(path) or Path(resolved).exists():
+            raise
+        first = str(e).splitlines()[0].rstrip(".") if str(e) else type(e).__name__
+        raise ModelPathError(f"model.path: cannot load '{path}' ({first}); {_download_fix(path)}") from e
     if _declared_tokenizer_class(resolved) in GENERIC_TOKENIZERS and type(tokenizer).__name__ not in GENERIC_TOKENIZERS:
         # transformers 5 maps a folder whose config says e.g. qwen2 to Qwen2's own (byte-level)
         # tokenizer class, even when tokenizer_config.json declares a generic one: a character

@@ -144,6 +144,11 @@ class RewardManager:
             self.backend = RayBackend(specs, options, ctx, self.timeout_s, workers,
                                       float(cfg.worker_cpus), memory if memory > 0 else None)
 
+    def ready(self) -> None:
+        """Wait until the reward workers are up (Ray workers start in the background, so that
+        they overlap the trainer's start-up); a worker that cannot start raises RuntimeError."""
+        self.backend.wait_started()
+
     def correctness_rule(self) -> str:
         """How ``correct`` is decided, in one line (printed once at start-up)."""
         return (f"[reward] correct = the 'acc' a reward function reports (first in reward.fns), "

@@ -80,6 +80,7 @@ def execute(backend, jobs: list[Job], timeout_s: float) -> tuple[list[tuple[Job,
         else:
             stats.failures.append((job, outcome))
 
+    backend.wait_started()
     while pending or inflight:
         for slot in backend.idle_slots():
             if not pending:
@@ -148,6 +149,9 @@ class LocalBackend:
         self.threads = [_Thread(evaluator) for _ in range(workers)]
         self.busy: set[int] = set()
 
+    def wait_started(self) -> None:
+        """Threads start at once: nothing to wait for."""
+
     def idle_slots(self) -> list[int]:
         return [i for i in range(len(self.threads)) if i not in self.busy]
 
@@ -208,8 +212,9 @@ class RewardWorker:
 
 
 class RayBackend:
-    """``workers`` Ray actors (module docstring). Starting waits until all are up, so that a
-    reward that fails to load in a worker fails here, at start-up."""
+    """``workers`` Ray actors (module docstring). They start in the background; the first
+    :meth:`wait_started` (at the latest, the first scoring) waits until all are up, so that a
+    reward that fails to load in a worker fails at start-up, not mid-run."""
 
     def __init__(self, specs, options, ctx, timeout_s: float, workers: int, num_cpus: float,
                  memory_growth_mb: float | None) -> None:
@@ -226,9 +231,15 @@ class RayBackend:
         self.starting: dict[Any, int] = {}  # ready() ref -> slot
         self.busy: set[int] = set()
         self.start_failures = 0
+        self.started = False
         for slot in range(workers):
             self._start(slot)
-        self._await_started(block=True)
+
+    def wait_started(self) -> None:
+        """Block until the first workers are up (once); a failed start raises."""
+        if not self.started:
+            self._await_started(block=True)
+            self.started = True
 
     def _start(self, slot: int) -> None:
         actor = self.cls.remote(*self.args)

@@ -69,7 +69,13 @@ class Checkpoints:
 
     def resolve(self, resume: str) -> Path | None:
         """``trainer.resume``: '' → None; 'auto' → the newest complete checkpoint (None if
-        there is none yet); otherwise a checkpoint directory, which must be complete."""
+        there is none yet); otherwise a checkpoint directory, which must be complete.
+
+        Raises:
+            CheckpointError: ``resume`` is not a complete checkpoint; the one-line message says
+                what it is instead (an HF export, a run directory, an interrupted save) and
+                what to set.
+        """
         if not resume:
             return None
         if resume == "auto":
@@ -77,11 +83,36 @@ class Checkpoints:
             return done[-1] if done else None
         path = Path(resume).expanduser()
         if not (path / MARKER).is_file():
-            raise CheckpointError(
-                f"trainer.resume: '{path}' is not a complete checkpoint (no {MARKER} marker); "
-                "it may be a save that was interrupted"
-            )
+            raise CheckpointError(_not_resumable(path))
         return path
+
+
+_AUTO = "or trainer.resume=auto (the newest checkpoint of trainer.output_dir)"
+
+
+def _not_resumable(path: Path) -> str:
+    """Why ``trainer.resume=path`` cannot resume, and what to set instead (one line)."""
+    key = f"trainer.resume: '{path}'"
+    if not path.exists():
+        return f"{key} does not exist; set trainer.resume=<run>/checkpoints/step_NNNNNN {_AUTO}"
+    # The checkpoint to suggest: the one ``path`` is inside, else the newest complete one
+    # beside it or in it (``path`` = a run's checkpoints/ folder), else a placeholder.
+    if (path.parent / MARKER).is_file():
+        near = [path.parent]
+    else:
+        near = Checkpoints(path.parent).complete() or Checkpoints(path).complete()
+    resume = f"trainer.resume={near[-1]}" if near else "trainer.resume=<run>/checkpoints/step_NNNNNN"
+    if (path / "config.json").is_file():
+        # An hf/ folder of a checkpoint (or any save_pretrained folder) holds the weights
+        # only: no optimizer, scheduler or sampler state to resume from.
+        return (f"{key} is an HF export (config.json, no {MARKER} marker), not a resumable checkpoint; "
+                f"to start training from these weights set model.path={path}, "
+                f"to resume set {resume} {_AUTO}")
+    if (path / "checkpoints").is_dir():
+        return (f"{key} is a run directory, not a checkpoint; to resume it set "
+                f"trainer.output_dir={path} trainer.resume=auto")
+    return (f"{key} is not a complete checkpoint (no {MARKER} marker): a save that was interrupted, "
+            f"or not a checkpoint folder; set {resume} {_AUTO}")
 
 
 def save_controller(path: Path, state: dict) -> None:

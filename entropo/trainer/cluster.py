@@ -456,9 +456,10 @@ class Cluster:
                         actor_max_threads(cfg, "learner", slot, self._single_node))
             for r, slot in enumerate(self.plan.learners)
         ]
+        # the rollout workers load their engines while the learners set up DeepSpeed
+        self.workers = [self._new_worker(i) for i in range(cfg.rollout.workers)]
         host, port = ray.get(self.learners[0].address.remote())
         ray.get([a.setup.remote(host, port) for a in self.learners])
-        self.workers = [self._new_worker(i) for i in range(cfg.rollout.workers)]
         self._wait_ready(self.workers)
         self._build_sync_group()
 

@@ -17,7 +17,7 @@ class RunError(RuntimeError):
 def train(cfg: TrainConfig) -> dict:
     """Train to ``trainer.total_steps``; returns the run summary (also in ``summary.json``)."""
     from entropo.data.sampler import PromptSampler
-    from entropo.models.loading import load_tokenizer, resolve_model_path
+    from entropo.models.loading import check_model_path, load_tokenizer
     from entropo.rewards import RewardFailureError, RewardManager, RewardSpecError
     from entropo.telemetry.sinks import make_sinks
     from entropo.trainer.checkpoint import CheckpointError, Checkpoints
@@ -26,10 +26,10 @@ def train(cfg: TrainConfig) -> dict:
 
     started = time.time()
     try:
-        resolve_model_path(cfg.model.path)
+        check_model_path(cfg.model.path)  # here, before any actor loads it
+        tokenizer = load_tokenizer(cfg.model.path)
     except (FileNotFoundError, ValueError) as e:
         raise RunError(str(e)) from None
-    tokenizer = load_tokenizer(cfg.model.path)
     rows, eval_rows = prompts(cfg, tokenizer)
     run_dir = Path(cfg.trainer.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -46,6 +46,12 @@ def train(cfg: TrainConfig) -> dict:
         raise RunError(str(e)) from None
     print(rewards.correctness_rule())
     cluster = Cluster(cfg)
+    try:
+        rewards.ready()
+    except RuntimeError as e:
+        cluster.shutdown()
+        rewards.close()
+        raise RunError(f"reward.fns: {e}") from None
     sampler = PromptSampler(rows, cfg.trainer.prompts_per_step, cfg.trainer.seed)
     controller = Controller(cfg, cluster, sampler, tokenizer, rewards, sinks=None, eval_rows=eval_rows)
     if resume_from is not None:
@@ -136,7 +142,7 @@ def evaluate_only(cfg: TrainConfig) -> dict[str, float]:
     reward functions score, and the metrics are also written to
     ``trainer.output_dir/eval.json``.
     """
-    from entropo.models.loading import load_tokenizer, resolve_model_path
+    from entropo.models.loading import check_model_path, load_tokenizer
     from entropo.rewards import RewardFailureError, RewardManager, RewardSpecError
     from entropo.trainer.cluster import Cluster, connect
     from entropo.trainer.controller import Controller
@@ -144,10 +150,10 @@ def evaluate_only(cfg: TrainConfig) -> dict[str, float]:
     if not cfg.data.eval:
         raise RunError("data.eval: set the evaluation prompts (it is null)")
     try:
-        resolve_model_path(cfg.model.path)
+        check_model_path(cfg.model.path)  # here, before any actor loads it
+        tokenizer = load_tokenizer(cfg.model.path)
     except (FileNotFoundError, ValueError) as e:
         raise RunError(str(e)) from None
-    tokenizer = load_tokenizer(cfg.model.path)
     _, rows = prompts(cfg, tokenizer, train=False)
     if not rows:
         raise RunError(f"data.eval: no evaluation prompts from data.train='{cfg.data.train}'; set data.eval")
