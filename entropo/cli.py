@@ -14,8 +14,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-from entropo.config import ConfigError, load_config
-
 
 def _split(args: list[str]) -> tuple[str | None, list[str]]:
     """``[CONFIG] [key=value ...]``: the first argument without ``=`` is a YAML path or a
@@ -62,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         return _eval(ns.args)
 
     if ns.command == "train":
+        from entropo.config import ConfigError, load_config
         from entropo.trainer.run import RunError
         from entropo.trainer.run import train as run_train
 
@@ -97,7 +96,7 @@ def _config(args: list[str]) -> int:
 
         print(markdown(), end="")
         return 0
-    from entropo.config import to_yaml
+    from entropo.config import ConfigError, load_config, to_yaml
 
     config, overrides = _split(args)
     try:
@@ -109,6 +108,7 @@ def _config(args: list[str]) -> int:
 
 
 def _eval(args: list[str]) -> int:
+    from entropo.config import ConfigError, load_config
     from entropo.trainer.run import RunError, evaluate_only
 
     config, overrides = _split(args)

@@ -97,11 +97,16 @@ class JobRequest:
         return env
 
     def _config_in_working_dir(self) -> str | None:
-        """The config's path relative to the working directory (that is where the job runs)."""
+        """The config's path relative to the working directory (that is where the job runs), or
+        a shipped recipe's bare name, which the job resolves in its own entropo."""
         if self.config is None:
             return None
         path, root = Path(self.config).resolve(), Path(self.working_dir).resolve()
         if not path.is_file():
+            from entropo.config import recipe_names
+
+            if Path(self.config).name == self.config and self.config.removesuffix(".yaml") in recipe_names():
+                return self.config
             raise LaunchError(f"config file not found: {self.config}")
         try:
             return path.relative_to(root).as_posix()

@@ -25,6 +25,7 @@ def train(cfg: TrainConfig) -> dict:
     from entropo.trainer.controller import Controller
 
     started = time.time()
+    marks = [("start", time.perf_counter())]
     try:
         check_model_path(cfg.model.path)  # here, before any actor loads it
         tokenizer = load_tokenizer(cfg.model.path)
@@ -39,7 +40,9 @@ def train(cfg: TrainConfig) -> dict:
     except CheckpointError as e:
         raise RunError(str(e)) from None
 
+    marks.append(("prepare", time.perf_counter()))
     connect(cfg)  # trainer.ray_address / RAY_ADDRESS, else a local Ray sized for the actors
+    marks.append(("ray", time.perf_counter()))
     try:
         rewards = RewardManager(cfg.reward, tokenizer)
     except (RewardSpecError, ValueError) as e:
@@ -52,6 +55,7 @@ def train(cfg: TrainConfig) -> dict:
         cluster.shutdown()
         rewards.close()
         raise RunError(f"reward.fns: {e}") from None
+    marks.append(("actors", time.perf_counter()))
     sampler = PromptSampler(rows, cfg.trainer.prompts_per_step, cfg.trainer.seed)
     controller = Controller(cfg, cluster, sampler, tokenizer, rewards, sinks=None, eval_rows=eval_rows)
     if resume_from is not None:
@@ -68,10 +72,13 @@ def train(cfg: TrainConfig) -> dict:
         sinks.close()
         rewards.close()
         cluster.shutdown()
+    marks.append(("fit", time.perf_counter()))
     st = controller.state
     summary = {
         "steps": st.step,
         "wall_seconds": time.time() - started,
+        # where the time went: model/tokenizer/data checks, Ray, actors up, the training loop
+        "phase_seconds": {name: t - marks[i][1] for i, (name, t) in enumerate(marks[1:])},
         "accuracy_start": st.accuracy_start,
         "accuracy_end": st.accuracy_end,
         "entropy_start": st.entropy_start,

@@ -124,6 +124,13 @@ def test_request_without_config_trains_the_defaults(tmp_path):
         JobRequest(str(tmp_path / "missing.yaml"), working_dir=str(tmp_path)).entrypoint()
 
 
+def test_a_recipe_by_bare_name_is_passed_on_by_name(tmp_path):
+    """No such file in the working directory: the job's own entropo resolves the shipped recipe."""
+    assert JobRequest("clip_cov", working_dir=str(tmp_path)).entrypoint() == "python -m entropo.cli train clip_cov"
+    with pytest.raises(LaunchError, match="not found: clip_kov"):
+        JobRequest("clip_kov", working_dir=str(tmp_path)).entrypoint()
+
+
 def test_token_auth_is_switched_on_when_a_token_is_at_hand(monkeypatch, tmp_path):
     monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
     monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(tmp_path / "none"))
