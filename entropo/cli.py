@@ -26,6 +26,8 @@ def _split(args: list[str]) -> tuple[str | None, list[str]]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="entropo", description="RL for reasoning LMs with entropy control")
+    parser.add_argument("--debug", action="store_true",
+                        help="on an error, the full traceback instead of the one-line message")
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser("train", help="train a policy: entropo train [CONFIG.yaml | RECIPE] [key=value ...]")
     train.add_argument("args", nargs="*", help="an optional YAML recipe, then dotted overrides")
@@ -54,10 +56,10 @@ def main(argv: list[str] | None = None) -> int:
         return _report(ns.runs, ns.out)
 
     if ns.command == "config":
-        return _config(ns.args)
+        return _config(ns.args, ns.debug)
 
     if ns.command == "eval":
-        return _eval(ns.args)
+        return _eval(ns.args, ns.debug)
 
     if ns.command == "train":
         from entropo.config import ConfigError, load_config
@@ -69,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
             cfg = load_config(config, overrides)
             summary = run_train(cfg)
         except (ConfigError, RunError) as e:
+            if ns.debug:
+                raise
             print(f"entropo: error: {e}", file=sys.stderr)
             return 2
         _print_summary(summary)
@@ -90,7 +94,7 @@ def _report(runs: list[str], out: str | None) -> int:
     return 0
 
 
-def _config(args: list[str]) -> int:
+def _config(args: list[str], debug: bool = False) -> int:
     if not args:
         from entropo.config_docs import markdown
 
@@ -102,12 +106,14 @@ def _config(args: list[str]) -> int:
     try:
         print(to_yaml(load_config(config, overrides)), end="")
     except ConfigError as e:
+        if debug:
+            raise
         print(f"entropo: error: {e}", file=sys.stderr)
         return 2
     return 0
 
 
-def _eval(args: list[str]) -> int:
+def _eval(args: list[str], debug: bool = False) -> int:
     from entropo.config import ConfigError, load_config
     from entropo.trainer.run import RunError, evaluate_only
 
@@ -115,6 +121,8 @@ def _eval(args: list[str]) -> int:
     try:
         metrics = evaluate_only(load_config(config, overrides))
     except (ConfigError, RunError) as e:
+        if debug:
+            raise
         print(f"entropo: error: {e}", file=sys.stderr)
         return 2
     width = max(len(k) for k in metrics)

@@ -398,3 +398,25 @@ def test_the_readme_python_example_runs(ray_session, tmp_path, capsys):
     assert printed == (f"accuracy {summary['accuracy_start']:.2f} -> {summary['accuracy_end']:.2f}, "
                        f"entropy {summary['entropy_start']:.3f} -> {summary['entropy_end']:.3f}")
     assert rows[-1]["clip_cov/selected_frac"] > 0  # the recipe, loaded by its bare name
+
+
+def test_a_reward_failing_on_every_sample_stops_with_one_line(ray_session, tiny_model_dir, tmp_path, capsys):
+    """Exit 2 and one line naming the function, the fraction and the error (not exit 0 with a
+    run scored by the fallback); --debug shows the traceback instead."""
+    from entropo.cli import main
+    from entropo.trainer.run import RunError
+
+    broken = tmp_path / "broken.py"
+    broken.write_text("def score(sample):\n    return {'score': float(sample.extra_info['missing'])}\n")
+    args = ["train", f"model.path={tiny_model_dir}", f"trainer.output_dir={tmp_path / 'run'}", "data.eval=null",
+            f"reward.fns=[{broken}:score]", "reward.mode=local", "trainer.total_steps=2", "trainer.prompts_per_step=4",
+            "rollout.n=4", "rollout.max_new_tokens=8", "logger.backends=[jsonl]"]
+    assert main(args) == 2
+    captured = capsys.readouterr()
+    (line,) = [x for x in captured.err.splitlines() if x.startswith("entropo: error:")]
+    assert "reward 'score' failed on 16/16 samples of step 1 (100% > reward.max_error_frac=0.5)" in line
+    assert "first: exception: KeyError: 'missing'" in line
+    assert captured.err.count("Traceback") == 1  # the first failure's, printed once
+    assert (tmp_path / "run" / "metrics.jsonl").read_text() == ""  # no step completed, none claimed
+    with pytest.raises(RunError, match="failed on 16/16"):
+        main(["--debug", *args])
