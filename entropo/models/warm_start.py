@@ -47,6 +47,7 @@ import time
 from pathlib import Path
 
 import torch
+from transformers.utils import logging as hf_logging
 
 from entropo.data.embedded import make_split, score, solution_text
 from entropo.models.loading import register_embedded_model
@@ -141,11 +142,15 @@ def accuracy(
                 chunk = problems[start : start + batch_size]
                 enc = tokenizer([p["prompt"] for p in chunk], return_tensors="pt", padding=True)
                 sampling = {"temperature": 1.0, "top_k": 0, "top_p": 1.0} if do_sample else {}
+                # The limit as max_length = prompt width + max_new_tokens, the length generate
+                # derives from max_new_tokens: passing max_new_tokens while the model's
+                # generation_config has a max_length (the tiny model's saved 256) logs
+                # "Both `max_new_tokens` and `max_length` seem to have been set" on every call.
                 out = model.generate(
                     **enc,
                     do_sample=do_sample,
                     num_return_sequences=num_samples,
-                    max_new_tokens=max_new_tokens,
+                    max_length=enc["input_ids"].shape[1] + max_new_tokens,
                     pad_token_id=tokenizer.pad_token_id,
                     eos_token_id=tokenizer.eos_token_id,
                     **sampling,
@@ -282,7 +287,13 @@ def sft_warm_start(
         "threads": threads,
     }
     directory.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(directory)
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # a "Writing model shards" bar for one instant write
+    try:
+        model.save_pretrained(directory)
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
     tokenizer.save_pretrained(directory)
     (directory / "warm_start.json").write_text(json.dumps(record, indent=2) + "\n")
     return record

@@ -44,8 +44,15 @@ BACKENDS = ("console", "jsonl", "tensorboard", "wandb")
 DASHBOARDS = ("tensorboard", "wandb")
 """Backends whose start-up failure is a warning, not an error (an outage must not stop a run)."""
 
-HEADLINE_KEYS = ("reward/mean", "entropy/mean", "actor/pg_loss", "response_length/mean", "timing/step")
-"""Metrics the console line shows by default (those present in a step's metrics)."""
+HEADLINE_KEYS = ("reward/mean", "reward/accuracy", "entropy/mean", "response_length/mean", "timing/step")
+"""Metrics the console line shows by default (those present in a step's metrics). Besides
+them the line shows ``reward/error_frac`` as ``rerr`` when it is above 0, and the last
+``eval/pass@1`` seen with the step it was measured at (``eval 0.31@s4``): evaluations are
+logged on their own steps, so the line keeps showing the last one until the next."""
+
+LABELS = {"reward/accuracy": "acc", "response_length/mean": "len", "timing/step": "time"}
+"""Console labels of keys that would be long; other keys show without their ``/mean``
+(``time`` is the step's wall time)."""
 
 
 @runtime_checkable
@@ -76,8 +83,9 @@ def _array(values: Any) -> np.ndarray:
 # console
 
 
-def _fmt(value: float) -> str:
-    return f"{value:.4g}" if math.isfinite(value) else str(value)
+def _fmt(value: float, digits: int = 3) -> str:
+    """``value`` to ``digits`` significant digits (3: enough to follow a run, and short)."""
+    return f"{value:.{digits}g}" if math.isfinite(value) else str(value)
 
 
 def _fmt_duration(seconds: float) -> str:
@@ -92,7 +100,8 @@ class ConsoleSink:
 
     Args:
         total_steps: steps of the whole run (the bar's length).
-        keys: metrics shown on the line, in order; absent ones are skipped.
+        keys: metrics shown on the line, in order; absent ones are skipped. ``rerr`` and the
+            last eval (see :data:`HEADLINE_KEYS`) follow them whatever the keys.
         start_step: first step this process logs (a resumed run starts the bar there).
         console: the rich console to print to (default: a new one on stdout). When it is not
             a terminal, no live bar is drawn and each line carries the step count and ETA.
@@ -110,6 +119,7 @@ class ConsoleSink:
         self.console = console or Console()
         self._t0 = time.monotonic()
         self._first: tuple[int, float] | None = None  # (step, time) of the first log call
+        self._eval: tuple[int, float] | None = None  # (step, eval/pass@1) of the last evaluation
         self._progress: Progress | None = None
         if self.console.is_terminal:
             self._progress = Progress(
@@ -137,9 +147,15 @@ class ConsoleSink:
         parts = []
         for key in self.keys:
             if key in metrics:
-                label = key.removesuffix("/mean")
+                label = LABELS.get(key, key.removesuffix("/mean"))
                 unit = "s" if key.startswith("timing/") else ""
                 parts.append(f"{label} {_fmt(metrics[key])}{unit}")
+        if metrics.get("reward/error_frac", 0.0) > 0:  # some reward calls fell back to fallback_score
+            parts.append(f"rerr {_fmt(metrics['reward/error_frac'], 2)}")
+        if "eval/pass@1" in metrics:
+            self._eval = (step, metrics["eval/pass@1"])
+        if self._eval is not None:
+            parts.append(f"eval {_fmt(self._eval[1])}@s{self._eval[0]}")
         eta = _fmt_duration(self._eta(step))
         if self._progress is not None:
             self._progress.update(self._task, completed=step, eta=eta)

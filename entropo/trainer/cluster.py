@@ -35,6 +35,7 @@ defaults of :class:`Placement` (the one place they live until they move to confi
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from collections.abc import Callable, Sequence
@@ -332,8 +333,33 @@ def connect(cfg: TrainConfig, placement: Placement | None = None) -> None:
         need += cfg.reward.workers * cfg.reward.worker_cpus
     # address="local": a new instance, never the last cluster recorded in /tmp/ray
     # (ray.init() with no address would attach to it)
-    ray.init(address="local", num_cpus=max(math.ceil(need) + 1, os.cpu_count() or 1), include_dashboard=False,
-             log_to_driver=True, configure_logging=False)
+    auth_log = logging.getLogger(RAY_AUTH_LOGGER)
+    auth_log.addFilter(_drop_token_auth_notice)
+    try:
+        ray.init(address="local", num_cpus=max(math.ceil(need) + 1, os.cpu_count() or 1),
+                 include_dashboard=False, log_to_driver=True, configure_logging=False)
+    finally:
+        auth_log.removeFilter(_drop_token_auth_notice)
+
+
+RAY_AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
+RAY_TOKEN_AUTH_NOTICE = "Token authentication is enabled for this Ray cluster"
+
+
+def _drop_token_auth_notice(record: logging.LogRecord) -> bool:
+    """Filter of :data:`RAY_AUTH_LOGGER` while :func:`connect` starts a local Ray: drops Ray's
+    notice "Token authentication is enabled for this Ray cluster. Set RAY_AUTH_MODE=disabled to
+    opt out" (ray 2.60, ``authentication_token_setup._warn_token_auth_enabled``), logged at every
+    start of a local cluster when ``RAY_AUTH_MODE`` is unset, and keeps every other record.
+
+    Why a filter and not the cause: the notice only says Ray enabled its secure default, and
+    the one way to avoid it, setting ``RAY_AUTH_MODE=token`` ourselves, does not work once
+    ``ray`` is imported (Ray reads the mode into its config at import and refreshes it only in
+    a private call; ray.init then fails with InvalidAuthToken). ``RAY_AUTH_MODE=disabled``
+    would turn the protection off. A user who sets ``RAY_AUTH_MODE`` never sees the notice, and
+    Ray's warning that authentication is *disabled* is kept.
+    """
+    return not record.getMessage().startswith(RAY_TOKEN_AUTH_NOTICE)
 
 
 def alive_nodes() -> list[dict[str, float]]:
@@ -390,15 +416,27 @@ free: ~12% of the rollout's decode time on the embedded task. The cost: freed me
 handed back to the OS (an actor keeps its peak)."""
 
 
+PROGRESS_BAR_ENV = ("HF_HUB_DISABLE_PROGRESS_BARS", "HF_DATASETS_DISABLE_PROGRESS_BARS", "TQDM_DISABLE")
+"""Switches that turn progress bars off in the actors: huggingface_hub's (transformers follows
+it), datasets', and tqdm's own (``TQDM_DISABLE``, read by every ``tqdm`` since tqdm 4.66)."""
+
+
 def actor_env(cfg: TrainConfig, slot: Slot, single_node: bool) -> dict[str, str]:
     """Environment variables of an actor's process (``runtime_env``); a ``MALLOC_*`` variable
-    set in the driver's environment wins over :data:`CPU_MALLOC_KEEP_BYTES`."""
+    set in the driver's environment wins over :data:`CPU_MALLOC_KEEP_BYTES`, and so does one of
+    :data:`PROGRESS_BAR_ENV` over its default 1 (bars off)."""
     env = {
         "DS_ACCELERATOR": "cuda" if slot.gpus > 0 else "cpu",
         "TOKENIZERS_PARALLELISM": "false",
         "OMP_NUM_THREADS": str(actor_threads(cfg, slot.cpus, single_node)),
         "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "0"),
     }
+    # Third-party progress bars (transformers' "Loading weights" and "Writing model shards",
+    # hub downloads, datasets, vLLM) would reach the driver's console from every actor, one
+    # per load or save. The run's own progress is the driver's console line, never an actor's
+    # bar. A value set in the driver's environment wins.
+    for key in PROGRESS_BAR_ENV:
+        env[key] = os.environ.get(key, "1")
     if slot.gpus == 0:
         for key in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_"):
             env[key] = os.environ.get(key, str(CPU_MALLOC_KEEP_BYTES))

@@ -1,18 +1,22 @@
 """The supervised warm start: training, saved files, determinism, and the cached embedded build."""
 
 import json
+import logging
 import random
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers.utils import logging as hf_logging
 
 import entropo.models
 from entropo.data import embedded
 from entropo.models import warm_start
 from entropo.models.loading import EMBEDDED_MODELS, EmbeddedModel, resolve_model_path
+from entropo.models.tiny import build_char_tokenizer, build_tiny_model
 from entropo.models.warm_start import NAME, STEPS_ENV, accuracy, sft_warm_start
 
 SMALL = {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64}
@@ -123,3 +127,57 @@ def test_resolving_registers_the_warm_start(monkeypatch):
     with pytest.raises(ValueError, match=f"embedded:{NAME}"):
         resolve_model_path("embedded:no-such-model")
     assert NAME in EMBEDDED_MODELS
+
+
+class _Messages(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def test_accuracy_generates_without_the_length_warning(monkeypatch):
+    """transformers logged "Both `max_new_tokens` (=64) and `max_length`(=256) seem to have been
+    set" at every generate call of the warm start (16 lines on a first run): the model's
+    generation_config keeps max_length=256 and accuracy() passed max_new_tokens. Now it passes
+    the same limit as max_length; the tokens are those of max_new_tokens."""
+    tokenizer = build_char_tokenizer()
+    model = build_tiny_model(tokenizer, **SMALL)
+    assert model.generation_config.max_length == 256  # the saved limit behind the warning
+    problems = embedded.make_split(4, seed=1, digits=2, split="eval")
+    calls = []
+    generate = model.generate
+
+    def spy(**kwargs):
+        calls.append((kwargs, generate(**kwargs)))
+        return calls[-1][1]
+
+    monkeypatch.setattr(model, "generate", spy)
+    logs = _Messages()
+    logging.getLogger("transformers").addHandler(logs)  # transformers' loggers do not propagate to root
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            accuracy(model, tokenizer, problems, max_new_tokens=6)
+            accuracy(model, tokenizer, problems, max_new_tokens=6, do_sample=True, num_samples=2)
+    finally:
+        logging.getLogger("transformers").removeHandler(logs)
+    assert not [m for m in logs.messages if "max_new_tokens" in m or "max_length" in m]
+    assert [str(w.message) for w in caught] == []
+
+    kwargs, out = calls[0]  # greedy: the same tokens as generate(max_new_tokens=6)
+    model.generation_config.max_length = None  # (so that the reference call does not warn)
+    ref = generate(input_ids=kwargs["input_ids"], attention_mask=kwargs["attention_mask"], do_sample=False,
+                   max_new_tokens=6, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    assert torch.equal(out, ref)
+
+
+def test_saving_the_warm_start_draws_no_progress_bar(capfd, tmp_path):
+    """save_pretrained drew "Writing model shards: 100%|...| 1/1" for an instant write; the
+    switch is off only for that write and restored afterwards."""
+    hf_logging.enable_progress_bar()
+    _small_build(tmp_path / "ws", steps=2, eval_n=0)
+    assert hf_logging.is_progress_bar_enabled()
+    assert "Writing model shards" not in capfd.readouterr().err

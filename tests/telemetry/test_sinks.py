@@ -351,10 +351,35 @@ def test_console_plain_lines_without_terminal():
     lines = out.getvalue().splitlines()
     assert len(lines) == 2  # one line per step, not wrapped at the 40-column width
     assert "\x1b" not in out.getvalue() and "\r" not in out.getvalue()  # no control codes
-    assert lines[0].startswith("[ 1/20] | reward 0.5 | entropy 1.235 | actor/pg_loss -0.01235 | ")
-    assert "response_length 45.2 | timing/step 12.34s | eta " in lines[0]
+    # 3 significant digits; pg_loss and other keys only in the other sinks
+    assert lines[0].startswith("[ 1/20] | reward 0.5 | entropy 1.23 | len 45.2 | time 12.3s | eta ")
     assert lines[1].startswith("[ 2/20] | reward 1 |")
-    assert "other/x" not in out.getvalue()
+    assert "other/x" not in out.getvalue() and "pg_loss" not in out.getvalue()
+
+
+def test_console_line_shows_accuracy_reward_errors_and_the_last_eval():
+    out = io.StringIO()
+    sink = ConsoleSink(total_steps=3, console=Console(file=out, force_terminal=False, width=200))
+    sink.log(0, {"eval/pass@1": 0.22, "eval/maj@1": 0.22})  # the eval before training: its own step
+    sink.log(1, {"reward/mean": 0.5, "reward/accuracy": 0.25, "entropy/mean": 0.2, "reward/error_frac": 0.0})
+    sink.log(2, {"reward/mean": 0.0, "reward/accuracy": 0.0, "reward/error_frac": 0.9375})
+    sink.log(3, {"reward/mean": 0.5, "eval/pass@1": 0.3125})
+    lines = out.getvalue().splitlines()
+    assert lines[0].startswith("[0/3] | eval 0.22@s0 | eta ")
+    # error_frac 0: no rerr; the step-0 eval stays on the line
+    assert lines[1].startswith("[1/3] | reward 0.5 | acc 0.25 | entropy 0.2 | eval 0.22@s0 | eta ")
+    assert lines[2].startswith("[2/3] | reward 0 | acc 0 | rerr 0.94 | eval 0.22@s0 | eta ")
+    assert lines[3].startswith("[3/3] | reward 0.5 | eval 0.312@s3 | eta ")  # the newer eval replaces it
+
+
+def test_console_terminal_line_keeps_the_last_eval():
+    out = io.StringIO()
+    sink = ConsoleSink(total_steps=3, keys=("reward/mean",), console=Console(file=out, force_terminal=True, width=120))
+    sink.log(1, {"reward/mean": 0.25, "eval/pass@1": 0.5, "reward/error_frac": 0.125})
+    sink.log(2, {"reward/mean": 0.75})
+    sink.close()
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", out.getvalue())
+    assert "reward 0.25 | rerr 0.12 | eval 0.5@s1" in text and "reward 0.75 | eval 0.5@s1" in text
 
 
 def test_console_terminal_bar_prints_lines():

@@ -149,3 +149,27 @@ def test_a_per_token_scale_replaces_the_temperature_but_not_the_reported_log_pro
                                    torch.ones_like(scaled.logp), 1.0, with_entropy=False)
     # ... reported at the base T (1e-4: the rounding of the teacher-forced test above)
     torch.testing.assert_close(scaled.logp, at_base, atol=1e-4, rtol=0)
+
+
+def test_decode_raises_no_warnings(model_and_prompts):
+    """The loop passes transformers the cache object it expects (a ``DynamicCache`` built from the
+    model's config), so no deprecation of legacy ``past_key_values`` or any other warning
+    reaches an actor's console: not a Python warning, not a transformers log record."""
+    import logging
+    import warnings
+
+    model, tok, ids, mask = model_and_prompts
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = records.append
+    logging.getLogger("transformers").addHandler(handler)  # transformers' loggers do not propagate
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for temperature in (0.0, 1.0):
+                sample(model, ids, mask, n=3, temperature=temperature, top_p=0.9, max_new_tokens=8,
+                       eos_id=tok.eos_token_id, pad_id=tok.pad_token_id)
+    finally:
+        logging.getLogger("transformers").removeHandler(handler)
+    assert [f"{w.category.__name__}: {w.message}" for w in caught] == []
+    assert [r.getMessage() for r in records] == []
