@@ -18,6 +18,7 @@ from entropo.models import warm_start
 from entropo.models.loading import EMBEDDED_MODELS, EmbeddedModel, resolve_model_path
 from entropo.models.tiny import build_char_tokenizer, build_tiny_model
 from entropo.models.warm_start import NAME, STEPS_ENV, accuracy, sft_warm_start
+from tests.log_capture import LogMessages
 
 SMALL = {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64}
 
@@ -129,15 +130,6 @@ def test_resolving_registers_the_warm_start(monkeypatch):
     assert NAME in EMBEDDED_MODELS
 
 
-class _Messages(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__()
-        self.messages: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append(record.getMessage())
-
-
 def test_accuracy_generates_without_the_length_warning(monkeypatch):
     """transformers logged "Both `max_new_tokens` (=64) and `max_length`(=256) seem to have been
     set" at every generate call of the warm start (16 lines on a first run): the model's
@@ -155,7 +147,7 @@ def test_accuracy_generates_without_the_length_warning(monkeypatch):
         return calls[-1][1]
 
     monkeypatch.setattr(model, "generate", spy)
-    logs = _Messages()
+    logs = LogMessages()
     logging.getLogger("transformers").addHandler(logs)  # transformers' loggers do not propagate to root
     try:
         with warnings.catch_warnings(record=True) as caught:

@@ -10,15 +10,7 @@ import pytest
 from entropo.config import load_config
 from entropo.trainer import cluster
 from entropo.trainer.cluster import PROGRESS_BAR_ENV, RAY_AUTH_LOGGER, Slot, actor_env
-
-
-class _Records(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__()
-        self.messages: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append(record.getMessage())
+from tests.log_capture import LogMessages
 
 
 def test_actors_draw_no_progress_bars_unless_the_driver_asks(monkeypatch):
@@ -51,7 +43,7 @@ def test_ray_token_auth_notice_is_the_one_record_dropped():
 
     # the filter is tied to Ray's own logger and text: if a Ray upgrade moves either, this fails
     assert ray_auth.logger.name == RAY_AUTH_LOGGER
-    records = _Records()
+    records = LogMessages()
     ray_auth.logger.addHandler(records)
     ray_auth.logger.addFilter(cluster._drop_token_auth_notice)
     try:
