@@ -14,6 +14,7 @@ exactly the gradient of the mini-batch loss, whatever the micro-batch size or ra
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 from typing import Any
 
@@ -36,7 +37,20 @@ def init_distributed(rank: int, world: int, host: str, port: int) -> None:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
     import deepspeed
 
-    deepspeed.init_distributed(dist_backend="nccl" if accelerator_is_gpu() else "gloo")
+    # DeepSpeed prints "DeepSpeed deepspeed.ops.comm.deepspeed_shm_comm_op built successfully"
+    # (deepspeed/comm/torch.py, build_shm_op) on every start of every rank, a plain print no
+    # setting turns off; whatever else it prints (a first build's output) is passed on.
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        deepspeed.init_distributed(dist_backend="nccl" if accelerator_is_gpu() else "gloo")
+    kept = [line for line in out.getvalue().splitlines() if not is_shm_op_notice(line)]
+    if kept:
+        print("\n".join(kept), flush=True)
+
+
+def is_shm_op_notice(line: str) -> bool:
+    """DeepSpeed's per-start notice that its CPU shared-memory all-reduce op loaded."""
+    return line.startswith("DeepSpeed ") and line.endswith("shm_comm_op built successfully")
 
 
 def deepspeed_config(cfg: LearnerConfig, world: int, bf16: bool) -> dict[str, Any]:

@@ -69,3 +69,11 @@ def test_connect_filters_only_around_its_local_ray_init(monkeypatch):
     monkeypatch.setenv("RAY_ADDRESS", "ray://elsewhere:10001")
     cluster.connect(cfg)
     assert seen[1][0]["address"] == "ray://elsewhere:10001" and not seen[1][1]  # attaching: Ray's notices stay
+
+
+def test_only_deepspeeds_shm_op_notice_is_dropped():
+    from entropo.trainer.strategy import is_shm_op_notice
+
+    assert is_shm_op_notice("DeepSpeed deepspeed.ops.comm.deepspeed_shm_comm_op built successfully")
+    assert not is_shm_op_notice("DeepSpeed deepspeed.ops.comm.deepspeed_shm_comm_op failed to build")
+    assert not is_shm_op_notice("ninja: building 3 targets")
