@@ -202,7 +202,7 @@ class RewardManager:
         correct = torch.full((n,), float("nan"))
         cluster_ids = torch.full((n,), -1, dtype=torch.int64)
         counts = dict.fromkeys(ERROR_REASONS, 0)
-        skipped = scored = 0
+        skipped = 0
         failures: list[EntryFailures] = []
         metrics: dict[str, float] = {}
         group_ids = torch.tensor([s.group for s in samples], dtype=torch.int64)
@@ -232,7 +232,6 @@ class RewardManager:
                     self._report(spec.label, row, o)
             if failed:
                 failures.append(EntryFailures(spec.label, failed, n, first))
-            scored += n
             if spec.target != CLUSTERS_TARGET:
                 components[spec.label] = (spec.weight * scores).to(torch.float32)
             metrics.update(self._summary(e, spec.label, extras, acc, group_ids))
@@ -240,7 +239,7 @@ class RewardManager:
         by_threshold = (rewards >= self.threshold).float()
         correct = torch.where(torch.isnan(correct), by_threshold, correct).to(torch.float32)
         metrics["reward/errors"] = float(sum(counts.values()))
-        metrics["reward/error_frac"] = float(sum(counts.values())) / max(scored, 1)
+        metrics["reward/error_frac"] = float(sum(counts.values())) / max(n * len(self.specs), 1)
         for reason, c in counts.items():
             metrics[f"reward/errors/{reason}"] = float(c)
         metrics["reward/skipped"] = float(skipped)

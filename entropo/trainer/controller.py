@@ -290,13 +290,16 @@ class Controller:
         from entropo.rewards.api import Sample, TrainerState
 
         state = TrainerState(global_step=step, max_steps=self.cfg.trainer.total_steps, is_eval=is_eval)
+        rendered: dict[int, str] = {}  # a group's n responses share one row: template it once
         out = []
         for i, (text, ids, m, row, g) in enumerate(zip(
             batch.response_text, batch.response_ids, batch.mask, batch.rows, batch.group_ids
         )):
             valid = m.bool()
+            if id(row) not in rendered:
+                rendered[id(row)] = render_prompt(row, self.tokenizer)
             out.append(Sample(
-                prompt=render_prompt(row, self.tokenizer),
+                prompt=rendered[id(row)],
                 response=text, response_ids=ids[valid].tolist(), ground_truth=row.ground_truth,
                 data_source=row.data_source, extra_info=row.extra_info, group=int(g),
                 entropy=None if batch.entropy is None else batch.entropy[i][valid],
