@@ -714,7 +714,10 @@ def _check_sections(cfg: TrainConfig) -> None:
     except (RewardSpecError, ValueError) as e:
         raise ConfigError(f"reward.fns: {e}") from None
     datasets = [("data.train", cfg.data.train), ("data.eval", cfg.data.eval)]
-    foreign = [(k, v) for k, v in datasets if v and v != "auto" and not v.startswith("embedded:")]
+    from entropo.data.eval_split import AUTO
+    from entropo.data.loading import EMBEDDED_PREFIX
+
+    foreign = [(k, v) for k, v in datasets if v and v != AUTO and not v.startswith(EMBEDDED_PREFIX)]
     if foreign and any(s.target == "embedded" for s in specs):
         key, value = foreign[0]
         raise ConfigError(f"reward.fns: 'embedded' scores only the embedded addition task, but {key} is '{value}'; "

@@ -103,11 +103,13 @@ class JobRequest:
             return None
         path, root = Path(self.config).resolve(), Path(self.working_dir).resolve()
         if not path.is_file():
-            from entropo.config import recipe_names
+            from entropo.config import ConfigError, resolve_recipe
 
-            if Path(self.config).name == self.config and self.config.removesuffix(".yaml") in recipe_names():
-                return self.config
-            raise LaunchError(f"config file not found: {self.config}")
+            try:
+                resolve_recipe(self.config)  # a shipped recipe: the job finds it by the same name
+            except ConfigError as e:
+                raise LaunchError(str(e)) from None
+            return self.config
         try:
             return path.relative_to(root).as_posix()
         except ValueError:

@@ -6,7 +6,8 @@ start-up with the entry named), starts the worker pool, and ``score(samples)`` r
 answer-cluster ids, per-function failures and metrics. A failure never stops the scoring:
 an exception, a timeout or a non-finite score gives that (function, sample)
 ``reward.fallback_score`` (then weighted) and is counted; the first failure of each
-function and reason is printed with its traceback, later ones only counted.
+function and reason in the manager's lifetime (the run) is printed with its traceback, later
+ones only counted (``reward/errors`` per step).
 :func:`check_failures` turns a function that fell back on more than
 ``reward.max_error_frac`` of the samples into a :class:`RewardFailureError`.
 
@@ -239,7 +240,8 @@ class RewardManager:
         by_threshold = (rewards >= self.threshold).float()
         correct = torch.where(torch.isnan(correct), by_threshold, correct).to(torch.float32)
         metrics["reward/errors"] = float(sum(counts.values()))
-        metrics["reward/error_frac"] = float(sum(counts.values())) / max(n * len(self.specs), 1)
+        calls = n * sum(s.target != CLUSTERS_TARGET for s in self.specs)  # the internal clustering is no reward
+        metrics["reward/error_frac"] = float(sum(counts.values())) / max(calls, 1)
         for reason, c in counts.items():
             metrics[f"reward/errors/{reason}"] = float(c)
         metrics["reward/skipped"] = float(skipped)

@@ -49,12 +49,7 @@ def train(cfg: TrainConfig) -> dict:
         raise RunError(str(e)) from None
     print(rewards.correctness_rule())
     cluster = Cluster(cfg)
-    try:
-        rewards.ready()
-    except RuntimeError as e:
-        cluster.shutdown()
-        rewards.close()
-        raise RunError(f"reward.fns: {e}") from None
+    _wait_for_rewards(rewards, cluster)
     marks.append(("actors", time.perf_counter()))
     sampler = PromptSampler(rows, cfg.trainer.prompts_per_step, cfg.trainer.seed)
     controller = Controller(cfg, cluster, sampler, tokenizer, rewards, sinks=None, eval_rows=eval_rows)
@@ -89,6 +84,16 @@ def train(cfg: TrainConfig) -> dict:
     }
     (run_dir / "summary.json").write_text(json.dumps(_json_safe(summary), indent=2))
     return summary
+
+
+def _wait_for_rewards(rewards, cluster) -> None:
+    """The reward workers (started in the background) are up, or the run stops in one line."""
+    try:
+        rewards.ready()
+    except RuntimeError as e:
+        cluster.shutdown()
+        rewards.close()
+        raise RunError(f"reward.fns: {e}") from None
 
 
 def _json_safe(value):
@@ -171,6 +176,7 @@ def evaluate_only(cfg: TrainConfig) -> dict[str, float]:
         raise RunError(str(e)) from None
     print(rewards.correctness_rule())
     cluster = Cluster(cfg, learners=False)
+    _wait_for_rewards(rewards, cluster)
     try:
         controller = Controller(cfg, cluster, None, tokenizer, rewards, sinks=None, eval_rows=rows)
         metrics = controller.evaluate()
