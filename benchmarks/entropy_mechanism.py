@@ -1,8 +1,8 @@
 """Entropy mechanism showcase: train several methods on the embedded task and compare them.
 
     .venv/bin/python benchmarks/entropy_mechanism.py [--methods grpo clip_cov kl_cov entropy_mask]
-        [--all] [--steps 60] [--seed 0] [--lr 5e-5] [--paper-n] [--out runs/entropy_mechanism]
-        [--set key=value ...]
+        [--all] [--steps 60] [--seed 0] [--seeds 1] [--lr 5e-5] [--paper-n]
+        [--out runs/entropy_mechanism] [--set key=value ...]
 
 Each method is its recipe ``configs/<name>.yaml`` on the defaults of
 :func:`entropo.config.load_config` (model ``embedded:tiny-qwen2-addition``, data
@@ -27,6 +27,17 @@ run raises becomes a ``failed`` row with the first line of its error, and the ne
 runs. Then one comparison report (:func:`entropo.telemetry.report.write_report`) is written
 to ``<out>/report.html``, with ``<out>/table.md`` and ``<out>/results.json``; the table is
 printed, and the last line of output is ``wrote <out>/report.html``.
+
+Seeds: ``--seeds N`` trains each method with ``trainer.seed`` = ``--seed``, ``--seed`` + 1, …,
+``--seed`` + N − 1 (the warm-started model is the same for every seed; the seed changes the
+prompt order and the sampling), one run directory per seed (``<out>/<name>/seed<k>``). The
+table then gives, per method, the mean ± standard error over the seeds (sample standard
+deviation / √N) of the final held-out accuracy and of entropy end/start, and the paired
+difference to the first method (GRPO by default): the mean ± standard error of the per-seed
+differences, the same seed giving both runs the same prompts. A difference whose magnitude is
+below two standard errors is marked "within noise". The report draws each method's entropy
+curve as the mean over seeds with a ± one-standard-error band. With one seed (the default)
+the table is per run, as below.
 
 Columns: final accuracy = ``accuracy_end`` (held-out ``eval/pass@1`` after the last step,
 greedy), start accuracy = ``accuracy_start`` (before the first), final entropy =
@@ -56,7 +67,9 @@ from entropo.config import TrainConfig, _normalise_overrides, load_config  # noq
 
 CONFIGS = ROOT / "configs"
 SHOWCASE = ("grpo", "clip_cov", "kl_cov", "entropy_mask")
-"""The default methods: GRPO and the three entropy controls of issue 6."""
+"""The default methods: GRPO and three entropy controls (Clip-Cov, KL-Cov, the 80/20 mask)."""
+NOISE_SE = 2.0
+"""A paired difference whose magnitude is below this many standard errors is "within noise"."""
 LAPTOP_N = 8
 """G of every method unless ``--paper-n`` keeps the recipe's own ``rollout.n``."""
 PROMPTS_PER_STEP = 16
@@ -82,12 +95,25 @@ def _set_keys(sets: list[str]) -> set[str]:
     return {s.split("=", 1)[0].strip() for s in sets if "=" in s}
 
 
-def method_overrides(name: str, args: argparse.Namespace) -> list[str]:
+def run_dir(name: str, args: argparse.Namespace, seed: int | None = None) -> Path:
+    """``<out>/<name>`` for one seed, ``<out>/<name>/seed<k>`` when ``--seeds`` > 1."""
+    base = Path(args.out) / name
+    return base if args.seeds == 1 else base / f"seed{args.seed if seed is None else seed}"
+
+
+def seeds(args: argparse.Namespace) -> list[int]:
+    """``--seed``, ``--seed`` + 1, …: the ``--seeds`` values of ``trainer.seed``."""
+    return [args.seed + i for i in range(args.seeds)]
+
+
+def method_overrides(name: str, args: argparse.Namespace, seed: int | None = None) -> list[str]:
     """The dotted overrides that make ``configs/<name>.yaml`` one run of this benchmark.
 
     Args:
         name: the recipe name.
-        args: the parsed options (``steps``, ``seed``, ``lr``, ``out``, ``paper_n``, ``set``).
+        args: the parsed options (``steps``, ``seed``, ``seeds``, ``lr``, ``out``, ``paper_n``,
+            ``set``).
+        seed: this run's ``trainer.seed`` (default ``--seed``).
 
     Returns:
         The overrides for :func:`load_config`: the common ones, those that fit the recipe to
@@ -103,9 +129,9 @@ def method_overrides(name: str, args: argparse.Namespace) -> list[str]:
         "evaluation.every=0",
         "reward.mode=local",
         "logger.backends=[jsonl]",
-        f"trainer.output_dir={Path(args.out) / name}",
+        f"trainer.output_dir={run_dir(name, args, seed)}",
         f"trainer.total_steps={args.steps}",
-        f"trainer.seed={args.seed}",
+        f"trainer.seed={args.seed if seed is None else seed}",
     ]
     sets = list(args.set or [])
     # What the run would get, unvalidated, to fit the recipe's lengths to it.
@@ -168,32 +194,34 @@ def _ratio(end: float | None, start: float | None) -> float | None:
     return end / start
 
 
-def run_method(name: str, args: argparse.Namespace) -> dict[str, Any]:
-    """Train one method; return its result row (``status`` ``ok`` or ``failed``).
+def run_method(name: str, args: argparse.Namespace, seed: int | None = None) -> dict[str, Any]:
+    """Train one method with one seed; return its result row (``status`` ``ok`` or ``failed``).
 
     Args:
         name: the recipe name.
         args: the parsed options.
+        seed: ``trainer.seed`` (default ``--seed``).
 
     Returns:
-        ``method``, ``status``, ``accuracy_start``, ``accuracy_end``, ``entropy_start``,
-        ``entropy_end``, ``entropy_ratio``, ``steps``, ``wall_seconds``, ``run_dir``,
-        ``overrides`` and, when failed, ``error``.
+        ``method``, ``seed``, ``status``, ``accuracy_start``, ``accuracy_end``,
+        ``entropy_start``, ``entropy_end``, ``entropy_ratio``, ``steps``, ``wall_seconds``,
+        ``run_dir``, ``overrides`` and, when failed, ``error``.
     """
     from entropo.trainer.run import train
 
-    run_dir = Path(args.out) / name
+    seed = args.seed if seed is None else seed
+    out = run_dir(name, args, seed)
     for stale in ("summary.json", "metrics.jsonl"):  # a failed run must not show an old one
-        (run_dir / stale).unlink(missing_ok=True)
-    row: dict[str, Any] = {"method": name, "status": "ok", "run_dir": str(run_dir)}
+        (out / stale).unlink(missing_ok=True)
+    row: dict[str, Any] = {"method": name, "seed": seed, "status": "ok", "run_dir": str(out)}
     started = time.time()
     try:
-        overrides = method_overrides(name, args)
+        overrides = method_overrides(name, args, seed)
         row["overrides"] = overrides
         summary = train(load_config(recipe_path(name), overrides))
     except Exception as e:
         row.update(status="failed", error=_first_line(e), wall_seconds=time.time() - started)
-        print(f"[entropy_mechanism] {name} failed: {row['error']}", flush=True)
+        print(f"[entropy_mechanism] {name} (seed {seed}) failed: {row['error']}", flush=True)
         return row
     for key in ("accuracy_start", "accuracy_end", "entropy_start", "entropy_end", "steps",
                 "wall_seconds", "run_dir"):
@@ -246,6 +274,82 @@ def format_table(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def mean_se(values: list[float]) -> tuple[float, float | None] | None:
+    """``(mean, standard error)`` of the finite values: sample standard deviation / √n; the
+    error is None for a single value and the result None for none."""
+    xs = [float(v) for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
+    if not xs:
+        return None
+    mean = sum(xs) / len(xs)
+    if len(xs) < 2:
+        return mean, None
+    var = sum((x - mean) ** 2 for x in xs) / (len(xs) - 1)
+    return mean, math.sqrt(var / len(xs))
+
+
+def paired_difference(rows: list[dict[str, Any]], base: list[dict[str, Any]], key: str) -> tuple[float, float | None] | None:
+    """Mean ± standard error of ``row[key] − base_row[key]`` over the seeds both ran (ok)."""
+    by_seed = {b["seed"]: b.get(key) for b in base if b.get("status") == "ok"}
+    diffs = [r[key] - by_seed[r["seed"]] for r in rows
+             if r.get("status") == "ok" and r.get("seed") in by_seed
+             and all(isinstance(v, (int, float)) and math.isfinite(v) for v in (r.get(key), by_seed[r["seed"]]))]
+    return mean_se(diffs)
+
+
+def _pm(stat: tuple[float, float | None] | None, scale: float, fmt: str, unit: str = "") -> str:
+    if stat is None:
+        return "n/a"
+    mean, se = stat
+    text = format(scale * mean, fmt) + unit
+    return text if se is None else f"{text} ± {format(scale * se, fmt.lstrip('+'))}{unit}"
+
+
+def _noise(stat: tuple[float, float | None] | None) -> str:
+    if stat is None or stat[1] is None:
+        return ""
+    return " (within noise)" if abs(stat[0]) < NOISE_SE * stat[1] else ""
+
+
+def format_seed_table(results: list[dict[str, Any]], methods: list[str]) -> str:
+    """One row per method over its seeds (as :func:`run_method` returns the rows).
+
+    Args:
+        results: every run's row.
+        methods: the methods in table order; the first is the baseline of the paired differences.
+
+    Returns:
+        A markdown table: seeds that ran, held-out accuracy at the start and the end and
+        entropy end/start (mean ± standard error), and the paired differences to the baseline
+        of the final accuracy (points) and of entropy end/start, marked "within noise" below
+        :data:`NOISE_SE` standard errors.
+    """
+    base_name = methods[0]
+    by_method = {m: [r for r in results if r.get("method") == m] for m in methods}
+    lines = [
+        f"| method | seeds | start accuracy | final accuracy | entropy end/start | "
+        f"Δ final accuracy vs {base_name} (points) | Δ entropy end/start vs {base_name} |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for m in methods:
+        rows = by_method[m]
+        ok = [r for r in rows if r.get("status") == "ok"]
+        seeds_text = f"{len(ok)}/{len(rows)}"
+        acc0, acc1, ratio = (mean_se([r.get(k) for r in ok]) for k in ("accuracy_start", "accuracy_end", "entropy_ratio"))
+        if m == base_name:
+            d_acc = d_ratio = "—"
+        else:
+            da = paired_difference(rows, by_method[base_name], "accuracy_end")
+            dr = paired_difference(rows, by_method[base_name], "entropy_ratio")
+            d_acc = _pm(da, 100, "+.1f") + _noise(da)
+            d_ratio = _pm(dr, 1, "+.3f") + _noise(dr)
+        lines.append(f"| {_cell(m)} | {seeds_text} | {_pm(acc0, 100, '.1f', '%')} | {_pm(acc1, 100, '.1f', '%')} | "
+                     f"{_pm(ratio, 1, '.3f')} | {d_acc} | {d_ratio} |")
+    failed = [r for r in results if r.get("status") == "failed"]
+    for r in failed:
+        lines.append(f"\nfailed: {r.get('method')} seed {r.get('seed')}: {_cell(r.get('error') or 'unknown error')}")
+    return "\n".join(lines)
+
+
 def _excluded_text(excluded: dict[str, str]) -> str:
     if not excluded:
         return ""
@@ -262,6 +366,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="run every recipe of configs/ that fits the embedded task (says which are left out and why)")
     p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=f"training steps of each method (default {DEFAULT_STEPS})")
     p.add_argument("--seed", type=int, default=0, help="trainer.seed of every method (default 0)")
+    p.add_argument("--seeds", type=int, default=1,
+                   help="seeds per method: --seed, --seed+1, ... (default 1); > 1 prints mean ± standard error "
+                        "and paired differences to the first method")
     p.add_argument("--lr", type=float, default=DEFAULT_LR, help=f"learner.lr of every method (default {DEFAULT_LR})")
     p.add_argument("--paper-n", action="store_true",
                    help=f"keep a recipe's own rollout.n (e.g. 16) instead of {LAPTOP_N}")
@@ -277,6 +384,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error(f"--set {bad[0]}: not of the form key=value")
     if args.steps < 1:
         p.error("--steps must be >= 1")
+    if args.seeds < 1:
+        p.error("--seeds must be >= 1")
     return args
 
 
@@ -297,16 +406,19 @@ def main(argv: list[str] | None = None) -> int:
         print(_excluded_text(excluded), flush=True)
     elif args.all:
         print("--all: every recipe in configs/ fits the embedded task; none left out", flush=True)
-    print(f"[entropy_mechanism] {len(methods)} method(s), {args.steps} step(s) each, seed {args.seed}, "
+    seed_list = seeds(args)
+    seed_text = f"seed {args.seed}" if len(seed_list) == 1 else f"seeds {seed_list[0]}-{seed_list[-1]}"
+    print(f"[entropy_mechanism] {len(methods)} method(s), {args.steps} step(s) each, {seed_text}, "
           f"lr {args.lr}: {' '.join(methods)}", flush=True)
 
     import ray
 
     results = []
+    runs = [(name, seed) for seed in seed_list for name in methods]  # seed-major: a cut run still pairs
     try:
-        for i, name in enumerate(methods, 1):
-            print(f"\n[entropy_mechanism] ({i}/{len(methods)}) {name}", flush=True)
-            row = run_method(name, args)
+        for i, (name, seed) in enumerate(runs, 1):
+            print(f"\n[entropy_mechanism] ({i}/{len(runs)}) {name}, seed {seed}", flush=True)
+            row = run_method(name, args, seed)
             results.append(row)
             if row["status"] == "failed" and ray.is_initialized():
                 ray.shutdown()  # leave no actor or placement group of the failed run behind
@@ -314,9 +426,9 @@ def main(argv: list[str] | None = None) -> int:
         if ray.is_initialized():
             ray.shutdown()
 
-    table = format_table(results)
+    table = format_table(results) if len(seed_list) == 1 else format_seed_table(results, methods)
     settings = dict(vars(args))
-    md = [f"# Entropy mechanism: {args.steps} steps, seed {args.seed}, lr {args.lr}", "", table]
+    md = [f"# Entropy mechanism: {args.steps} steps, {seed_text}, lr {args.lr}", "", table]
     if excluded:
         md += ["", _excluded_text(excluded)]
     (out / "table.md").write_text("\n".join(md) + "\n", encoding="utf-8")
@@ -336,7 +448,11 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     from entropo.telemetry.report import write_report
 
-    path = write_report(run_dirs, out)
+    groups = None
+    if len(seed_list) > 1:
+        groups = {m: [d for d in run_dirs if d.parent.name == m] for m in methods}
+        groups = {m: ds for m, ds in groups.items() if ds}
+    path = write_report(run_dirs, out, groups=groups)
     print(f"wrote {path}")
     return 0
 

@@ -156,3 +156,59 @@ def test_first_line_of_a_ray_task_error_is_its_cause():
     err = RayTaskError(ValueError("the real reason\nmore"))
     assert em._first_line(err) == "RayTaskError: the real reason"
     assert em._first_line(RayTaskError(None)) == "RayTaskError: ray::LearnerRank.update() (pid=1)"
+
+
+def test_seeds_get_one_directory_each_and_their_own_trainer_seed():
+    one, many = _args("--seed", "4"), _args("--seed", "4", "--seeds", "3")
+    assert em.seeds(one) == [4] and em.seeds(many) == [4, 5, 6]
+    assert em.run_dir("grpo", one) == Path("/tmp/entropy-mechanism-test/grpo")
+    assert em.run_dir("grpo", many, 6) == Path("/tmp/entropy-mechanism-test/grpo/seed6")
+    cfg = _load_seeded("clip_cov", many, 5)
+    assert cfg.trainer.seed == 5
+    assert Path(cfg.trainer.output_dir) == Path("/tmp/entropy-mechanism-test/clip_cov/seed5")
+    with pytest.raises(SystemExit):
+        _args("--seeds", "0")
+
+
+def _load_seeded(name: str, args, seed: int):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return load_config(ROOT / "configs" / f"{name}.yaml", em.method_overrides(name, args, seed))
+
+
+def test_mean_and_standard_error_by_hand():
+    # [0.2, 0.4, 0.6]: mean 0.4; sample variance (0.04 + 0 + 0.04) / 2 = 0.04; s.e. = 0.2 / √3
+    mean, se = em.mean_se([0.2, 0.4, 0.6])
+    assert mean == pytest.approx(0.4, abs=1e-12) and se == pytest.approx(0.2 / 3 ** 0.5, abs=1e-12)
+    assert em.mean_se([0.5, None, float("nan")]) == (0.5, None)
+    assert em.mean_se([]) is None
+
+
+def test_paired_difference_pairs_by_seed_and_skips_failed_runs():
+    base = [{"seed": s, "status": "ok", "accuracy_end": a} for s, a in ((0, 0.30), (1, 0.40), (2, 0.50))]
+    other = [{"seed": 2, "status": "ok", "accuracy_end": 0.60}, {"seed": 0, "status": "ok", "accuracy_end": 0.50},
+             {"seed": 1, "status": "failed", "error": "x"}]
+    # seed 0: +0.20, seed 2: +0.10 -> mean 0.15; sample sd = √((0.05² + 0.05²) / 1) = 0.0707; s.e. = 0.05
+    mean, se = em.paired_difference(other, base, "accuracy_end")
+    assert mean == pytest.approx(0.15, abs=1e-12) and se == pytest.approx(0.05, abs=1e-12)
+
+
+def test_seed_table_rows_and_noise_marks():
+    rows = []
+    for seed, (g_acc, g_ratio, c_acc, c_ratio) in enumerate([(0.30, 0.70, 0.50, 0.80), (0.40, 0.72, 0.60, 0.70),
+                                                              (0.50, 0.74, 0.70, 0.75)]):
+        rows.append({"method": "grpo", "seed": seed, "status": "ok", "accuracy_start": 0.2,
+                     "accuracy_end": g_acc, "entropy_ratio": g_ratio})
+        rows.append({"method": "clip_cov", "seed": seed, "status": "ok", "accuracy_start": 0.2,
+                     "accuracy_end": c_acc, "entropy_ratio": c_ratio})
+    rows.append({"method": "kl_cov", "seed": 0, "status": "failed", "error": "RunError: boom"})
+    lines = em.format_seed_table(rows, ["grpo", "clip_cov", "kl_cov"]).splitlines()
+    assert lines[0].startswith("| method | seeds | start accuracy | final accuracy | entropy end/start |")
+    # grpo: accuracy 0.3/0.4/0.5 -> 40.0% ± 5.8% (0.1/√3); ratio 0.72 ± 0.012 (0.02/√3 = 0.0115)
+    assert lines[2] == "| grpo | 3/3 | 20.0% ± 0.0% | 40.0% ± 5.8% | 0.720 ± 0.012 | — | — |"
+    # clip_cov - grpo per seed: accuracy +20 points each (s.e. 0, not noise);
+    # ratio +0.10, −0.02, +0.01 -> mean +0.030, sd 0.0624, s.e. 0.036 > |mean| / 2: within noise
+    assert lines[3] == ("| clip_cov | 3/3 | 20.0% ± 0.0% | 60.0% ± 5.8% | 0.750 ± 0.029 | +20.0 ± 0.0 | "
+                        "+0.030 ± 0.036 (within noise) |")
+    assert lines[4] == "| kl_cov | 0/1 | n/a | n/a | n/a | n/a | n/a |"
+    assert lines[-1] == "failed: kl_cov seed 0: RunError: boom"

@@ -16,6 +16,10 @@ draws, with several runs overlaid (one colour per run):
     always-logged namespaces, e.g. ``clip_cov/selected_frac``, ``entropy_mask/keep_frac``);
 (f) Ĉ (``cov/mean``) and predicted vs realised entropy change (spec D2);
 
+(g) with seed groups (``write_report(..., groups=...)``, e.g. the multi-seed mechanism study):
+    each group's ``entropy/mean`` and ``eval/pass@1`` as the mean over its runs at the steps
+    all of them logged, with a ± one-standard-error band (sample standard deviation / √n);
+
 plus a summary table per run, with its reward errors. The HTML embeds every PNG as a base64
 data URI and has inline CSS only: no script, no external resource (a Content-Security-Policy
 forbids them), so the one file can be mailed or attached as it is. The PNGs are also written
@@ -300,6 +304,8 @@ class Ctx:
     colors: list[Any]
     laws: list[LawPoints]
     notes: list[str] = field(default_factory=list)
+    groups: dict[str, list[int]] = field(default_factory=dict)
+    """Seed groups: a name → the indices of its runs in ``runs``."""
 
 
 def _figure(ncols: int = 1, nrows: int = 1, height: float = 4.4) -> tuple[Figure, list]:
@@ -545,6 +551,49 @@ def plot_covariance(c: Ctx) -> Figure | str:
     return fig
 
 
+def group_band(runs: Sequence[Run], key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """``(steps, mean, standard error)`` of ``key`` over ``runs`` at the steps every run logged
+    it finitely; the error is 0 for a single run; None when no step is common to all."""
+    series = [dict(zip(*map(np.ndarray.tolist, r.series(key)))) for r in runs]
+    common = sorted(set.intersection(*(set(s) for s in series))) if series else []
+    if not common:
+        return None
+    values = np.array([[s[step] for step in common] for s in series], dtype=np.float64)  # [runs, steps]
+    mean = values.mean(axis=0)
+    se = values.std(axis=0, ddof=1) / math.sqrt(len(runs)) if len(runs) > 1 else np.zeros_like(mean)
+    return np.array(common), mean, se
+
+
+def plot_seed_bands(c: Ctx) -> Figure | str:
+    if not c.groups:
+        return "no seed groups"
+    fig, axes = _figure(ncols=2)
+    cmap = colormaps["tab10"]
+    handles = []
+    for g, (name, idx) in enumerate(c.groups.items()):
+        color = cmap(g % 10)
+        runs = [c.runs[i] for i in idx]
+        drew = False
+        for ax, key in zip(axes, ("entropy/mean", "eval/pass@1")):
+            band = group_band(runs, key)
+            if band is None:
+                c.notes.append(f"{name}: no step where all {len(runs)} run(s) logged {key}")
+                continue
+            steps, mean, se = band
+            ax.plot(steps, mean, "-", color=color, linewidth=1.6,
+                    marker="o" if steps.size <= MARKER_MAX_POINTS else None, markersize=4)
+            ax.fill_between(steps, mean - se, mean + se, color=color, alpha=0.2, linewidth=0)
+            drew = True
+        if drew:
+            handles.append(Line2D([], [], color=color, linewidth=2.5, label=f"{name} (n={len(runs)})"))
+    axes[0].set(xlabel="step", ylabel="token entropy (nats)", title="Token entropy: mean ± s.e. over seeds")
+    axes[1].set(xlabel="step", ylabel="eval/pass@1", title="Held-out accuracy: mean ± s.e. over seeds")
+    if handles:
+        fig.legend(handles=handles, loc="outside lower center", ncols=min(3, len(handles)), fontsize=8.5,
+                   frameon=False)
+    return fig
+
+
 PLOTS: tuple[tuple[str, str, Callable[[Ctx], Figure | str]], ...] = (
     ("entropy", "Token entropy", plot_entropy),
     ("reward", "Reward and accuracy", plot_reward),
@@ -552,6 +601,7 @@ PLOTS: tuple[tuple[str, str, Callable[[Ctx], Figure | str]], ...] = (
     ("phase_entropy", "Phase entropy (spec D1)", plot_phase),
     ("controls", "Control token fractions", plot_controls),
     ("covariance", "Covariance Ĉ and entropy change (spec D2)", plot_covariance),
+    ("seed_bands", "Seed groups: mean ± standard error", plot_seed_bands),
 )
 """(PNG stem, HTML heading, plot function), in report order."""
 
@@ -665,13 +715,16 @@ def _html(runs: Sequence[Run], rows: list[dict[str, str]],
     return "\n".join(out) + "\n"
 
 
-def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path) -> Path:
+def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path,
+                 groups: dict[str, Sequence[str | Path]] | None = None) -> Path:
     """Write ``out_dir/report.html`` and one PNG per drawn plot; return the HTML's path.
 
     Args:
         run_dirs: run directories (``trainer.output_dir``), overlaid in this order.
         out_dir: where the report goes (created if missing). PNGs of plots skipped this time
             are removed, so the folder never mixes two reports.
+        groups: seed groups, a name → some of ``run_dirs`` (plot (g)); without them that plot
+            is left out.
 
     Raises:
         ReportError: no run given, or a directory missing or without ``metrics.jsonl``.
@@ -683,10 +736,18 @@ def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     labels = _labels(runs)
     cmap = colormaps["tab10"]
+    index = {Path(d).resolve(): i for i, d in enumerate(run_dirs)}
+    try:
+        members = {name: [index[Path(d).resolve()] for d in dirs] for name, dirs in (groups or {}).items()}
+    except KeyError as e:
+        raise ReportError(f"a seed group names {e.args[0]}, which is not one of the run directories") from None
     ctx = Ctx(runs=runs, labels=labels, colors=[cmap(i % 10) for i in range(len(runs))],
-              laws=[law_points(r) for r in runs])
+              laws=[law_points(r) for r in runs], groups={k: v for k, v in members.items() if v})
     sections = []
     for stem, heading, fn in PLOTS:
+        if fn is plot_seed_bands and not ctx.groups:
+            (out / f"{stem}.png").unlink(missing_ok=True)
+            continue
         ctx.notes = []
         png = out / f"{stem}.png"
         result = fn(ctx)

@@ -29,6 +29,7 @@ from entropo.telemetry.report import (
     PLOTS,
     Ctx,
     ReportError,
+    group_band,
     law_abstain,
     law_points,
     load_run,
@@ -38,7 +39,7 @@ from entropo.telemetry.report import (
 )
 
 CHROMIUM = "/usr/bin/chromium"
-STEMS = [stem for stem, _, _ in PLOTS]
+STEMS = [stem for stem, _, _ in PLOTS if stem != "seed_bands"]  # (g) is drawn only for seed groups
 
 
 def _law(H: float, a: float, b: float) -> float:
@@ -342,3 +343,22 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
     assert rgb.shape[:2] == (2000, 1200)
     # A page that failed to load (blocked images, an error page) is near-uniform white or grey.
     _assert_not_blank(shot, min_std=0.08, min_ink=0.05)
+
+
+def test_seed_groups_draw_mean_and_standard_error_bands(tmp_path):
+    runs = [_write_run(tmp_path / f"seed{k}", steps=10, h0=0.6 + 0.1 * k, h1=0.1, a=0.5, b=1.0, loss="ppo_clip",
+                       mask=[]) for k in range(3)]
+    steps, mean, se = group_band([load_run(r) for r in runs], "entropy/mean")
+    assert steps.tolist() == list(range(1, 11))
+    # step 1: H = h0 = 0.6, 0.7, 0.8 -> mean 0.7, sample sd 0.1, s.e. 0.1 / √3
+    assert mean[0] == pytest.approx(0.7, abs=1e-12) and se[0] == pytest.approx(0.1 / math.sqrt(3), abs=1e-12)
+    assert se[-1] == pytest.approx(0.0, abs=1e-12)  # every run ends at h1
+    assert group_band([load_run(r) for r in runs], "no/such_key") is None
+    path = write_report(runs, tmp_path / "report", groups={"grpo": runs})
+    assert (tmp_path / "report" / "seed_bands.png").stat().st_size > 15_000
+    _assert_not_blank(tmp_path / "report" / "seed_bands.png")
+    assert "Seed groups: mean ± standard error" in path.read_text()
+    write_report(runs, tmp_path / "report")  # without groups the plot is left out, and its PNG removed
+    assert not (tmp_path / "report" / "seed_bands.png").exists()
+    with pytest.raises(ReportError, match="not one of the run directories"):
+        write_report(runs[:1], tmp_path / "report", groups={"grpo": runs})
