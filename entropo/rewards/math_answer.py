@@ -11,7 +11,10 @@ after the last ``</think>``, or all of it when there is none), first rule that m
    inside it wins over the rest of its text;
 2. the last ``\\boxed{…}`` / ``\\fbox{…}`` (balanced braces; ``\\boxed 5`` too);
 3. the last ``#### …`` (GSM8K), to the end of its line;
-4. the last number (``-1,234.5``, ``3/4``, ``\\frac{3}{4}``).
+4. the last number (``-1,234.5``, ``3/4``, ``\\frac{3}{4}``, ``1e-3``).
+
+A last box that never closes (``\\boxed{8`` — a response cut off inside its answer) is no
+answer: the rules after it are not tried, in the ``<answer>`` tag or outside it.
 
 Ground truths (:func:`extract_ground_truth`): a bare answer (``72``, ``\\frac{1}{2}``), a
 GSM8K solution ending ``#### 72``, or a MATH solution with a ``\\boxed{}`` answer.
@@ -20,7 +23,13 @@ Equivalence (:func:`equivalent`): equal after light normalisation (spaces, ``$``
 ``dfrac``, trailing period), else ``math_verify`` (HF Math-Verify: LaTeX and plain
 expressions, fractions = decimals to 6 significant digits, ``\\text{}`` units and ``\\%``
 dropped, sets, intervals, equations ``x=5`` ~ ``5``), also on the number alone when the
-answer is a number followed by plain words (``72 dollars``). Each ``math_verify`` parse/verify gets
+answer is a number followed by plain words (``72 dollars``). Two refinements of math_verify:
+a plain number in scientific notation (``1e-3``, ``2.5E2``) is compared with another plain
+number by value (to 6 significant digits) and is otherwise rewritten as ``1\\times10^{-3}``
+before parsing, where math_verify would read ``e`` as Euler's number; and a
+one-variable inequality (``x > 2``, ``1 < x \\le 3``) is compared with the interval it
+denotes (``(2, \\infty)``) in both directions, as math_verify's ``verify`` maps an
+inequality onto an interval only when the inequality is the reference. Each ``math_verify`` parse/verify gets
 ``check_timeout_s`` via its own ``signal.alarm``, which only works in a main thread; in a
 thread (the in-process reward mode) it runs without one and ``reward.timeout_s`` is the
 only limit.
@@ -32,6 +41,7 @@ import logging
 import re
 import threading
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 from entropo.rewards.api import Sample
@@ -70,6 +80,7 @@ _ANSWER_TAG = re.compile(r"<answer>(.*?)(?:</answer>|\Z)", re.S)
 _HASHES = re.compile(r"####\s*([^\n]*)")
 _NUMBER = re.compile(
     r"-?\\d?frac\{\s*-?\d+\s*\}\{\s*-?\d+\s*\}"  # \frac{3}{4}, \dfrac{3}{4}
+    r"|-?\d+(?:\.\d+)?[eE][+-]?\d+"  # 1e-3, 2.5E2
     r"|-?\d+(?:,\d{3})*(?:\.\d+)?(?:\s*/\s*\d+(?:\.\d+)?)?"  # -1,234.5 and 3/4
     r"|-?\.\d+"
 )
@@ -98,7 +109,7 @@ def last_boxed(text: str) -> str | None:
         The content, stripped; the next token for ``\\boxed 5``; None when there is no box
         or its braces do not close.
     """
-    start = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
+    start = _last_box_start(text)
     if start < 0:
         return None
     i = start + (len("\\boxed") if text.startswith("\\boxed", start) else len("\\fbox"))
@@ -121,6 +132,16 @@ def last_boxed(text: str) -> str | None:
     return None
 
 
+def _last_box_start(text: str) -> int:
+    return max(text.rfind("\\boxed"), text.rfind("\\fbox"))
+
+
+def _boxed_or_unfinished(text: str) -> tuple[str | None, bool]:
+    """``(content of the last box, whether a last box is there but never closes)``."""
+    content = last_boxed(text)
+    return content, content is None and _last_box_start(text) >= 0
+
+
 def extract_answer(response: str, tail_chars: int | None = None) -> str | None:
     """The final answer of a response (rules in the module docstring).
 
@@ -130,17 +151,20 @@ def extract_answer(response: str, tail_chars: int | None = None) -> str | None:
 
     Returns:
         The answer text, stripped (possibly ``""`` for an empty ``<answer></answer>``), or
-        None when no rule matches.
+        None when no rule matches or the last box never closes.
     """
     text = answer_phase(response)
     if tail_chars is not None:
         text = text[-tail_chars:]
     tags = _ANSWER_TAG.findall(text)
     if tags:
-        inner = tags[-1]
-        boxed = last_boxed(inner)
-        return boxed if boxed is not None else inner.strip()
-    boxed = last_boxed(text)
+        boxed, unfinished = _boxed_or_unfinished(tags[-1])
+        if unfinished:
+            return None
+        return boxed if boxed is not None else tags[-1].strip()
+    boxed, unfinished = _boxed_or_unfinished(text)
+    if unfinished:
+        return None
     if boxed is not None:
         return boxed
     hashes = _HASHES.findall(text)
@@ -186,6 +210,37 @@ def normalise(answer: str) -> str:
     if re.fullmatch(r"[A-Za-z]+", s):
         s = s.lower()
     return s
+
+
+_SCIENTIFIC = re.compile(r"([+-]?(?:\d+\.?\d*|\.\d+))[eE]([+-]?\d+)")
+_PLAIN_NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
+_INEQUALITY = re.compile(r"[<>≤≥]|\\[lg]eq?(?![a-zA-Z])|\\[lg]t(?![a-zA-Z])")
+SCIENTIFIC_REL_TOL = 1e-6  # two plain numbers, one in scientific notation: equal to 6 significant digits
+
+
+def _bare(answer: str) -> str:
+    return answer.strip().strip("$").strip()
+
+
+def scientific_as_latex(answer: str) -> str:
+    """``"1\\times10^{-3}"`` for ``"1e-3"``: a plain number in scientific notation in the form
+    math_verify reads as a number (it reads the ``e`` of ``1e-3`` as Euler's number); any other
+    answer unchanged."""
+    m = _SCIENTIFIC.fullmatch(_bare(answer))
+    return f"{m.group(1)}\\times10^{{{int(m.group(2))}}}" if m else answer
+
+
+def scientific_equal(pred: str, gold: str) -> bool | None:
+    """Whether two plain numbers, at least one in scientific notation, agree to a relative
+    :data:`SCIENTIFIC_REL_TOL` (math_verify rounds to 6 decimals, which makes ``2e-10`` equal
+    ``3e-10``); None when that does not apply."""
+    a, b = _bare(pred), _bare(gold)
+    if not (_PLAIN_NUMBER.fullmatch(a) and _PLAIN_NUMBER.fullmatch(b)):
+        return None
+    if not (_SCIENTIFIC.fullmatch(a) or _SCIENTIFIC.fullmatch(b)):
+        return None
+    x, y = Decimal(a), Decimal(b)
+    return abs(x - y) <= Decimal(SCIENTIFIC_REL_TOL) * max(abs(x), abs(y))
 
 
 _NUMBER_WITH_UNIT = re.compile(r"\\?\$?\s*(-?(?:\d[\d,]*)?\.?\d+(?:/\d+)?)\s*[A-Za-z][A-Za-z .]*")
@@ -259,10 +314,17 @@ def equivalent(pred: str | None, gold: str, timeout_s: int = 5) -> bool:
     """
     if pred is None or not pred.strip():
         return False
+    numeric = scientific_equal(pred, gold)
+    if numeric is not None:
+        return numeric
+    pred, gold = scientific_as_latex(pred), scientific_as_latex(gold)
     if normalise(pred) == normalise(gold):
         return True
-    parsed_gold = parse_answer(gold, timeout_s)
-    if verify_parsed(parsed_gold, parse_answer(pred, timeout_s), timeout_s):
+    parsed_gold, parsed_pred = parse_answer(gold, timeout_s), parse_answer(pred, timeout_s)
+    if verify_parsed(parsed_gold, parsed_pred, timeout_s):
+        return True
+    # an inequality meets its interval only as verify's reference: try the other order
+    if (_INEQUALITY.search(pred) or _INEQUALITY.search(gold)) and verify_parsed(parsed_pred, parsed_gold, timeout_s):
         return True
     number = strip_unit(pred)  # "72 dollars": math_verify reads the words as symbols
     return number is not None and verify_parsed(parsed_gold, parse_answer(number, timeout_s), timeout_s)

@@ -88,6 +88,30 @@ CASES = [
     # --- MATH-style ground truth: a full solution with a boxed answer
     ("\\boxed{\\frac{\\pi}{2}}", "We integrate ... so the area is $\\boxed{\\frac{\\pi}{2}}$.", 1),
     ("\\boxed{\\frac{\\pi}{3}}", "We integrate ... so the area is $\\boxed{\\frac{\\pi}{2}}$.", 0),
+    # --- a response cut off inside its box has no answer (not the number left in it)
+    ("\\boxed{8", "8", 0),
+    ("So the answer is \\boxed{8", "8", 0),
+    ("<answer>\\boxed{8", "8", 0),
+    ("\\boxed{3}, no wait: \\boxed{8", "3", 0),
+    ("The answer is \\boxed", "5", 0),
+    # --- scientific notation is a number, not Euler's e
+    ("\\boxed{1e-3}", "0.001", 1),
+    ("\\boxed{0.001}", "1e-3", 1),
+    ("so it is 1e-3", "0.001", 1),
+    ("\\boxed{2.5E2}", "250", 1),
+    ("\\boxed{1e-3}", "\\frac{1}{1000}", 1),
+    ("\\boxed{6.02e23}", "6.02\\times10^{23}", 1),
+    ("\\boxed{1e-3}", "0.002", 0),
+    ("\\boxed{2e-10}", "3e-10", 0),  # math_verify's 6-decimal rounding would call these equal
+    ("\\boxed{1e-3}", "-0.2817", 0),  # 1·e − 3
+    # --- an inequality and the interval it denotes, either one the reference
+    ("\\boxed{x > 2}", "(2, \\infty)", 1),
+    ("\\boxed{(2, \\infty)}", "x > 2", 1),
+    ("\\boxed{x \\geq 2}", "[2, \\infty)", 1),
+    ("\\boxed{1 < x < 3}", "(1, 3)", 1),
+    ("\\boxed{x \\le 5}", "(-\\infty, 5]", 1),
+    ("\\boxed{x > 2}", "[2, \\infty)", 0),
+    ("\\boxed{x > 2}", "(3, \\infty)", 0),
 ]
 
 
