@@ -40,6 +40,7 @@ from entropo.algorithms.losses.tis import TisConfig
 from entropo.algorithms.masks import EntropyMaskConfig
 from entropo.algorithms.objective import REGULARIZERS, Objective
 from entropo.algorithms.overlong import OverlongConfig
+from entropo.algorithms.qae import QaeConfig
 from entropo.algorithms.registry import (
     ADVANTAGE_RESHAPERS,
     ADVANTAGES,
@@ -72,7 +73,7 @@ class AlgorithmConfig:
     """Which methods train the policy, and their hyperparameters."""
 
     advantage: str = "grpo"
-    """Advantage estimator (spec section 3): grpo, dr_grpo, rloo, reinforce_pp_baseline, hapo, canon."""
+    """Advantage estimator (spec section 3): grpo, dr_grpo, rloo, reinforce_pp_baseline, hapo, canon, qae."""
 
     advantage_reshaper: str | None = None
     """At most one multiplicative reshaper after the estimator: seed (A5) or ettrl (A6)."""
@@ -118,6 +119,7 @@ class AlgorithmConfig:
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
     hapo: HapoAdvantageConfig = field(default_factory=HapoAdvantageConfig)
     canon: CanonConfig = field(default_factory=CanonConfig)
+    qae: QaeConfig = field(default_factory=QaeConfig)
     seed: SeedConfig = field(default_factory=SeedConfig)
     ettrl: EttrlConfig = field(default_factory=EttrlConfig)
     ppo_clip: PPOClipConfig = field(default_factory=PPOClipConfig)
@@ -596,6 +598,13 @@ def _check_composition(cfg: TrainConfig) -> None:
         )
     if a.advantage in ("rloo",) and cfg.rollout.n < 2:
         raise ConfigError(f"algorithm.advantage=rloo needs rollout.n >= 2, got {cfg.rollout.n}")
+    if a.advantage == "qae" and cfg.rollout.n < 2:
+        raise ConfigError(f"algorithm.advantage=qae needs rollout.n >= 2 (a group quantile needs a group), "
+                          f"got {cfg.rollout.n}")
+    if a.advantage != "qae" and a.qae != QaeConfig():
+        changed = next(f.name for f in dataclasses.fields(a.qae) if getattr(a.qae, f.name) != f.default)
+        raise ConfigError(f"algorithm.qae.{changed} is set, but algorithm.advantage is '{a.advantage}': "
+                          "set algorithm.advantage=qae to use QAE's quantile baseline")
     if a.advantage == "dr_grpo" and a.loss_agg_mode != "seq-mean-token-sum-norm":
         warnings.warn(
             "algorithm.advantage=dr_grpo is defined with loss_agg_mode=seq-mean-token-sum-norm "

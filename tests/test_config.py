@@ -36,6 +36,7 @@ def test_recipes_select_their_methods():
     assert by_name["entropy_mask"].objective().masks[0][0] == "high_entropy"
     assert by_name["dr_grpo"].objective().agg_mode == "seq-mean-token-sum-norm"
     assert by_name["dapo"].algorithm.ppo_clip.eps_high == 0.28
+    assert by_name["qae"].algorithm.advantage == "qae" and by_name["qae"].algorithm.qae.k == 0.4
 
 
 def test_defaults_live_in_the_dataclasses():

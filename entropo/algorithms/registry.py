@@ -107,6 +107,7 @@ _MODULES = (
     "entropo.algorithms.losses.lp_reg",
     "entropo.algorithms.losses.dmmpt",
     "entropo.algorithms.canon",
+    "entropo.algorithms.qae",
     "entropo.algorithms.reshapers",
 )
 

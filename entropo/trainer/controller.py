@@ -71,7 +71,7 @@ from entropo.trainer.rollout import SamplingParams
 FORK_RHO = 0.2  # spec D4: the top 20% of tokens by entropy are the "forking" tokens
 FORK_TOP_TOKENS = 50  # spec D4: the 50 most frequent forking tokens
 FIT_WINDOW = 20  # spec D2: trailing window of the ΔH-vs-Ĉ fit
-PLAIN_ADVANTAGES = ("grpo", "dr_grpo", "rloo", "reinforce_pp_baseline")  # read rewards only
+PLAIN_ADVANTAGES = ("grpo", "dr_grpo", "rloo", "reinforce_pp_baseline", "qae")  # read rewards only
 # built-in rewards that never read Sample.entropy / Sample.old_logp
 POLICY_FREE_REWARDS = ("math", "countdown", "embedded", "format", "code")
 
