@@ -26,10 +26,13 @@ from omegaconf.errors import OmegaConfBaseException
 from entropo.algorithms.advantages import GRPOConfig
 from entropo.algorithms.aepo import AepoConfig
 from entropo.algorithms.aggregate import AGG_MODES
+from entropo.algorithms.ares import AresConfig
 from entropo.algorithms.canon import CanonConfig
+from entropo.algorithms.clip_b import ClipBConfig
 from entropo.algorithms.dynamic_sampling import DynamicSamplingConfig
 from entropo.algorithms.epo import EpoConfig
 from entropo.algorithms.hapo import HapoAdvantageConfig, HapoClipConfig, HapoTemperatureConfig
+from entropo.algorithms.losses.cispo import CispoConfig
 from entropo.algorithms.losses.clip_cov import ClipCovConfig
 from entropo.algorithms.losses.dmmpt import DmmptConfig
 from entropo.algorithms.losses.kl_cov import KLCovConfig
@@ -57,6 +60,7 @@ from entropo.rewards.countdown import CountdownConfig
 from entropo.rewards.empo import EMPOConfig
 from entropo.rewards.math_answer import MathConfig
 from entropo.rewards.pear import PEARConfig
+from entropo.rewards.spurious import RandomRewardConfig
 from entropo.rewards.think_format import FormatConfig
 
 SAMPLING_METHODS = ("hapo_temperature", "aepo")
@@ -79,14 +83,15 @@ class AlgorithmConfig:
     """At most one multiplicative reshaper after the estimator: seed (A5) or ettrl (A6)."""
 
     loss: str = "ppo_clip"
-    """Token loss (exactly one; spec section 7): ppo_clip, clip_cov, kl_cov, hapo_clip, lp_reg."""
+    """Token loss (exactly one; spec section 7): ppo_clip, clip_cov, kl_cov, hapo_clip, lp_reg, cispo."""
 
     token_weight: list[str] = field(default_factory=list)
     """Multiplicative token weights applied to the loss: steer (spec L6), tis (rollout
     importance sampling: π_old/π_roll truncated at ``tis.cap``; for ``trainer.async_rollout``)."""
 
     token_mask: list[str] = field(default_factory=list)
-    """Token masks applied after the weights: high_entropy (the 80/20 rule, L4), dmmpt (L7)."""
+    """Token masks applied after the weights: high_entropy (the 80/20 rule, L4; per response with
+    ``high_entropy.stat_scope=sequence``, EARL), dmmpt (L7), clip_b (Clip_B, arXiv 2602.03392)."""
 
     regularizer: list[str] = field(default_factory=list)
     """Loss-side regularisers: siren (G2) or epo (G3); each replaces the plain entropy bonus."""
@@ -124,12 +129,14 @@ class AlgorithmConfig:
     ettrl: EttrlConfig = field(default_factory=EttrlConfig)
     ppo_clip: PPOClipConfig = field(default_factory=PPOClipConfig)
     clip_cov: ClipCovConfig = field(default_factory=ClipCovConfig)
+    cispo: CispoConfig = field(default_factory=CispoConfig)
     kl_cov: KLCovConfig = field(default_factory=KLCovConfig)
     hapo_clip: HapoClipConfig = field(default_factory=HapoClipConfig)
     lp_reg: LpRegConfig = field(default_factory=LpRegConfig)
     steer: SteerConfig = field(default_factory=SteerConfig)
     tis: TisConfig = field(default_factory=TisConfig)
     high_entropy: EntropyMaskConfig = field(default_factory=EntropyMaskConfig)
+    clip_b: ClipBConfig = field(default_factory=ClipBConfig)
     dmmpt: DmmptConfig = field(default_factory=DmmptConfig)
     siren: SirenConfig = field(default_factory=SirenConfig)
     epo: EpoConfig = field(default_factory=EpoConfig)
@@ -137,6 +144,7 @@ class AlgorithmConfig:
     aepo: AepoConfig = field(default_factory=AepoConfig)
     dynamic_sampling: DynamicSamplingConfig = field(default_factory=DynamicSamplingConfig)
     overlong: OverlongConfig = field(default_factory=OverlongConfig)
+    ares: AresConfig = field(default_factory=AresConfig)
 
 
 @dataclass(frozen=True)
@@ -174,7 +182,7 @@ class DataConfig:
 class RewardConfig:
     fns: list[str] = field(default_factory=lambda: ["embedded"])
     """Reward functions, each ``[label=]target[*weight]``: a built-in name (math, countdown,
-    embedded, format, code, pear, empo), ``module:function`` or ``path.py:function`` in the
+    embedded, format, code, pear, empo, random), ``module:function`` or ``path.py:function`` in the
     verl, TRL or native convention (entropo.rewards.loader). Scores add up, weighted."""
 
     fallback_score: float = 0.0
@@ -214,6 +222,7 @@ class RewardConfig:
     code: CodeConfig = field(default_factory=CodeConfig)
     pear: PEARConfig = field(default_factory=PEARConfig)
     empo: EMPOConfig = field(default_factory=EMPOConfig)
+    random: RandomRewardConfig = field(default_factory=RandomRewardConfig)
 
     timeout_s: float = 30.0
     """Per-call time limit of a reward function."""
@@ -573,6 +582,10 @@ def _check_composition(cfg: TrainConfig) -> None:
             a.dmmpt.validate()
         except ValueError as e:
             raise ConfigError(str(e)) from None
+    if "clip_b" not in a.token_mask and a.clip_b != ClipBConfig():
+        changed = next(f.name for f in dataclasses.fields(a.clip_b) if getattr(a.clip_b, f.name) != f.default)
+        raise ConfigError(f"algorithm.clip_b.{changed} is set, but clip_b is not in algorithm.token_mask: "
+                          "add it (algorithm.token_mask=[clip_b]) to use Clip_B")
     _check_choice("algorithm.loss_agg_mode", a.loss_agg_mode, AGG_MODES)
     _check_choice("algorithm.kl_estimator", a.kl_estimator, tuple(KL_ESTIMATORS))
     # A loss replacement's own knobs only apply when it is the selected loss: setting the
@@ -616,6 +629,7 @@ def _check_composition(cfg: TrainConfig) -> None:
             f"algorithm.overlong.cache_len={a.overlong.cache_len} exceeds rollout.max_new_tokens="
             f"{cfg.rollout.max_new_tokens} (L_cache must be within L_max)"
         )
+    _check_ares(cfg)
     if cfg.trainer.async_rollout and "tis" not in a.token_weight:
         warnings.warn(
             "trainer.async_rollout=true without algorithm.token_weight=[tis]: each batch is sampled "
@@ -629,6 +643,30 @@ def _check_composition(cfg: TrainConfig) -> None:
             "(spec S1 notes); algorithm.dynamic_sampling.metric=acc is recommended",
             stacklevel=3,
         )
+
+
+def _check_ares(cfg: TrainConfig) -> None:
+    """ARES (``algorithm.ares``, arXiv 2510.08457; not ``algorithm.sampling=aepo``)."""
+    a = cfg.algorithm
+    if not a.ares.enable:
+        changed = [f.name for f in dataclasses.fields(a.ares) if getattr(a.ares, f.name) != f.default]
+        if changed:
+            raise ConfigError(f"algorithm.ares.{changed[0]} is set, but algorithm.ares.enable is false: "
+                              "set algorithm.ares.enable=true to use ARES")
+        return
+    if a.ares.adaptive_kl and a.kl_coef <= 0:
+        raise ConfigError(
+            "algorithm.ares.adaptive_kl scales the KL to the reference model per difficulty bucket "
+            f"(β_ref·β_b), but algorithm.kl_coef={a.kl_coef} loads no reference model: set "
+            "algorithm.kl_coef > 0 (ARES's code: 0.01) or algorithm.ares.adaptive_kl=false"
+        )
+    if cfg.rollout.n < 2:
+        raise ConfigError(f"algorithm.ares.enable needs rollout.n >= 2 (a difficulty bucket is the "
+                          f"accuracy of a group), got {cfg.rollout.n}")
+    if "aepo" in a.sampling:
+        raise ConfigError("algorithm.ares.enable and algorithm.sampling=aepo cannot be combined: AEPO's "
+                          "injected responses come after ARES's batch statistics and have no difficulty "
+                          "bucket (ARES's paper names its RL stage AEPO; ours is Arbitrary Entropy PO)")
 
 
 def _check_vllm(cfg: TrainConfig) -> None:

@@ -36,7 +36,15 @@ def test_recipes_select_their_methods():
     assert by_name["entropy_mask"].objective().masks[0][0] == "high_entropy"
     assert by_name["dr_grpo"].objective().agg_mode == "seq-mean-token-sum-norm"
     assert by_name["dapo"].algorithm.ppo_clip.eps_high == 0.28
+    assert by_name["cispo"].algorithm.loss == "cispo" and by_name["cispo"].algorithm.cispo.eps_low is None
+    assert by_name["spurious_reward"].reward.fns == ["random", "embedded*0"]
+    assert by_name["spurious_reward"].algorithm.ppo_clip.clip and by_name["spurious_reward"].reward.random.p == 0.5
+    assert by_name["clip_b"].objective().masks == (("clip_b", by_name["clip_b"].algorithm.clip_b),)
+    assert by_name["clip_b"].algorithm.clip_b.mu == 2.5
+    assert by_name["earl"].objective().masks[0][0] == "high_entropy"
+    assert by_name["earl"].algorithm.high_entropy.stat_scope == "sequence"
     assert by_name["qae"].algorithm.advantage == "qae" and by_name["qae"].algorithm.qae.k == 0.4
+    assert by_name["ares"].algorithm.ares.enable and by_name["ares"].algorithm.kl_coef == 0.01
 
 
 def test_defaults_live_in_the_dataclasses():

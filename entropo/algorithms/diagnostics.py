@@ -46,7 +46,23 @@ Conventions and deviations:
 - Validated: the identity's numbers in spec D2 and the law's in D3 (tests). Not validated: that
   η_eff or the law extrapolate well on our runs.
 
-Metric keys: ``cov/...`` (D2), ``law/...`` (D3), ``entropy/...`` and ``logprob_gap/...`` (D1).
+D5, entropy-discriminator dynamics (Wang et al., "On the Entropy Dynamics in Reinforcement
+Fine-Tuning of Large Language Models", arXiv 2602.03392, Theorems 3.2 and 3.3; the theorem
+statements were read from secondary summaries, not the PDF, and are checked numerically by
+the tests against the exact softmax entropy):
+
+    S_a  = π_a·(H + log π_a)                                        entropy discriminator
+    ΔH   = −ε·S_a                                                   logit z_a moves by ε (Thm 3.2)
+    ΔH   = −α·A·(S_a − E_{b∼π}[S_b])                                GRPO step on token a (Thm 3.3)
+    ΔĤ_t = −A_t·(S_t − S̄),  predicted_dH = mean_t ΔĤ_t              batch baseline S̄ (Clip_B's)
+
+Official code for the batch statistic: agentscope-ai/Trinity-RFT
+``trinity/algorithm/advantage_fn/clipb_advantage.py`` (``ClipBAdvantageFn``, read at the
+pan-x-c/Trinity-RFT mirror @ e8be774); the vocabulary baseline is ``compute_N_from_logits``
+in ``examples/entropy/clipv_dp_actor.py`` (same mirror @ c934bc5). The per-step logging is ours.
+
+Metric keys: ``cov/...`` (D2), ``law/...`` (D3), ``entropy/...`` and ``logprob_gap/...`` (D1),
+``entropy_dynamics/...`` (D5).
 """
 
 from __future__ import annotations
@@ -461,3 +477,87 @@ def logprob_gap(
     if gap.numel() == 0:
         return {"logprob_gap/mean": gap.new_zeros(()), "logprob_gap/p99": gap.new_zeros(())}
     return {"logprob_gap/mean": gap.mean(), "logprob_gap/p99": quantile(gap, 0.99)}
+
+
+# ---------------------------------------------------------------- D5: entropy-discriminator dynamics
+
+
+def entropy_discriminator(logp: torch.Tensor, entropy: torch.Tensor) -> torch.Tensor:
+    """``S = p·(H + log p)`` with ``p = exp(logp)``, elementwise (Wang et al., arXiv 2602.03392).
+
+    Args:
+        logp: log-probability of the sampled token (any shape).
+        entropy: entropy H of the distribution it was sampled from (same shape).
+
+    Returns:
+        S, same shape and dtype; ``−ε·S`` is the first-order entropy change when the sampled
+        token's logit alone moves by ε (the paper's Theorem 3.2).
+    """
+    return logp.exp() * (entropy + logp)
+
+
+def expected_discriminator(logits: torch.Tensor) -> torch.Tensor:
+    """``E_{b∼π}[S_b] = H·Σ_b π_b² + Σ_b π_b²·log π_b`` over the last dim, ``[...]``.
+
+    The vocabulary baseline of the GRPO-step form (Theorem 3.3): a step on sampled token a
+    with advantage A changes the state's entropy by ``−α·A·(S_a − E_π[S])``. It is the
+    per-token statistic Clip_V needs (``compute_N_from_logits`` in the official
+    ``examples/entropy/clipv_dp_actor.py``, pan-x-c/Trinity-RFT @ c934bc5); Clip_B replaces it
+    with the batch mean of S.
+
+    Args:
+        logits: ``[..., V]`` logits z (at the rollout temperature).
+    """
+    logp = logits.log_softmax(dim=-1)  # [..., V]
+    p2 = logp.exp().square()
+    h = -(logp.exp() * logp).sum(dim=-1)
+    return h * p2.sum(dim=-1) + (p2 * logp).sum(dim=-1)
+
+
+def entropy_dynamics_metrics(
+    logp: torch.Tensor,
+    entropy: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    reducer: Reducer = LOCAL,
+) -> Metrics:
+    """Predicted entropy change of a policy-gradient step from S, with the batch baseline.
+
+    ::
+
+        S_t   = π_old(y_t)·(H_t + log π_old(y_t))
+        ΔĤ_t  = −A_t·(S_t − S̄)                      S̄ = mean of S over the scope's valid tokens
+        predicted_dH = mean_t ΔĤ_t = −Cov_t(A, S)
+
+    ``ΔĤ_t`` is the paper's Theorem 3.3 (``ΔH = −α·A·(S_* − E_π[S])``) at α = 1 with the
+    vocabulary expectation ``E_π[S]`` replaced by the batch mean S̄, the approximation Clip_B
+    is built on: it is the change of the entropy at token t's state when its own logits take
+    a unit policy-gradient step ``Δz_b = A_t·(1[b = y_t] − π_b)``, ignoring how the step
+    moves other states. Since Σ_t (S_t − S̄) = 0 the token mean equals −Cov(A, S) whether or
+    not A is centred. Like Ĉ it is per unit step: the learning rate's scale is not known here.
+
+    Args:
+        logp: ``[n, T]`` log π_old of the sampled tokens.
+        entropy: ``[n, T]`` π_old token entropy H (rollout temperature).
+        advantages: ``[n, T]`` advantages.
+        mask: ``[n, T]`` valid-token mask.
+        reducer: the scope (the trainer logs the step batch).
+
+    Returns:
+        float64 scalars: ``entropy_dynamics/predicted_dH``; its parts from A > 0 and A < 0
+        tokens, ``entropy_dynamics/predicted_dH_adv_pos`` / ``_adv_neg`` (each a sum over its
+        tokens divided by all N, so the two add up to the total); ``entropy_dynamics/s_mean``
+        and ``entropy_dynamics/s_std`` (S̄ and the population std of S). 0 for an empty scope.
+    """
+    table, _ = _gather_columns([logp, entropy, advantages], mask, reducer)  # [N, 3]
+    keys = ("predicted_dH", "predicted_dH_adv_pos", "predicted_dH_adv_neg", "s_mean", "s_std")
+    n = table.shape[0]
+    if n == 0:
+        return {f"entropy_dynamics/{key}": table.new_zeros(()) for key in keys}
+    s = entropy_discriminator(table[:, 0], table[:, 1])  # [N]
+    a = table[:, 2]
+    s_mean = s.mean()
+    dh = -a * (s - s_mean)  # [N]
+    values = (dh.mean(), (dh * (a > 0)).sum() / n, (dh * (a < 0)).sum() / n, s_mean,
+              (s - s_mean).square().mean().sqrt())
+    return {f"entropy_dynamics/{key}": v for key, v in zip(keys, values)}

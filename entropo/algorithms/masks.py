@@ -30,6 +30,20 @@ Deviations and options:
   mini-batch on all ranks, with entropies from a no-grad pass at the mini-batch's
   parameters (equal to the training forward's π_θ entropies), so the selection does not
   change with micro-batch size or GPU count.
+
+L4'. Per-response threshold (EARL, ``stat_scope="sequence"``)
+------------------------------------------------------------
+    k_i = max(1, ⌊ρ·N_i + 0.9999⌋)                N_i valid tokens of response i
+    S_i = the k_i valid tokens of response i with the largest H (ties → earliest position)
+
+- Paper: EARL, arXiv 2511.12033 (no code released). [SECONDARY]: the rule is the issue's
+  description ("the 80/20 mask with the threshold taken per response instead of over the
+  batch"); the paper was not available here, and k_i reuses L4's rounding per response.
+- The decision reads each response's own row only, so it needs no collective and gives the
+  same tokens on any split into micro-batches or ranks; the objective still prepares it once
+  per mini-batch, so that ``norm=selected`` counts the denominator over the whole mini-batch.
+- Every response with at least one valid token keeps at least one: the kept fraction is
+  above ρ when responses are short (a 1-token response keeps its token).
 """
 
 from __future__ import annotations
@@ -49,6 +63,7 @@ from entropo.algorithms.select import top_k_mask
 ROUND_UP_SLACK = 0.9999
 
 MASK_NORMS = ("selected", "all_valid")
+HIGH_ENTROPY_SCOPES = (*STAT_SCOPES, "sequence")
 
 
 @dataclass(frozen=True)
@@ -82,7 +97,8 @@ class EntropyMaskConfig:
     """``selected``: denominator |S| (official code); ``all_valid``: all valid tokens (paper Eq., TRL)."""
 
     stat_scope: str = "global"
-    """``global``: the whole mini-batch over all ranks; ``micro``: one micro-batch (official code)."""
+    """``global``: the whole mini-batch over all ranks; ``micro``: one micro-batch (official code);
+    ``sequence``: each response on its own (EARL, arXiv 2511.12033)."""
 
     @property
     def excludes_from_denominator(self) -> bool:
@@ -94,8 +110,9 @@ class EntropyMaskConfig:
             raise ValueError(f"algorithm.high_entropy.rho must be in (0, 1], got {self.rho}")
         if self.norm not in MASK_NORMS:
             raise ValueError(f"algorithm.high_entropy.norm must be one of {MASK_NORMS}, got '{self.norm}'")
-        if self.stat_scope not in STAT_SCOPES:
-            raise ValueError(f"algorithm.high_entropy.stat_scope must be one of {STAT_SCOPES}, got '{self.stat_scope}'")
+        if self.stat_scope not in HIGH_ENTROPY_SCOPES:
+            raise ValueError(f"algorithm.high_entropy.stat_scope must be one of {HIGH_ENTROPY_SCOPES}, "
+                             f"got '{self.stat_scope}'")
 
 
 def top_count(rho: float, n_valid: int) -> int:
@@ -103,14 +120,45 @@ def top_count(rho: float, n_valid: int) -> int:
     return max(1, int(rho * n_valid + ROUND_UP_SLACK)) if n_valid > 0 else 0
 
 
+def per_response_top_mask(
+    entropy: torch.Tensor, mask: torch.Tensor, rho: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``k_i = top_count(ρ, N_i)`` highest-entropy valid tokens of each response (L4').
+
+    Args:
+        entropy: ``[n, T]`` token entropies (detached inside).
+        mask: ``[n, T]`` valid-token mask.
+        rho: ρ, the fraction kept per response.
+
+    Returns:
+        ``[n, T]`` bool keep (ties at a response's threshold go to the earliest positions), and
+        the mean over responses with a valid token of their k_i-th entropy (NaN if none).
+    """
+    valid = mask.bool()
+    n_i = valid.sum(-1)  # [n]
+    k_i = torch.where(n_i > 0, (rho * n_i.to(torch.float64) + ROUND_UP_SLACK).long().clamp(min=1), 0)
+    key = torch.where(valid, entropy.detach().to(torch.float64), float("-inf"))  # [n, T]
+    order = torch.sort(key, dim=-1, descending=True, stable=True).indices  # ties: earlier first
+    rank = torch.empty_like(order)
+    rank.scatter_(-1, order, torch.arange(key.shape[-1], device=key.device).expand_as(order))
+    keep = valid & (rank < k_i.unsqueeze(-1))  # [n, T]
+    has = n_i > 0
+    kth = torch.where(keep, key, float("inf")).min(dim=-1).values  # [n]
+    threshold = kth[has].mean() if has.any() else torch.tensor(float("nan"))
+    return keep, threshold
+
+
 @TOKEN_MASKS.register("high_entropy", config=EntropyMaskConfig, needs=("entropy",))
 def high_entropy_mask(inp: TokenLossInputs, cfg: EntropyMaskConfig) -> tuple[TokenMask, dict[str, torch.Tensor]]:
-    """Keep the top-ρ valid tokens by entropy over the reducer's scope."""
+    """Keep the top-ρ valid tokens by entropy over the reducer's scope (``sequence``: per response)."""
     if inp.entropy is None:
         raise ValueError("the high_entropy token mask needs token entropies (inputs.entropy)")
     entropy = inp.entropy.detach()
-    n_valid = int(inp.reducer.sum(inp.mask.bool().sum().to(torch.float64)))
-    keep, threshold = top_k_mask(entropy, inp.mask, top_count(cfg.rho, n_valid), inp.reducer)
+    if cfg.stat_scope == "sequence":
+        keep, threshold = per_response_top_mask(entropy, inp.mask, cfg.rho)
+    else:
+        n_valid = int(inp.reducer.sum(inp.mask.bool().sum().to(torch.float64)))
+        keep, threshold = top_k_mask(entropy, inp.mask, top_count(cfg.rho, n_valid), inp.reducer)
     valid = inp.mask.bool()
     dropped = valid & ~keep
     metrics = {

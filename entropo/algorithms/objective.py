@@ -5,7 +5,7 @@ For one micro-batch, in the spec's order:
     ℓ_i  = token_loss(i)                      ppo_clip | clip_cov | kl_cov | hapo_clip | lp_reg (one)
     ℓ_i += β_ref · KL_est(π_θ ‖ π_ref)_i      when kl_coef > 0 (per token, before masks: TRL's order)
     ℓ_i ← w_i · ℓ_i                           token weights (STEER), multiplied in order
-    k_i  = Π_masks keep_i                     token masks (high_entropy, dmmpt)
+    k_i  = Π_masks keep_i                     token masks (high_entropy, dmmpt, clip_b)
     m'_i = m_i · Π_{masks excluding from the denominator} keep_i
     L    = agg(k·ℓ, m')                       aggregation (spec 0.6), denominators after all masks
          − c_H · agg(H, m')                   entropy bonus over the loss's denominator tokens m'
@@ -147,8 +147,14 @@ class StepContext:
     epo_reference: float | None = None
 
 
+# Scopes decided once per mini-batch by prepare_minibatch: ``global`` (a statistic over all of
+# it) and ``sequence`` (each response on its own, EARL's mask: the same wherever it is decided,
+# and preparing it lets the denominators be counted after it over the whole mini-batch).
+PREPARED_SCOPES = ("global", "sequence")
+
+
 def _global(cfg: Any) -> bool:
-    return getattr(cfg, "stat_scope", "micro") == "global"
+    return getattr(cfg, "stat_scope", "micro") in PREPARED_SCOPES
 
 
 @dataclass
@@ -258,7 +264,8 @@ def micro_objective(
         if ref_logp is None:
             raise ValueError("kl_coef > 0 needs reference log-probs (ref_logp)")
         kl = kl_penalty(inp.logp, ref_logp, obj.kl_estimator)  # [n, T]
-        per_token = per_token + obj.kl_coef * kl
+        coef = obj.kl_coef if inp.kl_scale is None else obj.kl_coef * inp.kl_scale.detach().to(kl.dtype)  # ARES's β_b
+        per_token = per_token + coef * kl
         metrics["actor/ref_kl"] = valid_mean(kl, inp.mask)
 
     for (name, cfg), w in zip(obj.weights, prepared.weights or [None] * len(obj.weights)):

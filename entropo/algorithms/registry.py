@@ -98,6 +98,7 @@ ADVANTAGE_RESHAPERS = Registry("advantage reshaper")
 _MODULES = (
     "entropo.algorithms.advantages",
     "entropo.algorithms.masks",
+    "entropo.algorithms.clip_b",
     "entropo.algorithms.losses.ppo_clip",
     "entropo.algorithms.losses.clip_cov",
     "entropo.algorithms.losses.kl_cov",
@@ -106,6 +107,7 @@ _MODULES = (
     "entropo.algorithms.losses.tis",
     "entropo.algorithms.losses.lp_reg",
     "entropo.algorithms.losses.dmmpt",
+    "entropo.algorithms.losses.cispo",
     "entropo.algorithms.canon",
     "entropo.algorithms.qae",
     "entropo.algorithms.reshapers",

@@ -26,6 +26,7 @@ BUILTIN_MODULES = (
     "entropo.rewards.code_exec",
     "entropo.rewards.pear",
     "entropo.rewards.empo",
+    "entropo.rewards.spurious",
 )
 
 Summarise = Callable[[dict[str, torch.Tensor], torch.Tensor, torch.Tensor], dict[str, float]]

@@ -21,10 +21,12 @@ the step; none rebuilds the batch (dynamic sampling keeps a subset of rows with
 | ``ref_logp`` | [N, T] π_ref log-probs, when ``kl_coef > 0`` | learner forward |
 | ``proxy_logp`` | [N, T] Lp-Reg's min-p proxy log-probs of π_old, when ``loss=lp_reg`` | learner forward |
 | ``topp_entropy`` | [N, T] SIREN's top-p entropy of π_old (step 1, for its anchor) | learner forward |
+| ``topk_entropy`` | [N, T] ARES's top-k entropy of π_old (``algorithm.ares.entropy=topk``) | learner forward |
 | ``rewards`` | [N] scalar reward R_i | rewards |
 | ``reward_components`` | name -> [N] | rewards |
 | ``correct`` | [N] float, 1 for a verified-correct answer (the ``acc`` metric) | rewards |
 | ``cluster_ids`` | [N] int64, answer-equivalence cluster within each group (SEED, EMPO) | rewards |
+| ``kl_scale`` | [N, T] factor on β_ref of the KL to π_ref (ARES's per-bucket β_b), when on | ARES (controller) |
 | ``advantages`` | [N, T] advantages broadcast over valid tokens | advantages |
 """
 
@@ -54,10 +56,12 @@ class StepBatch:
     ref_logp: torch.Tensor | None = None
     proxy_logp: torch.Tensor | None = None
     topp_entropy: torch.Tensor | None = None
+    topk_entropy: torch.Tensor | None = None
     rewards: torch.Tensor | None = None
     reward_components: dict[str, torch.Tensor] = field(default_factory=dict)
     correct: torch.Tensor | None = None
     cluster_ids: torch.Tensor | None = None
+    kl_scale: torch.Tensor | None = None
     advantages: torch.Tensor | None = None
 
     def __len__(self) -> int:

@@ -654,7 +654,7 @@ class Cluster:
         ``extras`` such as ``topp_entropy``) to the batch."""
         shards = self._split(batch)
         outs = ray.get([a.forward.remote(s, extras) for a, s in zip(self.learners, shards)])
-        for name in ("old_logp", "entropy", "ref_logp", "proxy_logp", "topp_entropy"):
+        for name in ("old_logp", "entropy", "ref_logp", "proxy_logp", "topp_entropy", "topk_entropy"):
             if getattr(outs[0], name) is not None:
                 setattr(batch, name, torch.cat([getattr(o, name) for o in outs]))
 

@@ -44,6 +44,7 @@ from entropo.algorithms.aepo import (
     aepo_num_prompts,
     aepo_temperature,
 )
+from entropo.algorithms.ares import AresState, ares_step, sequence_kl
 from entropo.algorithms.canon import canon_token_scale
 from entropo.algorithms.dynamic_sampling import (
     dynamic_sampling_metrics,
@@ -73,7 +74,7 @@ FORK_TOP_TOKENS = 50  # spec D4: the 50 most frequent forking tokens
 FIT_WINDOW = 20  # spec D2: trailing window of the ΔH-vs-Ĉ fit
 PLAIN_ADVANTAGES = ("grpo", "dr_grpo", "rloo", "reinforce_pp_baseline", "qae")  # read rewards only
 # built-in rewards that never read Sample.entropy / Sample.old_logp
-POLICY_FREE_REWARDS = ("math", "countdown", "embedded", "format", "code")
+POLICY_FREE_REWARDS = ("math", "countdown", "embedded", "format", "code", "random")
 
 
 def old_pass_fused(cfg: TrainConfig, reward_targets: list[str]) -> bool:
@@ -85,7 +86,7 @@ def old_pass_fused(cfg: TrainConfig, reward_targets: list[str]) -> bool:
     one_update = learner.ppo_epochs == 1 and learner.mini_batch_prompts in (None, cfg.trainer.prompts_per_step)
     return (learner.fuse_old_forward and one_update and a.kl_coef == 0
             and a.advantage in PLAIN_ADVANTAGES and a.advantage_reshaper is None
-            and not (a.sampling or a.regularizer or a.adaptive_entropy)
+            and not (a.sampling or a.regularizer or a.adaptive_entropy or a.ares.enable)
             and "dmmpt" not in a.token_mask  # its gate reads the step's π_old entropy
             and not obj.needs_policy_prepass and not (obj.needs - {"entropy", "rollout_logp"})
             and all(t in POLICY_FREE_REWARDS for t in reward_targets))
@@ -107,6 +108,7 @@ class ControllerState:
     epo_total: float = 0.0
     hapo_stats: tuple[float, float, float, float] | None = None  # S2: (μ, σ, s⁺, s⁻) of the last step
     aepo_entropy: float = AEPO_INITIAL_ENTROPY  # S3/G4: Ĥ of the last update
+    ares: dict | None = None  # ARES's α_b, β_b, τ and EMAs (AresState.as_dict()), after the last step
     probe: dict[str, torch.Tensor] | None = None  # D4: fixed responses and their initial entropies
     reward_errors: float = 0.0  # Σ reward/errors over the steps so far, for the summary
 
@@ -150,6 +152,8 @@ class Controller:
         t = Timer()
         with t("step"):
             batch, gen_metrics = self.collect(step, t)          # rollout, forward, rewards, filtering
+            if self.cfg.algorithm.ares.enable:                    # ARES: HWE reward term, per-bucket KL β
+                gen_metrics.update(self.ares_shape(batch))
             with t("advantage"):
                 batch, adv_metrics = self.advantages(batch)
             if "aepo" in self.cfg.algorithm.sampling:
@@ -281,9 +285,10 @@ class Controller:
     def forward_extras(self) -> frozenset[str]:
         """Extra π_old quantities this step needs (SIREN's anchor is measured at step 1)."""
         a = self.cfg.algorithm
+        out = {"topk_entropy"} if a.ares.enable and a.ares.entropy == "topk" else set()
         if "siren" in a.regularizer and self.state.siren_anchor is None:
-            return frozenset({"topp_entropy"})
-        return frozenset()
+            out.add("topp_entropy")
+        return frozenset(out)
 
     def samples(self, batch: StepBatch, step: int, is_eval: bool = False) -> list:
         """One reward-function input per response (π_old statistics when the batch has them)."""
@@ -387,6 +392,24 @@ class Controller:
         mixed.group_ids[plan.target_rows] = -1 - plan.source_rows
         return mixed, metrics
 
+    def ares_shape(self, batch: StepBatch) -> dict[str, float]:
+        """ARES (arXiv 2510.08457; ``entropo.algorithms.ares``): add the difficulty-bucketed HWE
+        term to the rewards (component ``ares``) and, with ``adaptive_kl``, set each response's
+        β_b on the KL to π_ref (``batch.kl_scale``); the state carries over to the next step."""
+        a = self.cfg.algorithm
+        cfg = a.ares
+        state = AresState.initial(cfg) if self.state.ares is None else AresState.from_dict(self.state.ares)
+        entropy = batch.topk_entropy if cfg.entropy == "topk" else batch.entropy
+        seq_kl = sequence_kl(batch.old_logp, batch.ref_logp, batch.mask, a.kl_estimator) if cfg.adaptive_kl else None
+        out = ares_step(entropy, batch.mask, batch.correct, batch.group_ids, state, cfg, seq_kl=seq_kl)
+        self.state.ares = out.state.as_dict()
+        term = out.term.to(batch.rewards.dtype)
+        batch.rewards = batch.rewards + term
+        batch.reward_components = {**batch.reward_components, "ares": term}
+        if out.beta is not None:
+            batch.kl_scale = broadcast_to_tokens(out.beta.to(batch.mask.dtype), batch.mask)
+        return {k: float(v) for k, v in out.metrics.items()}
+
     def step_context(self, batch: StepBatch, step: int) -> StepContext:
         """Step-level inputs of the objective (and the running state they come from)."""
         a = self.cfg.algorithm
@@ -450,6 +473,8 @@ class Controller:
         out.update({k: float(v) for k, v in diagnostics.logprob_gap(batch.rollout_logp, batch.old_logp, m).items()})
         out.update({k: float(v) for k, v in diagnostics.covariance_metrics(
             batch.old_logp, batch.advantages, batch.entropy, m).items()})
+        out.update({k: float(v) for k, v in diagnostics.entropy_dynamics_metrics(
+            batch.old_logp, batch.entropy, batch.advantages, m).items()})
         return out
 
     def _think_close_id(self) -> int | None:
@@ -634,7 +659,7 @@ def _shard(b: StepBatch) -> LearnerShard:
     return LearnerShard(
         prompt_ids=b.prompt_ids, prompt_mask=b.prompt_mask, response_ids=b.response_ids, mask=b.mask,
         old_logp=b.old_logp, entropy=b.entropy, ref_logp=b.ref_logp, advantages=b.advantages,
-        proxy_logp=b.proxy_logp, rollout_logp=b.rollout_logp,
+        proxy_logp=b.proxy_logp, rollout_logp=b.rollout_logp, kl_scale=b.kl_scale,
     )
 
 

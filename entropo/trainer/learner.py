@@ -58,6 +58,8 @@ class LearnerShard:
     proxy_logp: torch.Tensor | None = None
     topp_entropy: torch.Tensor | None = None
     rollout_logp: torch.Tensor | None = None
+    topk_entropy: torch.Tensor | None = None
+    kl_scale: torch.Tensor | None = None
 
     def rows(self, index: slice | torch.Tensor) -> LearnerShard:
         return LearnerShard(**{k: (None if v is None else v[index]) for k, v in vars(self).items()})
@@ -171,6 +173,10 @@ class LearnerRank:
             s = a.siren
             out["topp_entropy"] = lambda logits, _labels: top_p_entropy(
                 logits, p_top=s.p_top, top_k=s.top_k, temperature=temperature, rule=s.top_p_rule)
+        if "topk_entropy" in names:
+            from entropo.algorithms.ares import topk_entropy
+
+            out["topk_entropy"] = partial(topk_entropy, k=a.ares.top_k, temperature=temperature)
         return out
 
     def forward(self, shard: LearnerShard, extras: frozenset[str] = frozenset()) -> LearnerShard:
@@ -293,7 +299,8 @@ class LearnerRank:
         return TokenLossInputs(
             logp=logp, old_logp=self._dev(s.old_logp), advantages=self._dev(s.advantages), mask=self._dev(s.mask),
             entropy=entropy, old_entropy=self._dev(s.entropy), proxy_logp=self._dev(s.proxy_logp),
-            step_entropy=ctx.step_entropy, rollout_logp=self._dev(s.rollout_logp), **kwargs,
+            step_entropy=ctx.step_entropy, rollout_logp=self._dev(s.rollout_logp), kl_scale=self._dev(s.kl_scale),
+            **kwargs,
         )
 
     def _prepare(self, mb: LearnerShard, obj: Objective, ctx: StepContext, gen: torch.Generator, reuse_old: bool):

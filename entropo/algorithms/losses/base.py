@@ -46,6 +46,8 @@ class TokenLossInputs:
             (rollout importance sampling).
         extras: other per-token tensors a method computes from the logits (SIREN's
             ``topp_entropy``, with gradient).
+        kl_scale: ``[n, T]`` per-token factor on β_ref of the KL to π_ref (ARES's per-bucket
+            β, broadcast over each response's tokens); None is 1.
     """
 
     logp: torch.Tensor
@@ -61,6 +63,7 @@ class TokenLossInputs:
     step_entropy: float | None = None
     rollout_logp: torch.Tensor | None = None
     extras: dict[str, torch.Tensor] = field(default_factory=dict)
+    kl_scale: torch.Tensor | None = None
 
 
 Metrics = dict[str, torch.Tensor]

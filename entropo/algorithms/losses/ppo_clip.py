@@ -12,6 +12,13 @@
 
 Deviation: dual clip is off unless ``dual_clip_c`` is set (verl always applies it); the
 DAPO-family recipes set c = 10 as their scripts do.
+
+``clip=False`` (the spurious-reward control of Chen et al., arXiv 2512.16912: clipping off)
+gives the plain importance-weighted surrogate ℓ = −A·r (the κ clamp stays, dual clip must be
+off), so no token is clipped. The clip-bias metrics (:mod:`.clip_bias`) split the tokens
+whose gradient a clip removes (the clipped branch or the dual bound is active) by the sign of
+A: ``actor/clipfrac_pos_adv`` equals ``actor/pg_clipfrac_upper`` (A > 0 is clipped only
+above), ``actor/clipfrac_neg_adv`` is ``actor/pg_clipfrac_lower`` + ``actor/pg_clipfrac_dual``.
 """
 
 from __future__ import annotations
@@ -21,11 +28,13 @@ from dataclasses import dataclass
 import torch
 
 from entropo.algorithms.losses.base import (
+    Surrogate,
     TokenLossInputs,
     clipped_surrogate,
     valid_frac,
     valid_mean,
 )
+from entropo.algorithms.losses.clip_bias import clip_bias_metrics
 from entropo.algorithms.registry import TOKEN_LOSSES
 
 
@@ -46,9 +55,15 @@ class PPOClipConfig:
     log_ratio_clamp: float | None = 20.0
     """κ: log r is clamped to [−κ, κ] before exp, against overflow (verl: 20); None disables it."""
 
+    clip: bool = True
+    """False turns clipping off: ℓ = −A·r, no token clipped (the spurious-reward control,
+    arXiv 2512.16912; ``configs/spurious_reward.yaml``). Needs ``dual_clip_c`` None."""
+
     def __post_init__(self) -> None:
         if self.eps_low < 0 or self.eps_high < 0:
             raise ValueError("algorithm.ppo_clip.eps_low and eps_high must be >= 0")
+        if not self.clip and self.dual_clip_c is not None:
+            raise ValueError("algorithm.ppo_clip.clip=false turns every clip off: set dual_clip_c to null")
         if self.dual_clip_c is not None and self.dual_clip_c <= 1:
             raise ValueError(f"algorithm.ppo_clip.dual_clip_c must be > 1, got {self.dual_clip_c}")
 
@@ -60,11 +75,15 @@ def ppo_clip_loss(inp: TokenLossInputs, cfg: PPOClipConfig) -> tuple[torch.Tenso
     if cfg.log_ratio_clamp is not None:
         log_ratio = log_ratio.clamp(-cfg.log_ratio_clamp, cfg.log_ratio_clamp)
     s = clipped_surrogate(log_ratio, inp.advantages, cfg.eps_low, cfg.eps_high, cfg.dual_clip_c)
+    if not cfg.clip:  # ℓ = −A·r and nothing is clipped (dual clip is off by validation)
+        none = torch.zeros_like(s.clipped)
+        s = Surrogate(-inp.advantages * torch.exp(log_ratio), none, none, none, none)
     metrics = {
         "actor/pg_clipfrac": valid_frac(s.clipped, inp.mask),
         "actor/pg_clipfrac_upper": valid_frac(s.clipped_upper, inp.mask),
         "actor/pg_clipfrac_lower": valid_frac(s.clipped_lower, inp.mask),
         "actor/pg_clipfrac_dual": valid_frac(s.dual_clipped, inp.mask),
         "actor/ppo_kl": valid_mean(inp.old_logp - inp.logp, inp.mask),
+        **clip_bias_metrics(s.clipped | s.dual_clipped, inp.advantages, inp.mask),
     }
     return s.loss, metrics
