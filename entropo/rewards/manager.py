@@ -177,6 +177,7 @@ class RewardManager:
         result = self._assemble(samples, table)
         result.metrics["reward/workers_replaced"] = float(stats.replaced)
         result.metrics["reward/workers_recycled"] = float(stats.recycled)
+        result.metrics["reward/quarantined"] = float(len(stats.quarantined))
         return result
 
     def _jobs(self, samples: list[Sample]) -> list[Job]:

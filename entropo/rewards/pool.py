@@ -16,6 +16,14 @@ Two backends with the same contract (each *slot* runs one job at a time):
 The scheduling loop (:func:`execute`) gives every job ``timeout_s + DEADLINE_SLACK_S``. A job
 of several samples (or groups) that times out, or whose worker dies, is re-run one sample
 (group) per job, so only the samples that alone exceed the limit count as timeouts.
+
+Quarantine: a function whose single-sample calls end their worker (``os._exit``, a crash, an
+OOM kill, or a hang past the deadline, for which the worker is killed) at least
+:data:`QUARANTINE_DEATHS` times, and on more than half of the calls it has finished in this
+scoring, is not run on the rest of it: every further sample of it fails at
+once with the reason (no worker start per sample), and the manager's failure check then
+stops the run naming it (or, above ``reward.max_error_frac``, counts the fallbacks). A
+function that kills its worker on a few samples only is never quarantined.
 """
 
 from __future__ import annotations
@@ -39,6 +47,9 @@ WORKER_START_TIMEOUT_S = 300.0
 """A Ray reward worker that is not up after this long is an error (not enough free CPUs?)."""
 MAX_START_FAILURES = 3
 """Consecutive failed worker starts before the reward stage gives up."""
+QUARANTINE_DEATHS = 3
+"""Worker deaths of one function's single-sample calls before it can be quarantined (module
+docstring)."""
 
 
 class WorkerDied(RuntimeError):
@@ -50,6 +61,27 @@ class PoolStats:
     replaced: int = 0  # workers killed for a timeout or found dead, and restarted
     recycled: int = 0  # workers restarted because their memory grew too much
     failures: list[tuple[Job, Outcome]] = field(default_factory=list)
+    quarantined: set[int] = field(default_factory=set)  # entries not run on the rest of the scoring
+    deaths: dict[int, int] = field(default_factory=dict)  # single-sample calls per entry that ended their worker
+    finished: dict[int, int] = field(default_factory=dict)  # units per entry that returned or died
+
+    def count(self, job: Job, died: bool) -> None:
+        """Count a returned or died job; quarantine its entry when it kills most of its calls.
+        A job of several units that died is not counted: its units run again one by one."""
+        e = job.entry
+        if died and len(job.units) > 1:
+            return
+        self.finished[e] = self.finished.get(e, 0) + len(job.units)
+        if died:
+            self.deaths[e] = self.deaths.get(e, 0) + 1
+            if self.deaths[e] >= QUARANTINE_DEATHS and 2 * self.deaths[e] > self.finished[e]:
+                self.quarantined.add(e)
+
+    def quarantine_outcome(self, entry: int) -> Outcome:
+        return Outcome(EXCEPTION, message=(
+            f"quarantined: {self.deaths[entry]} of its {self.finished[entry]} finished calls ended "
+            "their reward worker (os._exit, a crash, an OOM kill, or no result within reward.timeout_s); "
+            "not run on the rest of this batch"))
 
 
 # ---------------------------------------------------------------------------------------
@@ -75,13 +107,25 @@ def execute(backend, jobs: list[Job], timeout_s: float) -> tuple[list[tuple[Job,
     deadline_s = timeout_s + DEADLINE_SLACK_S
 
     def lost(job: Job, outcome: Outcome) -> None:
-        if len(job.units) > 1:
-            pending.extend(job.split())
+        if len(job.units) > 1:  # its units next, one by one: a culprit is found (or quarantined) early
+            pending.extendleft(reversed(job.split()))
         else:
             stats.failures.append((job, outcome))
 
     backend.wait_started()
     while pending or inflight:
+        if stats.quarantined:
+            runnable = deque()
+            for job in pending:
+                if job.entry in stats.quarantined:
+                    reason = stats.quarantine_outcome(job.entry)
+                    stats.failures.extend((unit, reason) for unit in (job.split() if len(job.units) > 1 else [job]))
+                else:
+                    runnable.append(job)
+            pending.clear()
+            pending.extend(runnable)
+            if not pending and not inflight:
+                break
         for slot in backend.idle_slots():
             if not pending:
                 break
@@ -95,9 +139,11 @@ def execute(backend, jobs: list[Job], timeout_s: float) -> tuple[list[tuple[Job,
                 out = backend.result(handle)
             except WorkerDied as e:
                 stats.replaced += 1
+                stats.count(job, died=True)
                 backend.replace(slot)
                 lost(job, Outcome(EXCEPTION, message=f"reward worker died: {e}"))
                 continue
+            stats.count(job, died=False)
             if out.whole_call_failed and len(job.units) > 1:
                 pending.extend(job.split())
             else:
@@ -112,6 +158,7 @@ def execute(backend, jobs: list[Job], timeout_s: float) -> tuple[list[tuple[Job,
             if now >= deadline:
                 del inflight[handle]
                 stats.replaced += 1
+                stats.count(job, died=True)
                 backend.replace(slot)
                 lost(job, Outcome(TIMEOUT, message=f"no result within reward.timeout_s={timeout_s:g} s; "
                                                     "worker killed and replaced"))

@@ -71,3 +71,18 @@ def test_ray_mode_needs_ray(monkeypatch):
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     with pytest.raises(RuntimeError, match="ray.init"):
         RewardManager(reward_cfg(["math"], mode="ray"))
+
+
+def test_a_reward_that_kills_every_worker_is_quarantined(manager):
+    """``os._exit`` on every call: after three single-sample deaths the function is not run on
+    the rest of the batch (no worker start per sample); the other function scores as usual."""
+    res = manager.score([sample("die", "die", group=i // 4) for i in range(16)])
+    assert res.components["flaky"].tolist() == [-1.0] * 16
+    assert res.components["compute_score"].tolist() == [1.0] * 16  # its own answer check, unharmed
+    m = res.metrics
+    assert m["reward/quarantined"] == 1 and m["reward/errors/exception"] == 16
+    assert m["reward/workers_replaced"] <= 8  # batch deaths, then at most 3 + 1 single ones
+    (failure,) = [f for f in res.failures if f.label == "flaky"]
+    assert failure.failed == 16
+    again = manager.score([sample("ok", "ok")])  # the next batch runs it again
+    assert again.metrics["reward/quarantined"] == 0 and again.rewards.tolist() == [2.0]

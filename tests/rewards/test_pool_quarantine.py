@@ -1,0 +1,83 @@
+"""The scheduling loop quarantines a function whose calls end their worker on most samples,
+and never one that does so on a few: the loop against a scripted backend (no processes)."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import re
+
+from entropo.rewards.evaluator import EXCEPTION, Job, JobOutput, Outcome
+from entropo.rewards.pool import QUARANTINE_DEATHS, WorkerDied, execute
+
+
+class ScriptedBackend:
+    """Two slots; a job dies when any of its samples is in ``deadly`` for its entry."""
+
+    def __init__(self, deadly: dict[int, set[int]]) -> None:
+        self.deadly = deadly
+        self.busy: set[int] = set()
+        self.submitted: list[Job] = []
+        self.replaced = 0
+
+    def wait_started(self) -> None:
+        pass
+
+    def idle_slots(self) -> list[int]:
+        return [s for s in (0, 1) if s not in self.busy]
+
+    def submit(self, slot: int, job: Job) -> cf.Future:
+        self.busy.add(slot)
+        self.submitted.append(job)
+        fut: cf.Future = cf.Future()
+        if set(job.rows) & self.deadly.get(job.entry, set()):
+            fut.set_exception(WorkerDied("exit code 1"))
+        else:
+            fut.set_result(JobOutput([Outcome("ok", score=1.0) for _ in job.rows]))
+        return fut
+
+    def wait(self, handles: list, timeout: float | None) -> list:
+        return list(handles)
+
+    def result(self, handle: cf.Future) -> JobOutput:
+        return handle.result()
+
+    def release(self, slot: int) -> None:
+        self.busy.discard(slot)
+
+    def replace(self, slot: int) -> None:
+        self.replaced += 1
+        self.busy.discard(slot)
+
+
+def _jobs(entry: int, n: int, chunk: int) -> list[Job]:
+    return [Job(entry, list(range(k, min(n, k + chunk))), [None] * (min(n, k + chunk) - k),
+                [[i] for i in range(min(n, k + chunk) - k)]) for k in range(0, n, chunk)]
+
+
+def test_a_function_that_kills_every_worker_is_quarantined_after_three_deaths():
+    backend = ScriptedBackend({0: set(range(40))})  # entry 0 dies on every sample; entry 1 never
+    done, stats = execute(backend, _jobs(0, 40, 8) + _jobs(1, 40, 8), timeout_s=1.0)
+    assert stats.quarantined == {0}
+    # the third death quarantines it; the other slot's call, already running, may die too
+    assert QUARANTINE_DEATHS <= stats.deaths[0] <= QUARANTINE_DEATHS + 1
+    # every sample of entry 0 fails exactly once, with the reason; entry 1 is untouched
+    failed = sorted(r for job, _ in stats.failures for r in job.rows)
+    assert failed == list(range(40))
+    reasons = {o.message.split(":")[0] for _, o in stats.failures}
+    assert reasons == {"reward worker died", "quarantined"}
+    assert all(o.status == EXCEPTION for _, o in stats.failures)
+    assert sorted(r for job, _ in done if job.entry == 1 for r in job.rows) == list(range(40))
+    # the batch deaths before the split, then three single-sample deaths: not one start per sample
+    assert stats.replaced == backend.replaced <= 5 + stats.deaths[0]
+    quarantined = [o for _, o in stats.failures if o.message.startswith("quarantined")]
+    assert len(quarantined) == 40 - stats.deaths[0]
+    assert re.search(r"quarantined: (\d) of its \1 finished calls ended their reward worker", quarantined[0].message)
+
+
+def test_a_function_that_kills_a_few_workers_keeps_running():
+    deadly = {0: {3, 17, 29, 31}}  # 4 of 40 samples end their worker
+    backend = ScriptedBackend(deadly)
+    done, stats = execute(backend, _jobs(0, 40, 8), timeout_s=1.0)
+    assert stats.quarantined == set()
+    assert sorted(r for job, _ in stats.failures for r in job.rows) == sorted(deadly[0])
+    assert sorted(r for job, _ in done for r in job.rows) == sorted(set(range(40)) - deadly[0])
