@@ -12,7 +12,6 @@ commands are in docs/multinode.md.
 
 from __future__ import annotations
 
-import dataclasses
 import shlex
 
 # Runs entropo's CLI from the code shipped with the job (the working directory is first on
@@ -25,16 +24,3 @@ def train_command(config: str | None, overrides: list[str]) -> str:
     """The shell command that trains with ``config`` (optional) and ``overrides``."""
     parts = [*TRAIN_COMMAND, *([config] if config else []), *overrides]
     return shlex.join(parts)
-
-
-def has_field(key: str) -> bool:
-    """Whether the configuration schema has the dotted ``key`` (e.g. ``trainer.nodes``)."""
-    from entropo.config import TrainConfig
-
-    cls: type = TrainConfig
-    for part in key.split("."):
-        fields = {f.name: f for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else {}
-        if part not in fields:
-            return False
-        cls = fields[part].default_factory if callable(fields[part].default_factory) else type(fields[part].default)
-    return True

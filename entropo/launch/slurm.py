@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from entropo.launch import has_field, train_command
+from entropo.launch import train_command
 
 
 @dataclass(frozen=True)
@@ -58,9 +58,9 @@ class SlurmRequest:
     wait_s: int = 600
 
     def train_overrides(self) -> list[str]:
-        """The overrides, plus ``trainer.nodes=N`` when the schema has it and it is not set."""
+        """The overrides, plus ``trainer.nodes=N`` unless they set it."""
         extra = []
-        if has_field("trainer.nodes") and not any(o.startswith("trainer.nodes=") for o in self.overrides):
+        if not any(o.startswith("trainer.nodes=") for o in self.overrides):
             extra.append(f"trainer.nodes={self.nodes}")
         return [*self.overrides, *extra]
 

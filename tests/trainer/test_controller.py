@@ -100,7 +100,7 @@ def test_dynamic_sampling_keeps_only_mixed_groups_across_generation_batches():
     assert {r.index % 3 for r in batch.rows} == {2}
     # group ids stayed unique across batches: every group has exactly G rows
     assert torch.bincount(torch.unique(batch.group_ids, return_inverse=True)[1]).tolist() == [2, 2, 2, 2]
-    assert metrics["sampling/all_correct_frac"] == pytest.approx(1 / 3, abs=0.1)
+    assert metrics["sampling/all_correct_frac"] == pytest.approx(1 / 3, abs=1e-12)  # 4 of the 12 prompts
 
 
 def test_dynamic_sampling_gives_up_after_max_batches():
@@ -225,7 +225,9 @@ def test_forking_token_analysis():
     # "current" top-20% are the first positions; the overlap with the random initial ranking
     # is a fraction in [0, 1]
     assert 0.0 <= out["forking/overlap_initial"] <= 1.0
-    assert out["forking/threshold"] == pytest.approx(float(torch.quantile(batch.entropy[batch.mask.bool()], 0.8)), abs=0.1)
+    valid = batch.entropy[batch.mask.bool()]
+    k = int(0.2 * valid.numel() + 0.9999)  # the top 20%: the threshold is the k-th largest entropy
+    assert out["forking/threshold"] == pytest.approx(float(valid.sort(descending=True).values[k - 1]), abs=1e-6)
     name, rows = ctl.sinks.tables[0]
     assert name == "forking_tokens" and sum(r[1] for r in rows) == int(0.2 * batch.mask.sum() + 0.9999)
 
