@@ -77,6 +77,34 @@ PLAIN_ADVANTAGES = ("grpo", "dr_grpo", "rloo", "reinforce_pp_baseline", "qae")  
 POLICY_FREE_REWARDS = ("math", "countdown", "embedded", "format", "code", "random")
 
 
+# The update's metrics that must be finite, in the order they are reported; a NaN loss makes
+# NaN gradients, and NaN gradients make NaN weights.
+FINITE_UPDATE_METRICS = ("actor/pg_loss", "actor/grad_norm")
+
+
+class NonFiniteUpdateError(RuntimeError):
+    """An update made the loss, the gradient or the weights NaN/inf (before any sync or save)."""
+
+
+def check_update_finite(step: int, metrics: dict[str, float], lr: float) -> None:
+    """Raise :class:`NonFiniteUpdateError` naming the step and the first non-finite value.
+
+    Args:
+        step: the step whose update produced ``metrics``.
+        metrics: ``Cluster.update``'s metrics.
+        lr: ``learner.lr``, for the message.
+    """
+    bad = [(k, metrics[k]) for k in FINITE_UPDATE_METRICS if k in metrics and not math.isfinite(metrics[k])]
+    ranks = metrics.get("actor/nonfinite_param_ranks", 0.0)
+    if not bad and not ranks:
+        return
+    what = f"{bad[0][0]}={bad[0][1]}" if bad else f"NaN/inf weights on {ranks:g} learner rank(s)"
+    raise NonFiniteUpdateError(
+        f"step {step}: the update gave {what}; these weights were neither synced to the rollout "
+        f"workers nor checkpointed, and the last complete checkpoint is intact. Lower learner.lr "
+        f"(now {lr:g}) or check the rewards and data, then resume with trainer.resume=auto")
+
+
 def old_pass_fused(cfg: TrainConfig, reward_targets: list[str]) -> bool:
     """Whether the π_old pass can be the update's own forward (``learner.fuse_old_forward``):
     π_old must equal π_θ at that forward (one epoch of one mini-batch) and nothing before
@@ -163,6 +191,7 @@ class Controller:
             with t("update"):
                 ctx = self.step_context(batch, step)
                 update_metrics = self.cluster.update(self.minibatches(batch), ctx, fill=batch if self.fused else None)
+            check_update_finite(step, update_metrics, self.cfg.learner.lr)  # before any sync or save
             if self._pool is None:
                 with t("sync"):
                     self.cluster.sync_weights(step)

@@ -45,6 +45,10 @@ class Decoded:
     steps: int  # T: decode steps run (the longest response)
 
 
+class NonFiniteLogitsError(RuntimeError):
+    """The policy's next-token distribution holds NaN/inf: its weights overflow the forward."""
+
+
 def top_p_filter(scores: torch.Tensor, top_p: float) -> torch.Tensor:
     """``scores`` with every token outside the nucleus set to −inf.
 
@@ -116,7 +120,14 @@ def sample(
         else:
             scores = scale(logits) if scale is not None else logits / temperature
             probs = top_p_filter(scores, top_p).softmax(-1)
-            token = torch.multinomial(probs, 1).squeeze(-1)
+            try:
+                token = torch.multinomial(probs, 1).squeeze(-1)
+            except RuntimeError:
+                if torch.isfinite(probs).all():
+                    raise
+                raise NonFiniteLogitsError(
+                    "the rollout's next-token probabilities are NaN/inf: the policy's weights overflow "
+                    "its forward (the last update moved them too far)") from None
         token_logp = torch.log_softmax(logits / report_t, -1).gather(-1, token[:, None]).squeeze(-1)
         response[rows[live], t] = token[live]
         logp[rows[live], t] = token_logp[live]

@@ -287,6 +287,10 @@ class LearnerRank:
                     self.threads.grow()
                 n_updates += 1
         out = self._reduce_metrics(sums, weights, n_updates)
+        # ranks whose parameters hold NaN/inf after the update (every rank takes part): the
+        # controller stops the run before such weights are synced or checkpointed
+        bad = torch.tensor([float(self.strategy.nonfinite_params() > 0)], dtype=torch.float64)
+        out["actor/nonfinite_param_ranks"] = float(self.reducer.sum(bad)[0])
         out["actor/grad_norm"] = sum(grad_norms) / max(len(grad_norms), 1)
         out["actor/lr"] = self.strategy.lr()
         out["actor/optimizer_steps"] = float(len(grad_norms))

@@ -22,7 +22,8 @@ def train(cfg: TrainConfig) -> dict:
     from entropo.telemetry.sinks import make_sinks
     from entropo.trainer.checkpoint import CheckpointError, Checkpoints
     from entropo.trainer.cluster import Cluster, connect
-    from entropo.trainer.controller import Controller
+    from entropo.trainer.controller import Controller, NonFiniteUpdateError
+    from entropo.trainer.decode import NonFiniteLogitsError
 
     started = time.time()
     marks = [("start", time.perf_counter())]
@@ -61,8 +62,12 @@ def train(cfg: TrainConfig) -> dict:
     controller.sinks = sinks
     try:
         last = controller.fit()
-    except RewardFailureError as e:
+    except (RewardFailureError, NonFiniteUpdateError) as e:
         raise RunError(f"{e} (steps before it are in {run_dir / 'metrics.jsonl'})") from None
+    except NonFiniteLogitsError as e:  # raised in a rollout worker; Ray's error is also one
+        cause = getattr(e, "cause", e)
+        raise RunError(f"step {controller.state.step + 1}: {cause}; lower learner.lr (now {cfg.learner.lr:g}) "
+                       f"(steps before it are in {run_dir / 'metrics.jsonl'})") from None
     finally:
         sinks.close()
         rewards.close()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -370,3 +372,21 @@ def test_reward_functions_see_the_rendered_prompt_the_messages_and_the_progress(
     first = __import__("ast").literal_eval(seen.read_text().splitlines()[0])
     # no chat template (tokenizer None): the contents, never a JSON dump
     assert first == ("1+1?", messages, {"solution": "2"}, 1, 5)
+
+
+@pytest.mark.parametrize(("bad", "named"), [
+    ({"actor/grad_norm": float("nan")}, "actor/grad_norm=nan"),
+    ({"actor/pg_loss": float("inf")}, "actor/pg_loss=inf"),
+    ({"actor/nonfinite_param_ranks": 1.0}, "NaN/inf weights on 1 learner rank(s)"),
+])
+def test_a_non_finite_update_stops_before_the_weights_are_synced(bad, named):
+    from entropo.trainer.controller import NonFiniteUpdateError
+
+    ctl, cfg = _controller()
+    update = ctl.cluster.update
+    ctl.cluster.update = lambda *a, **k: {**update(*a, **k), **bad}
+    with pytest.raises(NonFiniteUpdateError, match="^step 1: the update gave " + re.escape(named)) as e:
+        ctl.train_step()
+    assert f"learner.lr (now {cfg.learner.lr:g})" in str(e.value) and "\n" not in str(e.value)
+    assert "update" in ctl.cluster.log and not any(x.startswith("sync") for x in ctl.cluster.log)
+    assert ctl.state.step == 0  # the step did not complete
