@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from pathlib import Path
 
@@ -34,7 +35,7 @@ def train(cfg: TrainConfig) -> dict:
         raise RunError(str(e)) from None
     rows, eval_rows = prompts(cfg, tokenizer)
     run_dir = Path(cfg.trainer.output_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    writable(run_dir)
 
     try:
         resume_from = Checkpoints(run_dir / "checkpoints").resolve(cfg.trainer.resume)
@@ -99,6 +100,22 @@ def _wait_for_rewards(rewards, cluster) -> None:
         cluster.shutdown()
         rewards.close()
         raise RunError(f"reward.fns: {e}") from None
+
+
+def writable(run_dir: Path) -> None:
+    """Create ``run_dir`` and write a probe file in it, or stop in one line (before any actor starts).
+
+    Raises:
+        RunError: naming ``trainer.output_dir``, the path and the OS's reason.
+    """
+    probe = run_dir / f".write-probe-{os.getpid()}"
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise RunError(f"trainer.output_dir: cannot write to {run_dir} ({e.strerror or type(e).__name__}); "
+                       "choose a writable directory") from None
 
 
 def _json_safe(value):
@@ -174,6 +191,8 @@ def evaluate_only(cfg: TrainConfig) -> dict[str, float]:
     _, rows = prompts(cfg, tokenizer, train=False)
     if not rows:
         raise RunError(f"data.eval: no evaluation prompts from data.train='{cfg.data.train}'; set data.eval")
+    out = Path(cfg.trainer.output_dir)
+    writable(out)  # before the evaluation, not after it
     connect(cfg)
     try:
         rewards = RewardManager(cfg.reward, tokenizer)
@@ -190,7 +209,5 @@ def evaluate_only(cfg: TrainConfig) -> dict[str, float]:
     finally:
         rewards.close()
         cluster.shutdown()
-    out = Path(cfg.trainer.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
     (out / "eval.json").write_text(json.dumps(_json_safe({"model": cfg.model.path, **metrics}), indent=2))
     return metrics

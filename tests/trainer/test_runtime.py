@@ -277,6 +277,13 @@ def test_bad_inputs_fail_fast_with_a_clear_message(tiny_model_dir, tmp_path, cap
                  f"trainer.output_dir={tmp_path}"]) == 2
     err = capsys.readouterr().err
     assert "data.train" in err and "empty.jsonl" in err
+    blocker = tmp_path / "a-file"  # a directory below a file cannot be made, even by root
+    blocker.write_text("")
+    for command in ("train", "eval"):
+        assert main([command, f"model.path={tiny_model_dir}", f"trainer.output_dir={blocker / 'run'}"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err[-1] == (f"entropo: error: trainer.output_dir: cannot write to {blocker / 'run'} (Not a directory); "
+                           "choose a writable directory"), command
 
 
 def test_step_batch_is_prompt_major(ray_session, tiny_model_dir, tmp_path, digits_reward):
