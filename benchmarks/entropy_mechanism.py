@@ -1,6 +1,6 @@
 """Entropy mechanism showcase: train several methods on the embedded task and compare them.
 
-    .venv/bin/python benchmarks/entropy_mechanism.py [--methods grpo clip_cov kl_cov entropy_mask]
+    .venv/bin/python benchmarks/entropy_mechanism.py [--methods grpo clip_cov kl_cov entropy_mask clip_b spurious_reward]
         [--all] [--steps 60] [--seed 0] [--seeds 1] [--lr 5e-5] [--paper-n]
         [--out runs/entropy_mechanism] [--set key=value ...]
 
@@ -15,7 +15,10 @@ papers' 16, AEPO's 5, EMPO's 7) keeps it only with ``--paper-n``. A recipe whose
 ``cache_len`` exceeds ``rollout.max_new_tokens`` (64 by default) gets a quarter of it, as
 the DAPO recipe does. PEAR gets a weight-0 ``embedded`` checker after it (``reward.fns=[pear,
 embedded*0]``): PEAR needs π_old entropies, which evaluation does not compute, so without it
-the held-out accuracy reads 0. ``--set`` overrides come last and win.
+the held-out accuracy reads 0. A recipe that trains its step in mini-batches
+(``learner.mini_batch_prompts``) keeps their number at 16 prompts per step. The random
+(spurious) reward's own ``reward.random.seed`` follows the run's seed. ``--set`` overrides
+come last and win.
 
 ``--all`` runs every recipe in ``configs/`` except those in :data:`EXCLUDED` (none at present:
 every recipe fits the embedded task with the overrides above) and those whose config
@@ -66,8 +69,9 @@ from omegaconf import OmegaConf  # noqa: E402
 from entropo.config import TrainConfig, _normalise_overrides, load_config  # noqa: E402
 
 CONFIGS = ROOT / "configs"
-SHOWCASE = ("grpo", "clip_cov", "kl_cov", "entropy_mask")
-"""The default methods: GRPO and three entropy controls (Clip-Cov, KL-Cov, the 80/20 mask)."""
+SHOWCASE = ("grpo", "clip_cov", "kl_cov", "entropy_mask", "clip_b", "spurious_reward")
+"""The default methods: GRPO, four entropy controls (Clip-Cov, KL-Cov, the 80/20 mask, Clip_B)
+and the spurious-reward control (GRPO on a random reward)."""
 NOISE_SE = 2.0
 """A paired difference whose magnitude is below this many standard errors is "within noise"."""
 LAPTOP_N = 8
@@ -142,6 +146,12 @@ def method_overrides(name: str, args: argparse.Namespace, seed: int | None = Non
     if (overlong.enable and overlong.cache_len > l_max
             and "algorithm.overlong.cache_len" not in _set_keys(sets)):
         out.append(f"algorithm.overlong.cache_len={max(1, l_max // 4)}")
+    # A recipe that splits its step into mini-batches keeps their number at this step size.
+    mini = view.learner.mini_batch_prompts
+    if mini is not None and "learner.mini_batch_prompts" not in _set_keys(sets):
+        recipe_prompts = OmegaConf.select(recipe, "trainer.prompts_per_step") or TrainConfig().trainer.prompts_per_step
+        count = max(1, int(recipe_prompts) // int(mini))
+        out.append(f"learner.mini_batch_prompts={max(1, PROMPTS_PER_STEP // count)}")
     # PEAR needs π_old entropies, which evaluation does not compute: its per-sample call
     # raises there and the held-out accuracy would read 0. A weight-0 embedded checker after
     # it gives evaluation the plain correctness (the first ``acc`` wins, so training keeps
@@ -151,6 +161,9 @@ def method_overrides(name: str, args: argparse.Namespace, seed: int | None = Non
             and str(view.data.train if view.data.eval == "auto" else view.data.eval or "").startswith("embedded")
             and "reward.fns" not in _set_keys(sets)):
         out.append(f"reward.fns=[{','.join([*fns, 'embedded*0'])}]")
+    # The random (spurious) reward has its own seed: each seed of the study draws other rewards.
+    if any(f.split("=")[-1].split("*")[0].strip() == "random" for f in fns) and "reward.random.seed" not in _set_keys(sets):
+        out.append(f"reward.random.seed={args.seed if seed is None else seed}")
     return out + sets
 
 

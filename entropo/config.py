@@ -398,7 +398,7 @@ class EvalConfig:
 
 @dataclass(frozen=True)
 class TrainerConfig:
-    total_steps: int = 60
+    total_steps: int = 120
     """Training steps (each: rollout, rewards, advantages, update, weight sync)."""
 
     prompts_per_step: int = 24
