@@ -36,9 +36,8 @@ L4'. Per-response threshold (EARL, ``stat_scope="sequence"``)
     k_i = max(1, ⌊ρ·N_i + 0.9999⌋)                N_i valid tokens of response i
     S_i = the k_i valid tokens of response i with the largest H (ties → earliest position)
 
-- Paper: EARL, arXiv 2511.12033 (no code released). [SECONDARY]: the rule is the issue's
-  description ("the 80/20 mask with the threshold taken per response instead of over the
-  batch"); the paper was not available here, and k_i reuses L4's rounding per response.
+- Paper: EARL, arXiv 2511.12033 (no code released). [SECONDARY]: the rule is a summary's
+  ("the 80/20 mask with the threshold taken per response instead of over the batch"); the paper was not available here, and k_i reuses L4's rounding per response.
 - The decision reads each response's own row only, so it needs no collective and gives the
   same tokens on any split into micro-batches or ranks; the objective still prepares it once
   per mini-batch, so that ``norm=selected`` counts the denominator over the whole mini-batch.
