@@ -126,13 +126,6 @@ def load_controller(path: Path) -> dict:
         raise CheckpointError(f"{path / 'controller.pt'}: cannot be read ({e})") from None
 
 
-def step_of(path: Path) -> int:
-    m = _NAME.match(path.name)
-    if not m:
-        raise CheckpointError(f"'{path}' is not a checkpoint directory (step_NNNNNN)")
-    return int(m.group(1))
-
-
 def _fsync_dir(path: Path) -> None:
     try:
         fd = os.open(path, os.O_RDONLY)
