@@ -38,7 +38,7 @@ from entropo.algorithms.epo import epo_term
 from entropo.algorithms.losses.base import TokenLossInputs, valid_mean
 from entropo.algorithms.masks import TokenMask
 from entropo.algorithms.registry import TOKEN_LOSSES, TOKEN_MASKS, TOKEN_WEIGHTS
-from entropo.algorithms.regularizers import kl_penalty
+from entropo.algorithms.regularizers import entropy_bonus, kl_penalty
 from entropo.algorithms.siren import siren_term
 
 REGULARIZERS = ("siren", "epo")
@@ -294,9 +294,9 @@ def micro_objective(
     if coef != 0.0:
         if inp.entropy is None:
             raise ValueError("entropy_coef != 0 needs token entropies with gradient (inputs.entropy)")
-        bonus = aggregate(inp.entropy, denom_mask, obj.agg_mode, norm, obj.l_norm)
-        loss = loss - coef * bonus
-        metrics["actor/entropy_bonus"] = (coef * bonus).detach()
+        term, bonus_metrics = entropy_bonus(inp.entropy, denom_mask, coef, obj.agg_mode, norm, obj.l_norm)
+        loss = loss + term
+        metrics.update(bonus_metrics)
     return loss + _regularizers(inp, obj, ctx, denom_mask, norm, metrics), metrics
 
 

@@ -83,12 +83,13 @@ def entropy_bonus(
         l_norm: ``L_norm`` for ``seq-mean-token-sum-norm``.
 
     Returns:
-        This shard's share of ``−c_H · agg(H)`` (a scalar) and metrics: ``entropy/bonus_agg``
-        (this shard's share of ``agg(H)``) and ``entropy/bonus_loss`` (the term), detached.
+        This shard's share of ``−c_H · agg(H)`` (a scalar) and metrics:
+        ``actor/entropy_bonus``, this shard's share of ``c_H · agg(H)`` (the amount subtracted
+        from the loss), detached.
     """
     agg_h = aggregate(entropy, mask, mode, norm, l_norm)
     term = -coef * agg_h
-    return term, {"entropy/bonus_agg": agg_h.detach(), "entropy/bonus_loss": term.detach()}
+    return term, {"actor/entropy_bonus": -term.detach()}
 
 
 @dataclass(frozen=True)
