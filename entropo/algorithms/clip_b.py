@@ -107,7 +107,7 @@ def discriminator_stats(s_valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
     return mean, (s - mean).square().mean().sqrt()
 
 
-@TOKEN_MASKS.register("clip_b", config=ClipBConfig, needs=("old_entropy",))
+@TOKEN_MASKS.register("clip_b", config=ClipBConfig, needs=("old_entropy",), reads_policy=False)
 def clip_b_mask(inp: TokenLossInputs, cfg: ClipBConfig) -> tuple[TokenMask, dict[str, torch.Tensor]]:
     """Keep A ≥ 0 tokens; keep A < 0 tokens unless ``S − S̄ < −μ·σ_S`` over the reducer's scope.
 

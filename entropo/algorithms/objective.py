@@ -125,7 +125,9 @@ class Objective:
     @property
     def needs_policy_prepass(self) -> bool:
         """Some global-scope decision reads π_θ (log-probs or entropies) of the mini-batch."""
-        return self.loss_is_global or any(_global(cfg) for _, cfg in (*self.weights, *self.masks))
+        chosen = [(TOKEN_WEIGHTS, w) for w in self.weights] + [(TOKEN_MASKS, m) for m in self.masks]
+        return self.loss_is_global or any(_global(cfg) and family.get(name).reads_policy
+                                          for family, (name, cfg) in chosen)
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,9 @@ class Entry:
         row_local: for a token weight or mask, the decision at a token reads that token's row
             only (no statistic over other rows), so it does not depend on which rows share a
             micro-batch.
+        reads_policy: for a token weight or mask, the decision reads π_θ (its log-probs or
+            ``entropy``); False when it reads π_old's quantities only, so a global decision
+            needs no π_θ pre-pass of the mini-batch.
     """
 
     name: str
@@ -44,6 +47,7 @@ class Entry:
     needs: frozenset[str] = frozenset()
     vanishes_at_zero_advantage: bool = False
     row_local: bool = False
+    reads_policy: bool = True
 
 
 class Registry:
@@ -63,12 +67,13 @@ class Registry:
         needs: tuple[str, ...] = (),
         vanishes_at_zero_advantage: bool = False,
         row_local: bool = False,
+        reads_policy: bool = True,
     ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         def decorator(fn: Callable[..., Any]) -> Callable[..., Any]:
             if name in self._entries:
                 raise ValueError(f"{self.family} '{name}' is registered twice")
             self._entries[name] = Entry(name, fn, config, selector, needs_adv_variation, frozenset(needs),
-                                        vanishes_at_zero_advantage, row_local)
+                                        vanishes_at_zero_advantage, row_local, reads_policy)
             return fn
 
         return decorator

@@ -205,3 +205,13 @@ def test_config_wiring():
         load_config(overrides=["algorithm.clip_b.mu=3.0"])
     with pytest.raises(ConfigError, match="algorithm.clip_b.norm"):
         load_config(overrides=["algorithm.token_mask=[clip_b]", "algorithm.clip_b.norm=kept"])
+
+
+def test_clip_b_reads_only_pi_old_so_needs_no_policy_prepass():
+    from entropo.algorithms.masks import EntropyMaskConfig
+
+    only_clip_b = Objective(loss="ppo_clip", loss_cfg=PPOClipConfig(), masks=(("clip_b", ClipBConfig()),))
+    assert not only_clip_b.needs_policy_prepass  # S̄, σ_S come from π_old: no π_θ pass per mini-batch
+    with_80_20 = Objective(loss="ppo_clip", loss_cfg=PPOClipConfig(),
+                           masks=(("clip_b", ClipBConfig()), ("high_entropy", EntropyMaskConfig())))
+    assert with_80_20.needs_policy_prepass  # the 80/20 mask ranks π_θ's entropies
