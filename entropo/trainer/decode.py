@@ -49,6 +49,10 @@ class NonFiniteLogitsError(RuntimeError):
     """The policy's next-token distribution holds NaN/inf: its weights overflow the forward."""
 
 
+NON_FINITE = ("the rollout's next-token probabilities are NaN/inf: the policy's weights overflow "
+              "its forward (the last update moved them too far)")
+
+
 def top_p_filter(scores: torch.Tensor, top_p: float) -> torch.Tensor:
     """``scores`` with every token outside the nucleus set to −inf.
 
@@ -125,9 +129,7 @@ def sample(
             except RuntimeError:
                 if torch.isfinite(probs).all():
                     raise
-                raise NonFiniteLogitsError(
-                    "the rollout's next-token probabilities are NaN/inf: the policy's weights overflow "
-                    "its forward (the last update moved them too far)") from None
+                raise NonFiniteLogitsError(NON_FINITE) from None
         token_logp = torch.log_softmax(logits / report_t, -1).gather(-1, token[:, None]).squeeze(-1)
         response[rows[live], t] = token[live]
         logp[rows[live], t] = token_logp[live]
@@ -147,4 +149,6 @@ def sample(
                     past_key_values=cache, use_cache=True)
         next_pos = next_pos + 1
         logits = out.logits[:, -1].float()
+    if not bool(torch.isfinite(logp[:, :steps]).all()):  # greedy argmax of NaN logits would pass silently
+        raise NonFiniteLogitsError(NON_FINITE)
     return Decoded(response[:, :steps], logp[:, :steps], steps)

@@ -180,6 +180,7 @@ def evaluate_only(cfg: TrainConfig) -> dict[str, float]:
     from entropo.rewards import RewardFailureError, RewardManager, RewardSpecError
     from entropo.trainer.cluster import Cluster, connect
     from entropo.trainer.controller import Controller
+    from entropo.trainer.decode import NonFiniteLogitsError
 
     if not cfg.data.eval:
         raise RunError("data.eval: set the evaluation prompts (it is null)")
@@ -206,6 +207,8 @@ def evaluate_only(cfg: TrainConfig) -> dict[str, float]:
         metrics = controller.evaluate()
     except RewardFailureError as e:
         raise RunError(str(e)) from None
+    except NonFiniteLogitsError as e:  # raised in a rollout worker; Ray's error is also one
+        raise RunError(f"model.path={cfg.model.path}: {getattr(e, 'cause', e)}") from None
     finally:
         rewards.close()
         cluster.shutdown()

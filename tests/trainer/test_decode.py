@@ -173,3 +173,19 @@ def test_decode_raises_no_warnings(model_and_prompts):
         logging.getLogger("transformers").removeHandler(handler)
     assert [f"{w.category.__name__}: {w.message}" for w in caught] == []
     assert [r.getMessage() for r in records] == []
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_non_finite_logits_raise_instead_of_decoding_garbage(model_and_prompts, temperature):
+    """NaN logits: sampling cannot draw, and a greedy argmax would quietly pick token 0."""
+    import copy
+
+    from entropo.trainer.decode import NonFiniteLogitsError
+
+    model, tok, ids, mask = model_and_prompts
+    broken = copy.deepcopy(model)
+    with torch.no_grad():
+        broken.model.norm.weight.fill_(float("nan"))
+    with pytest.raises(NonFiniteLogitsError, match="next-token probabilities are NaN/inf"):
+        sample(broken, ids, mask, n=1, temperature=temperature, top_p=1.0, max_new_tokens=3, eos_id=None,
+               pad_id=tok.pad_token_id)
