@@ -28,9 +28,6 @@ weights are broadcast, and the failed call is retried (a rollout is retried with
 seeds, so it reproduces what the lost worker would have generated). Restarts are counted
 in ``rollout/worker_restarts`` and limited by ``rollout.max_restarts``. A learner rank
 that dies is fatal: DeepSpeed's process group cannot lose a member.
-
-Configuration fields that config.py does not have yet are read with ``getattr`` and the
-defaults of :class:`Placement` (the one place they live until they move to config.py).
 """
 
 from __future__ import annotations
@@ -55,7 +52,7 @@ from entropo.trainer.weight_sync import DEFAULT_BUCKET_BYTES, check_receiver
 
 STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
 
-# Configuration key -> Placement field. Read with getattr until config.py has them all.
+# Configuration key -> Placement field.
 CONFIG_FIELDS = {
     "trainer.placement": "strategy",
     "trainer.colocate": "colocate",
@@ -107,11 +104,10 @@ class Placement:
 
     @classmethod
     def from_config(cls, cfg: TrainConfig) -> Placement:
-        d = cls()
         values = {}
         for key, name in CONFIG_FIELDS.items():
             section, field_name = key.split(".")
-            values[name] = getattr(getattr(cfg, section), field_name, getattr(d, name))
+            values[name] = getattr(getattr(cfg, section), field_name)
         values["strategy"] = str(values["strategy"]).upper()
         if cfg.rollout.engine == "vllm":
             values["rollout_shards"] = cfg.rollout.vllm.tensor_parallel_size
@@ -323,13 +319,13 @@ def connect(cfg: TrainConfig, placement: Placement | None = None) -> None:
     local Ray sized for the actors. A no-op when Ray is already initialised."""
     if ray.is_initialized():
         return
-    address = getattr(cfg.trainer, "ray_address", "") or os.environ.get("RAY_ADDRESS", "")
+    address = cfg.trainer.ray_address or os.environ.get("RAY_ADDRESS", "")
     if address:
         ray.init(address=address, log_to_driver=True)
         return
     p = placement or Placement.from_config(cfg)
     need = cfg.learner.ranks * p.learner_cpus + cfg.rollout.workers * p.rollout_cpus  # colocated or not
-    if getattr(cfg.reward, "mode", "local") == "ray":
+    if cfg.reward.mode == "ray":
         need += cfg.reward.workers * cfg.reward.worker_cpus
     # address="local": a new instance, never the last cluster recorded in /tmp/ray
     # (ray.init() with no address would attach to it)
@@ -463,7 +459,7 @@ class Cluster:
         total = ray.cluster_resources()
         p = (placement or Placement.from_config(cfg)).validated()
         self.placement = p.resolved(cluster_has_gpus=total.get("GPU", 0.0) > 0)
-        self.max_restarts = int(getattr(cfg.rollout, "max_restarts", 3))
+        self.max_restarts = cfg.rollout.max_restarts
         self.restarts = 0  # rollout workers recreated over this run
         self._version = 0  # weight version the workers hold (the last sync)
         self.sync_bytes = 0  # bytes broadcast by learner rank 0 in the last sync
