@@ -582,8 +582,7 @@ def _check_composition(cfg: TrainConfig) -> None:
             a.dmmpt.validate()
         except ValueError as e:
             raise ConfigError(str(e)) from None
-    if "clip_b" not in a.token_mask and a.clip_b != ClipBConfig():
-        changed = next(f.name for f in dataclasses.fields(a.clip_b) if getattr(a.clip_b, f.name) != f.default)
+    if "clip_b" not in a.token_mask and (changed := _first_set(a.clip_b)):
         raise ConfigError(f"algorithm.clip_b.{changed} is set, but clip_b is not in algorithm.token_mask: "
                           "add it (algorithm.token_mask=[clip_b]) to use Clip_B")
     _check_choice("algorithm.loss_agg_mode", a.loss_agg_mode, AGG_MODES)
@@ -591,13 +590,9 @@ def _check_composition(cfg: TrainConfig) -> None:
     # A loss replacement's own knobs only apply when it is the selected loss: setting the
     # knobs of another (e.g. dual clip while Clip-Cov is the loss) is a contradiction.
     for other in losses:
-        if other != a.loss and hasattr(a, other) and getattr(a, other) != type(getattr(a, other))():
-            changed = [
-                f.name for f in dataclasses.fields(getattr(a, other))
-                if getattr(getattr(a, other), f.name) != getattr(type(getattr(a, other))(), f.name)
-            ]
+        if other != a.loss and hasattr(a, other) and (changed := _first_set(getattr(a, other))):
             raise ConfigError(
-                f"algorithm.{other}.{changed[0]} is set, but algorithm.loss is '{a.loss}': "
+                f"algorithm.{other}.{changed} is set, but algorithm.loss is '{a.loss}': "
                 f"'{other}' and '{a.loss}' are mutually exclusive token losses (spec section 7)"
             )
     entry = TOKEN_LOSSES.get(a.loss)
@@ -614,8 +609,7 @@ def _check_composition(cfg: TrainConfig) -> None:
     if a.advantage == "qae" and cfg.rollout.n < 2:
         raise ConfigError(f"algorithm.advantage=qae needs rollout.n >= 2 (a group quantile needs a group), "
                           f"got {cfg.rollout.n}")
-    if a.advantage != "qae" and a.qae != QaeConfig():
-        changed = next(f.name for f in dataclasses.fields(a.qae) if getattr(a.qae, f.name) != f.default)
+    if a.advantage != "qae" and (changed := _first_set(a.qae)):
         raise ConfigError(f"algorithm.qae.{changed} is set, but algorithm.advantage is '{a.advantage}': "
                           "set algorithm.advantage=qae to use QAE's quantile baseline")
     if a.advantage == "dr_grpo" and a.loss_agg_mode != "seq-mean-token-sum-norm":
@@ -645,13 +639,19 @@ def _check_composition(cfg: TrainConfig) -> None:
         )
 
 
+def _first_set(section: Any) -> str | None:
+    """The first field of a method's config section that differs from its default, or None."""
+    default = type(section)()
+    return next((f.name for f in dataclasses.fields(section) if getattr(section, f.name) != getattr(default, f.name)),
+                None)
+
+
 def _check_ares(cfg: TrainConfig) -> None:
     """ARES (``algorithm.ares``, arXiv 2510.08457; not ``algorithm.sampling=aepo``)."""
     a = cfg.algorithm
     if not a.ares.enable:
-        changed = [f.name for f in dataclasses.fields(a.ares) if getattr(a.ares, f.name) != f.default]
-        if changed:
-            raise ConfigError(f"algorithm.ares.{changed[0]} is set, but algorithm.ares.enable is false: "
+        if changed := _first_set(a.ares):
+            raise ConfigError(f"algorithm.ares.{changed} is set, but algorithm.ares.enable is false: "
                               "set algorithm.ares.enable=true to use ARES")
         return
     if a.ares.adaptive_kl and a.kl_coef <= 0:
@@ -673,9 +673,8 @@ def _check_vllm(cfg: TrainConfig) -> None:
     """``rollout.vllm``: its values, and only with ``rollout.engine=vllm``."""
     v, r = cfg.rollout.vllm, cfg.rollout
     if r.engine != "vllm":
-        changed = [f.name for f in dataclasses.fields(v) if getattr(v, f.name) != f.default]
-        if changed:
-            raise ConfigError(f"rollout.vllm.{changed[0]} is set, but rollout.engine is '{r.engine}': "
+        if changed := _first_set(v):
+            raise ConfigError(f"rollout.vllm.{changed} is set, but rollout.engine is '{r.engine}': "
                               "set rollout.engine=vllm to use the vLLM engine")
         return
     if v.dtype is not None:
