@@ -49,7 +49,7 @@ from dataclasses import dataclass
 
 import torch
 
-from entropo.algorithms.diagnostics import entropy_discriminator
+from entropo.algorithms.diagnostics import discriminator_stats, entropy_discriminator
 from entropo.algorithms.losses.base import TokenLossInputs
 from entropo.algorithms.masks import MASK_NORMS, TokenMask
 from entropo.algorithms.reduce import STAT_SCOPES, scatter_valid
@@ -95,16 +95,6 @@ class ClipBConfig:
             raise ValueError(f"algorithm.clip_b.logp_source must be one of {LOGP_SOURCES}, got '{self.logp_source}'")
         if self.stat_scope not in STAT_SCOPES:
             raise ValueError(f"algorithm.clip_b.stat_scope must be one of {STAT_SCOPES}, got '{self.stat_scope}'")
-
-
-def discriminator_stats(s_valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(S̄, σ_S)`` of the gathered valid values ``[N]`` in float64: mean and population std
-    (÷N, the official code's); ``(0, 0)`` when N = 0."""
-    s = s_valid.to(torch.float64)
-    if s.numel() == 0:
-        return s.new_zeros(()), s.new_zeros(())
-    mean = s.mean()
-    return mean, (s - mean).square().mean().sqrt()
 
 
 @TOKEN_MASKS.register("clip_b", config=ClipBConfig, needs=("old_entropy",), reads_policy=False)

@@ -496,6 +496,16 @@ def entropy_discriminator(logp: torch.Tensor, entropy: torch.Tensor) -> torch.Te
     return logp.exp() * (entropy + logp)
 
 
+def discriminator_stats(s_valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(S̄, σ_S)`` of the gathered valid values ``[N]`` in float64: mean and population std
+    (÷N, the official Clip_B code's); ``(0, 0)`` when N = 0."""
+    s = s_valid.to(torch.float64)
+    if s.numel() == 0:
+        return s.new_zeros(()), s.new_zeros(())
+    mean = s.mean()
+    return mean, (s - mean).square().mean().sqrt()
+
+
 def expected_discriminator(logits: torch.Tensor) -> torch.Tensor:
     """``E_{b∼π}[S_b] = H·Σ_b π_b² + Σ_b π_b²·log π_b`` over the last dim, ``[...]``.
 
@@ -556,8 +566,7 @@ def entropy_dynamics_metrics(
         return {f"entropy_dynamics/{key}": table.new_zeros(()) for key in keys}
     s = entropy_discriminator(table[:, 0], table[:, 1])  # [N]
     a = table[:, 2]
-    s_mean = s.mean()
+    s_mean, s_std = discriminator_stats(s)
     dh = -a * (s - s_mean)  # [N]
-    values = (dh.mean(), (dh * (a > 0)).sum() / n, (dh * (a < 0)).sum() / n, s_mean,
-              (s - s_mean).square().mean().sqrt())
+    values = (dh.mean(), (dh * (a > 0)).sum() / n, (dh * (a < 0)).sum() / n, s_mean, s_std)
     return {f"entropy_dynamics/{key}": v for key, v in zip(keys, values)}

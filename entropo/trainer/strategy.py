@@ -134,12 +134,12 @@ class DeepSpeedStrategy:
     def nonfinite_params(self) -> int:
         """Non-finite elements of this rank's parameters: the whole model under ZeRO 0-2, this
         rank's partition under ZeRO-3 (``ds_tensor``)."""
-        count = 0
+        counts = []
         for p in self.engine.module.parameters():
             local = getattr(p, "ds_tensor", None) if self.zero_stage == 3 else p
             if local is not None and local.numel():
-                count += int((~torch.isfinite(local.detach())).sum())
-        return count
+                counts.append((~torch.isfinite(local.detach())).sum())
+        return int(torch.stack(counts).sum()) if counts else 0  # one device sync, not one per tensor
 
     def micro_step(self) -> None:
         """Inside a mini-batch: DeepSpeed counts the micro-step and does not update."""
