@@ -46,3 +46,14 @@ def split_update(obj: Objective, logp, old, adv, mask, shards, micro: int):
 
     parts = run_split(rank, shards)
     return parts[0][0], torch.cat([g for _, g, _ in parts]), parts[0][2]
+
+
+def random_tokens(seed: int, n: int, t: int, spread: float):
+    """``(old, logp, adv, mask)`` float64 ``[n, T]``: log π_old in (−3, 0], log π_θ = log π_old +
+    ``spread``·noise, one advantage per row, about 70% of the tokens valid."""
+    g = torch.Generator().manual_seed(seed)
+    old = -torch.rand(n, t, generator=g, dtype=torch.float64) * 3
+    logp = old + spread * torch.randn(n, t, generator=g, dtype=torch.float64)
+    adv = torch.randn(n, 1, generator=g, dtype=torch.float64).expand(n, t).contiguous()
+    mask = (torch.rand(n, t, generator=g) > 0.3).to(torch.float64)
+    return old, logp, adv, mask

@@ -9,7 +9,7 @@ from entropo.algorithms.losses.base import TokenLossInputs
 from entropo.algorithms.losses.cispo import CispoConfig, cispo_loss
 from entropo.algorithms.objective import Objective, micro_objective
 from entropo.algorithms.registry import TOKEN_LOSSES
-from tests.algorithms.learner_split import split_update
+from tests.algorithms.learner_split import random_tokens, split_update
 from tests.metrics_doc import undocumented
 
 # π_θ/π_old per token: 0.5, 1, 2, 6 (old_logp = 0, so log π_θ = log r)
@@ -131,12 +131,8 @@ def test_parity_with_the_official_formula(low, high):
 
 
 def test_rank_split_equals_whole_batch():
-    g = torch.Generator().manual_seed(3)
     n, t = 7, 11
-    old = -torch.rand(n, t, generator=g, dtype=torch.float64) * 3
-    logp = old + 0.5 * torch.randn(n, t, generator=g, dtype=torch.float64)
-    adv = torch.randn(n, 1, generator=g, dtype=torch.float64).expand(n, t).contiguous()
-    mask = (torch.rand(n, t, generator=g) > 0.3).to(torch.float64)
+    old, logp, adv, mask = random_tokens(3, n, t, spread=0.5)
     obj = Objective("cispo", CispoConfig(eps_low=0.2, eps_high=0.2))
     whole = split_update(obj, logp, old, adv, mask, [slice(0, n)], micro=n)
     split = split_update(obj, logp, old, adv, mask, [slice(0, 3), slice(3, n)], micro=2)

@@ -10,7 +10,7 @@ from entropo.algorithms.losses.cispo import CispoConfig
 from entropo.algorithms.losses.clip_bias import clip_bias_metrics
 from entropo.algorithms.losses.ppo_clip import PPOClipConfig, ppo_clip_loss
 from entropo.algorithms.objective import Objective
-from tests.algorithms.learner_split import split_update
+from tests.algorithms.learner_split import random_tokens, split_update
 from tests.metrics_doc import undocumented
 
 # r per token and A: (1.5, +1) clipped above; (0.5, −2) clipped below; (1.5, −1) unclipped
@@ -81,12 +81,8 @@ def test_masked_and_zero_advantage_tokens_are_not_counted():
 def test_rank_split_equals_whole_batch(obj):
     """The learner's reduction (token-weighted over micro-batches, summed over ranks) of the
     clip-bias metrics equals their whole-batch value."""
-    g = torch.Generator().manual_seed(5)
     n, t = 9, 13
-    old = -torch.rand(n, t, generator=g, dtype=torch.float64) * 3
-    logp = old + 0.6 * torch.randn(n, t, generator=g, dtype=torch.float64)
-    adv = torch.randn(n, 1, generator=g, dtype=torch.float64).expand(n, t).contiguous()
-    mask = (torch.rand(n, t, generator=g) > 0.3).to(torch.float64)
+    old, logp, adv, mask = random_tokens(5, n, t, spread=0.6)
     whole = split_update(obj, logp, old, adv, mask, [slice(0, n)], micro=n)
     split = split_update(obj, logp, old, adv, mask, [slice(0, 2), slice(2, 6), slice(6, n)], micro=3)
     torch.testing.assert_close(split[0], whole[0], atol=1e-12, rtol=0)
