@@ -7,7 +7,7 @@ under it; ``entropo config --help-fields`` and ``docs/config.md`` are generated 
 
 Loading (:func:`load_config`) merges, in order: the defaults, the YAML file, the dotted
 ``key=value`` overrides. Unknown keys, wrong types, bad values and impossible method
-combinations (spec section 7) fail here, before anything starts, with the key named.
+combinations (docs/algorithms.md §2) fail here, before anything starts, with the key named.
 The result is frozen: runtime facts travel in the batch or a context, never in the config.
 """
 
@@ -77,44 +77,45 @@ class AlgorithmConfig:
     """Which methods train the policy, and their hyperparameters."""
 
     advantage: str = "grpo"
-    """Advantage estimator (spec section 3): grpo, dr_grpo, rloo, reinforce_pp_baseline, hapo, canon, qae."""
+    """Advantage estimator (docs/algorithms.md §4): grpo, dr_grpo, rloo, reinforce_pp_baseline, hapo, canon, qae."""
 
     advantage_reshaper: str | None = None
-    """At most one multiplicative reshaper after the estimator: seed (A5) or ettrl (A6)."""
+    """At most one multiplicative reshaper after the estimator: seed (SEED-GRPO) or ettrl (ETTRL);
+    docs/algorithms.md §4.3."""
 
     loss: str = "ppo_clip"
-    """Token loss (exactly one; spec section 7): ppo_clip, clip_cov, kl_cov, hapo_clip, lp_reg, cispo."""
+    """Token loss (exactly one; docs/algorithms.md §6): ppo_clip, clip_cov, kl_cov, hapo_clip, lp_reg, cispo."""
 
     token_weight: list[str] = field(default_factory=list)
-    """Multiplicative token weights applied to the loss: steer (spec L6), tis (rollout
+    """Multiplicative token weights applied to the loss: steer (STEER), tis (rollout
     importance sampling: π_old/π_roll truncated at ``tis.cap``; for ``trainer.async_rollout``)."""
 
     token_mask: list[str] = field(default_factory=list)
-    """Token masks applied after the weights: high_entropy (the 80/20 rule, L4; per response with
-    ``high_entropy.stat_scope=sequence``, EARL), dmmpt (L7), clip_b (Clip_B, arXiv 2602.03392)."""
+    """Token masks applied after the weights: high_entropy (the 80/20 rule; per response with
+    ``high_entropy.stat_scope=sequence``, EARL), dmmpt (UloRL), clip_b (Clip_B, arXiv 2602.03392)."""
 
     regularizer: list[str] = field(default_factory=list)
-    """Loss-side regularisers: siren (G2) or epo (G3); each replaces the plain entropy bonus."""
+    """Loss-side regularisers: siren (SIREN) or epo (EPO); each replaces the plain entropy bonus."""
 
     sampling: list[str] = field(default_factory=list)
-    """Sampling-stage methods: hapo_temperature (S2) or aepo (S3 + G4 batch mixing)."""
+    """Sampling-stage methods: hapo_temperature (HAPO) or aepo (AEPO, with its batch mixing)."""
 
     loss_agg_mode: str = "token-mean"
-    """Loss aggregation (spec 0.6): token-mean, seq-mean-token-mean, seq-mean-token-sum,
+    """Loss aggregation (docs/algorithms.md §5): token-mean, seq-mean-token-mean, seq-mean-token-sum,
     seq-mean-token-sum-norm. Denominators are counted over the whole mini-batch."""
 
     l_norm: int | None = None
     """``L_norm`` of seq-mean-token-sum-norm; None means ``rollout.max_new_tokens``."""
 
     kl_coef: float = 0.0
-    """β_ref, KL to the reference policy (spec G5). GRPO paper: 0.04; DAPO and most entropy
+    """β_ref, KL to the reference policy (docs/algorithms.md §9). GRPO paper: 0.04; DAPO and most entropy
     recipes: 0. A reference model is loaded only when > 0."""
 
     kl_estimator: str = "k3"
     """Per-token KL estimator: k1, k2, k3 (verl ``low_var_kl``)."""
 
     entropy_coef: float = 0.0
-    """c_H, entropy bonus −c_H·agg(H) (spec G1). Off in every entropy-control recipe."""
+    """c_H, entropy bonus −c_H·agg(H) (docs/algorithms.md §9). Off in every entropy-control recipe."""
 
     adaptive_entropy: bool = False
     """Adapt c_H after each optimiser step towards ``entropy_adaptive.target`` (Skywork-OR1)."""
@@ -283,7 +284,8 @@ class RolloutConfig:
     """G, samples per prompt (the group size)."""
 
     temperature: float = 0.7
-    """T, sampling temperature; every log-prob and entropy is computed at this T (spec 0.2).
+    """T, sampling temperature; every log-prob and entropy is computed at this T
+    (docs/algorithms.md §3).
     0.7 suits the embedded task's tiny model; the papers' recipes use 1.0."""
 
     top_p: float = 1.0
@@ -463,9 +465,9 @@ class LoggerConfig:
     """Completions per sample table."""
 
     forking_every: int = 10
-    """Every this many steps, the forking-token analysis (spec D4): the most frequent top-20%
-    entropy tokens (a table) and the overlap of the top-20% positions of a fixed probe set
-    under the current and the initial policy; 0: never."""
+    """Every this many steps, the forking-token analysis (Wang et al., arXiv 2506.01939): the most
+    frequent top-20% entropy tokens (a table) and the overlap of the top-20% positions of a fixed
+    probe set under the current and the initial policy; 0: never."""
 
     forking_probe: int = 32
     """Responses in the fixed probe set (taken from the first step's rollout)."""
@@ -539,7 +541,7 @@ def _exclusive(key: str, values: list[str], why: str) -> None:
 
 
 def _check_composition(cfg: TrainConfig) -> None:
-    """Spec section 7: impossible combinations fail and name both methods."""
+    """Impossible combinations fail and name both methods (docs/algorithms.md §2)."""
     a = cfg.algorithm
     losses, masks = TOKEN_LOSSES.names(), TOKEN_MASKS.names()
     _check_choice("algorithm.advantage", a.advantage, ADVANTAGES.names())
@@ -551,7 +553,7 @@ def _check_composition(cfg: TrainConfig) -> None:
         if name in losses:
             raise ConfigError(
                 f"algorithm.token_mask: '{name}' is a token loss and replaces '{a.loss}'; "
-                f"token losses are mutually exclusive (spec section 7): set algorithm.loss={name}"
+                f"token losses are mutually exclusive: set algorithm.loss={name}"
             )
         _check_choice("algorithm.token_mask", name, masks)
         if name in seen:
@@ -561,7 +563,7 @@ def _check_composition(cfg: TrainConfig) -> None:
     if a.advantage_reshaper is not None:
         _check_choice("algorithm.advantage_reshaper", a.advantage_reshaper, ADVANTAGE_RESHAPERS.names())
         if a.advantage_reshaper == "seed" and a.seed.alpha is None:
-            raise ConfigError("algorithm.seed.alpha: SEED-GRPO's α has no verified default (spec A5); set it")
+            raise ConfigError("algorithm.seed.alpha: SEED-GRPO's α has no verified default; set it")
     _check_list("algorithm.regularizer", a.regularizer, REGULARIZERS)
     _check_list("algorithm.sampling", a.sampling, SAMPLING_METHODS)
     _exclusive("algorithm.regularizer", a.regularizer, "both define the entropy regulariser")
@@ -569,7 +571,7 @@ def _check_composition(cfg: TrainConfig) -> None:
     for reg in a.regularizer:
         if a.entropy_coef != 0.0 or a.adaptive_entropy:
             raise ConfigError(
-                f"algorithm.regularizer={reg} replaces the plain entropy bonus (spec G2/G3): "
+                f"algorithm.regularizer={reg} replaces the plain entropy bonus: "
                 f"set algorithm.entropy_coef=0 and algorithm.adaptive_entropy=false to use '{reg}'"
             )
     if "hapo_temperature" in a.sampling and cfg.rollout.top_p < 1.0:
@@ -593,7 +595,7 @@ def _check_composition(cfg: TrainConfig) -> None:
         if other != a.loss and hasattr(a, other) and (changed := _first_set(getattr(a, other))):
             raise ConfigError(
                 f"algorithm.{other}.{changed} is set, but algorithm.loss is '{a.loss}': "
-                f"'{other}' and '{a.loss}' are mutually exclusive token losses (spec section 7)"
+                f"'{other}' and '{a.loss}' are mutually exclusive token losses"
             )
     entry = TOKEN_LOSSES.get(a.loss)
     scope = getattr(getattr(a, a.loss), "stat_scope", "global")
@@ -601,7 +603,7 @@ def _check_composition(cfg: TrainConfig) -> None:
         warnings.warn(
             f"algorithm.loss={a.loss} with stat_scope=micro and dynamic sampling off: a micro-batch "
             "whose advantages are all equal makes its covariance zero and the method a silent "
-            "no-op (spec L2 edge cases); use stat_scope=global or dynamic_sampling.enable=true",
+            "no-op; use stat_scope=global or dynamic_sampling.enable=true",
             stacklevel=3,
         )
     if a.advantage in ("rloo",) and cfg.rollout.n < 2:
@@ -615,7 +617,7 @@ def _check_composition(cfg: TrainConfig) -> None:
     if a.advantage == "dr_grpo" and a.loss_agg_mode != "seq-mean-token-sum-norm":
         warnings.warn(
             "algorithm.advantage=dr_grpo is defined with loss_agg_mode=seq-mean-token-sum-norm "
-            f"(spec A2); running with {a.loss_agg_mode}",
+            f"(Dr.GRPO, arXiv 2503.20783); running with {a.loss_agg_mode}",
             stacklevel=3,
         )
     if a.overlong.enable and a.overlong.cache_len > cfg.rollout.max_new_tokens:
@@ -634,7 +636,7 @@ def _check_composition(cfg: TrainConfig) -> None:
     if a.dynamic_sampling.enable and a.dynamic_sampling.metric != "acc" and a.overlong.enable:
         warnings.warn(
             "dynamic sampling on a reward metric with overlong shaping keeps all-wrong groups "
-            "(spec S1 notes); algorithm.dynamic_sampling.metric=acc is recommended",
+            "(their length penalties differ); algorithm.dynamic_sampling.metric=acc is recommended",
             stacklevel=3,
         )
 

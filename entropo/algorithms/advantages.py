@@ -1,4 +1,4 @@
-"""Outcome advantage estimators (spec A1, A2, and RLOO / REINFORCE++-baseline).
+"""Outcome advantage estimators: GRPO, Dr.GRPO, RLOO, REINFORCE++-baseline (docs/algorithms.md §4).
 
 ``R_i`` is the scalar reward of response ``i`` and ``g(i)`` its group (the responses of one
 prompt, of size ``n_g``). Every estimator gives one advantage per response, broadcast to its
@@ -25,14 +25,14 @@ Sources:
   ``compute_rloo_outcome_advantage``, ``compute_reinforce_plus_plus_baseline_outcome_advantage``
   and ``verl_F.masked_whiten``:
   https://github.com/volcengine/verl/blob/b178a3cd5/verl/trainer/ppo/core_algos.py (GRPO and
-  Dr.GRPO as checked in the spec); RLOO and REINFORCE++-baseline read at verl 012be9d9d,
+  Dr.GRPO read at this commit); RLOO and REINFORCE++-baseline read at verl 012be9d9d,
   ``masked_whiten`` / ``masked_var`` in ``verl/utils/torch_functional.py`` at verl 03c8cca18.
 
 Conventions (all follow verl unless marked as a deviation):
 - Groups are given by ``group_ids`` (any integer ids, in any order). A group of one response
   has no baseline: verl uses mean 0 (and std 1 for GRPO), so ``A = R`` for ``dr_grpo`` and
-  ``rloo``, ``A = R/(1 + ε)`` for ``grpo`` (the formula with std 1, as verl computes it; the
-  spec's "A = R" up to a relative 1e-6), and ``a = R`` before whitening for
+  ``rloo``, ``A = R/(1 + ε)`` for ``grpo`` (the formula with std 1, as verl computes it; equal
+  to ``A = R`` up to a relative 1e-6), and ``a = R`` before whitening for
   ``reinforce_pp_baseline``.
   RLOO's leave-one-out mean over zero other responses is undefined; the zero baseline is
   verl's choice, kept so that all four estimators treat singletons alike.
@@ -49,7 +49,7 @@ Conventions (all follow verl unless marked as a deviation):
   through the injected ``reducer`` so that its scope is the whole batch across ranks. The other
   estimators accept ``reducer`` for a uniform signature and ignore it.
 - Metrics are over this shard's responses, one count per response (not per token).
-- Advantages carry no gradient (spec 0.4): rewards are detached.
+- Advantages carry no gradient: rewards are detached (docs/algorithms.md §4).
 """
 
 from __future__ import annotations
@@ -89,10 +89,10 @@ class AdvantageFn(Protocol):
 
 @dataclass(frozen=True)
 class GRPOConfig:
-    """Hyperparameters of ``grpo`` (spec A1)."""
+    """Hyperparameters of ``grpo`` (DeepSeekMath, arXiv 2402.03300; docs/algorithms.md §4)."""
 
     eps: float = 1e-6
-    """ε in ``(R − mean)/(std + ε)``. verl uses 1e-6 (the spec default); TRL uses 1e-4. > 0."""
+    """ε in ``(R − mean)/(std + ε)``. verl uses 1e-6 (our default); TRL uses 1e-4. > 0."""
 
     def __post_init__(self) -> None:
         if not self.eps > 0:

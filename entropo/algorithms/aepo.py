@@ -1,4 +1,4 @@
-"""AEPO: temperature-shifted REINFORCE samples mixed into the batch (spec S3 + G4), pure pieces.
+"""AEPO: temperature-shifted REINFORCE samples mixed into the batch (docs/algorithms.md §11.2), pure pieces.
 
 Each step, with Ĥ the previous update's entropy estimate and H_tgt the target:
 
@@ -22,7 +22,7 @@ the paper's ``∇J_GRPO + α·E_{o∼π^{T'}}[∇log π_θ(o|q)·R]`` is set by 
 Conventions:
 - The code starts with Ĥ = 0 (:data:`AEPO_INITIAL_ENTROPY`), so the first step uses T_high.
 - π_old is recomputed at the base temperature for every row, the injected ones included: the
-  ratio of an injected row is against the base-T policy (spec G4). Aggregation: token-mean.
+  ratio of an injected row is against the base-T policy, as in the official code. Aggregation: token-mean.
 - The code takes the positives in batch order and crashes when there are none; here n_s = 0
   and nothing is replaced.
 - The code's Ĥ is the mean over micro-batches of each micro-batch's token mean;
@@ -48,7 +48,7 @@ AEPO_INITIAL_ENTROPY = 0.0
 
 @dataclass(frozen=True)
 class AepoConfig:
-    """Hyperparameters of AEPO (spec S3/G4; defaults: the official config and example script)."""
+    """Hyperparameters of AEPO (arXiv 2510.08141; defaults: the official config and example script)."""
 
     T_high: float = 1.2
     """T' when Ĥ ≤ H_tgt (``temperature_high``). > 0."""

@@ -1,4 +1,4 @@
-"""Loss aggregation modes (spec 0.6), with denominators counted over the whole mini-batch.
+"""Loss aggregation modes (docs/algorithms.md §5), with denominators counted over the whole mini-batch.
 
 ``ℓ_{i,t}`` is the per-token loss, ``m_{i,t}`` the valid-token mask, ``B`` the sequences of
 the mini-batch over all micro-batches and ranks:
@@ -19,8 +19,9 @@ Deviations and conventions:
 - ``|B|`` counts sequences with at least one valid token: a sequence masked out entirely
   (overlong filtering, a mask that excludes all its tokens) contributes nothing and does
   not dilute the mean.
-- Masks that exclude tokens from the denominator (spec 0.3(a)) must be applied to ``mask``
-  before :func:`loss_norm` is called, so the count is taken after all masks (spec section 7).
+- Masks that exclude tokens from the denominator (docs/algorithms.md §1, Masks (a)) must be
+  applied to ``mask`` before :func:`loss_norm` is called, so the count is taken after all masks
+  (docs/algorithms.md §8).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""CANON: conditional advantage estimation (spec A4), registered as the estimator ``canon``.
+"""CANON: conditional advantage estimation (docs/algorithms.md §4.2), registered as the estimator ``canon``.
 
 Within each group g (the n_g responses of one prompt), with ``h_i`` the split metric of
 response i (its token-mean π_old entropy, or its length):
@@ -25,7 +25,8 @@ Conventions and deviations:
   factor ``1/D`` for the controller to multiply in (it depends on the aggregation mode, which
   is not this estimator's config).
 - Singleton groups: the code sets both subgroup means to 0, so ``A = R + μ·β`` (``A = R`` at
-  the defaults). ``singleton_zero=True`` gives ``A = 0`` instead (the spec's preference).
+  the defaults). ``singleton_zero=True`` gives ``A = 0`` instead (a group of one carries no
+  comparison, so no signal).
 - ``metric="length"``: the official length variant places α on the other terms
   (``U: μ(α·R_i − m_L + β)``, ``L: μ(R_i − α·m_U − β)``). We use the entropy variant's
   formula above for both metrics; the two agree at the default α = 1.
@@ -33,7 +34,7 @@ Conventions and deviations:
   instead, which can only reorder responses whose h differ by about 1e-8 relative.
 - Groups must not straddle shards (as for every estimator in :mod:`advantages`); ``reducer``
   is accepted for the uniform signature and ignored.
-- Advantages carry no gradient (spec 0.4): rewards and entropies are detached.
+- Advantages carry no gradient: rewards and entropies are detached.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ CANON_METRICS = ("entropy", "length")
 
 @dataclass(frozen=True)
 class CanonConfig:
-    """Hyperparameters of CANON (spec A4; defaults: the official scripts)."""
+    """Hyperparameters of CANON (arXiv 2509.23962; defaults: the official scripts)."""
 
     alpha: float = 1.0
     """α (paper Eq. 8): weight of the own-reward / other-half terms. Official scripts: 1.0."""

@@ -7,7 +7,7 @@
     keep   ≡ 1                              σ_S < 1e-12 (S constant: nothing stands out)
 
 Why: a policy-gradient step on token t changes the entropy at its state by about
-``−α·A_t·(S_t − E_π[S])`` (Theorem 3.3; :mod:`entropo.algorithms.diagnostics`, D5). Clip_B
+``−α·A_t·(S_t − E_π[S])`` (Theorem 3.3; :mod:`entropo.algorithms.diagnostics`, docs/algorithms.md §12). Clip_B
 replaces the vocabulary expectation E_π[S] by the batch mean S̄. A token with A < 0 and S far
 below S̄ (an unlikely token, log p < −H) would then lower entropy strongly: penalising it
 moves its probability mass onto the likely tokens. Those tokens are dropped.
@@ -22,8 +22,8 @@ moves its probability mass onto the likely tokens. Those tokens are dropped.
 
 What the code does, and where we differ (each difference a named option or stated here):
 - Denominator: the code replaces verl's ``response_mask`` by ``response_mask·keep``, so masked
-  tokens leave the loss denominator (spec 0.3(a)); ``norm="selected"`` (default) does the
-  same, ``norm="all_valid"`` keeps them in it with zero loss (0.3(b)).
+  tokens leave the loss denominator (docs/algorithms.md §1, Masks (a)); ``norm="selected"``
+  (default) does the same, ``norm="all_valid"`` keeps them in it with zero loss (Masks (b)).
 - p_t: the code reads the key ``rollout_log_probs`` (the rollout engine's log-probs) though
   its comment says "recomputed logprobs ... from current model (not rollout)", and its Clip_V
   sibling uses the recomputed ``old_log_probs``. ``logp_source="old"`` (default) takes log π_old
@@ -83,7 +83,7 @@ class ClipBConfig:
 
     @property
     def excludes_from_denominator(self) -> bool:
-        """Whether masked tokens leave the aggregation denominator (spec 0.3(a))."""
+        """Whether masked tokens leave the aggregation denominator (docs/algorithms.md §1, Masks (a))."""
         return self.norm == "selected"
 
     def __post_init__(self) -> None:

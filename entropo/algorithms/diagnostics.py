@@ -1,9 +1,10 @@
-"""Entropy diagnostics (spec section 6: D1 entropy logging, D2 covariance identity, D3 law).
+"""Entropy diagnostics: entropy logging, the covariance identity, the entropy–performance law and
+the entropy-discriminator dynamics (docs/algorithms.md §12).
 
-D2, covariance identity (Cui et al., "The Entropy Mechanism of Reinforcement Learning for
+Covariance identity (Cui et al., "The Entropy Mechanism of Reinforcement Learning for
 Reasoning Language Models", arXiv 2505.22617, Sec. 3, entropy dynamics of softmax policies
-under vanilla and natural PG; equation numbers not re-read against the PDF, as spec D2 notes;
-the math is checked numerically by the tests instead). Official code for the batch estimator:
+under vanilla and natural PG; equation numbers not re-read against the PDF; the math is
+checked numerically by the tests instead). Official code for the batch estimator:
 https://github.com/PRIME-RL/Entropy-Mechanism-of-RL/tree/8850579,
 ``compute_policy_loss_clip_cov`` / ``compute_policy_loss_kl_cov`` in
 ``verl/trainer/ppo/core_algos.py``:
@@ -12,14 +13,14 @@ https://github.com/PRIME-RL/Entropy-Mechanism-of-RL/tree/8850579,
         natural PG     Δz_a = η·A(s,a)
         vanilla PG     Δz_a = η·π(a|s)·A(s,a)
         one token a    Δz_b = η·A·(1[b=a] − π_b)
-    Cov_i = (log π(y_i) − mean_j log π(y_j)) · (A_i − mean_j A_j)  per valid token (= L2/L3)
+    Cov_i = (log π(y_i) − mean_j log π(y_j)) · (A_i − mean_j A_j)  per valid token (= Clip-Cov/KL-Cov)
     Ĉ     = mean_i Cov_i,        ΔĤ_pred = −η_eff · Ĉ
 
-D3, entropy–performance law (same paper, abstract and Sec. 2; equation number not re-read):
+Entropy–performance law (same paper, abstract and Sec. 2; equation number not re-read):
 ``R = −a·e^H + b``, fitted by linear least squares of R on x = e^H; the ceiling is
 R(H=0) = b − a and dR/dH = −a·e^H. The paper fits early steps and extrapolates (``first_k``).
 
-D1: token-mean entropy, percentiles, fraction above a threshold (0.672, the 80th percentile
+Entropy logging: token-mean entropy, percentiles, fraction above a threshold (0.672, the 80th percentile
 reported by Wang et al., arXiv 2506.01939), phase-split means and the |log π_roll − log π_old|
 gap.
 
@@ -38,15 +39,16 @@ Conventions and deviations:
 - The official code centres per micro-batch in float32 (``stat_scope="micro"``); here the
   scope is whatever the reducer spans and the centring is done in float64 (agrees with the
   official formula to float32 rounding). The paper has no η_eff; the trailing-window fit of
-  realised ΔH on Ĉ is the spec's addition.
+  realised ΔH on Ĉ is our addition.
 - An empty scope (no valid token) gives 0 for every statistic, like ``reduce.masked_mean``.
 - Not enough history (< 2 pairs for the η_eff fit, < 3 points or constant H for the law) is a
   normal state early in training: :func:`fit_entropy_change` returns ``{}`` and
   :func:`fit_entropy_law` returns ``None``. Malformed arguments raise ``ValueError``.
-- Validated: the identity's numbers in spec D2 and the law's in D3 (tests). Not validated: that
-  η_eff or the law extrapolate well on our runs.
+- Validated: hand-computed numbers for the identity (natural PG, vanilla PG, one sampled token)
+  and for the law's fit (tests/algorithms/test_diagnostics.py). Not validated: that η_eff or
+  the law extrapolate well on our runs.
 
-D5, entropy-discriminator dynamics (Wang et al., "On the Entropy Dynamics in Reinforcement
+Entropy-discriminator dynamics (Wang et al., "On the Entropy Dynamics in Reinforcement
 Fine-Tuning of Large Language Models", arXiv 2602.03392, Theorems 3.2 and 3.3; the theorem
 statements were read from secondary summaries, not the PDF, and are checked numerically by
 the tests against the exact softmax entropy):
@@ -61,8 +63,8 @@ Official code for the batch statistic: agentscope-ai/Trinity-RFT
 pan-x-c/Trinity-RFT mirror @ e8be774); the vocabulary baseline is ``compute_N_from_logits``
 in ``examples/entropy/clipv_dp_actor.py`` (same mirror @ c934bc5). The per-step logging is ours.
 
-Metric keys: ``cov/...`` (D2), ``law/...`` (D3), ``entropy/...`` and ``logprob_gap/...`` (D1),
-``entropy_dynamics/...`` (D5).
+Metric keys: ``cov/...`` (covariance), ``law/...`` (law), ``entropy/...`` and
+``logprob_gap/...`` (entropy logging), ``entropy_dynamics/...`` (entropy discriminator).
 """
 
 from __future__ import annotations
@@ -116,7 +118,7 @@ def quantile(values: torch.Tensor, q: float | Sequence[float]) -> torch.Tensor:
     return x[lo] + (h - lo) * (x[hi] - x[lo])
 
 
-# ---------------------------------------------------------------- D2: batch covariance
+# ---------------------------------------------------------------- covariance: batch estimator
 
 
 def _centred_product(table: torch.Tensor) -> torch.Tensor:
@@ -130,10 +132,10 @@ def _centred_product(table: torch.Tensor) -> torch.Tensor:
 def token_covariance(
     logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, reducer: Reducer = LOCAL
 ) -> torch.Tensor:
-    """Centred cross-product ``Cov_i`` per token (spec D2, L2, L3), detached.
+    """Centred cross-product ``Cov_i`` per token (covariance identity, Clip-Cov, KL-Cov), detached.
 
     Args:
-        logp: ``[n, T]`` log-probabilities of the sampled tokens (log π_old for D2, log π_θ
+        logp: ``[n, T]`` log-probabilities of the sampled tokens (log π_old for the diagnostic, log π_θ
             for Clip-Cov / KL-Cov selection).
         advantages: ``[n, T]`` advantages.
         mask: ``[n, T]`` valid-token mask; the means run over its valid tokens in the scope.
@@ -162,7 +164,7 @@ def covariance_metrics(
         advantages: ``[n, T]`` advantages.
         entropy: ``[n, T]`` token entropy H (defines the quintiles).
         mask: ``[n, T]`` valid-token mask.
-        reducer: the scope (the spec logs it over the step batch).
+        reducer: the scope (the trainer logs it over the step batch).
 
     Returns:
         float64 scalars. ``cov/mean`` = Ĉ. ``cov/adv_pos`` / ``cov/adv_neg``: mean of ``Cov_i``
@@ -191,11 +193,11 @@ def covariance_metrics(
     return metrics
 
 
-# ---------------------------------------------------------------- D2: state-level identity
+# ---------------------------------------------------------------- covariance: state-level identity
 
 
 def _entropy(logits: torch.Tensor) -> torch.Tensor:
-    """``H = logsumexp(z) − Σ softmax(z)·z`` over the last dim (spec 0.2)."""
+    """``H = logsumexp(z) − Σ softmax(z)·z`` over the last dim (docs/algorithms.md §3)."""
     return torch.logsumexp(logits, dim=-1) - (logits.softmax(dim=-1) * logits).sum(dim=-1)
 
 
@@ -249,7 +251,7 @@ def sampled_token_delta(
     return eta * adv.unsqueeze(-1) * (onehot - p)
 
 
-# ---------------------------------------------------------------- D2: trailing-window fit
+# ---------------------------------------------------------------- covariance: trailing-window fit
 
 
 def fit_entropy_change(cov_history: Series, entropy_history: Series, window: int = 20) -> Metrics:
@@ -267,7 +269,7 @@ def fit_entropy_change(cov_history: Series, entropy_history: Series, window: int
     Args:
         cov_history: Ĉ (``cov/mean``) per step, oldest first.
         entropy_history: ``entropy/mean`` per step, aligned with ``cov_history``.
-        window: how many of the most recent (Ĉ, ΔH) pairs to fit (spec D2: about 20).
+        window: how many of the most recent (Ĉ, ΔH) pairs to fit (default 20 steps).
 
     Returns:
         ``{}`` when fewer than 2 usable pairs remain or all their Ĉ are 0 (not available).
@@ -305,7 +307,7 @@ def fit_entropy_change(cov_history: Series, entropy_history: Series, window: int
     return metrics
 
 
-# ---------------------------------------------------------------- D3: entropy–performance law
+# ---------------------------------------------------------------- entropy–performance law
 
 
 @dataclass(frozen=True)
@@ -332,7 +334,7 @@ class LawFit:
 def fit_entropy_law(
     H: Series, R: Series, mode: str = "all_points", k: int | None = None
 ) -> LawFit | None:
-    """Least-squares fit (float64) of ``R = b − a·e^H`` (spec D3).
+    """Least-squares fit (float64) of ``R = b − a·e^H`` (arXiv 2505.22617; docs/algorithms.md §12).
 
     Args:
         H: token-mean training entropy per evaluated step.
@@ -399,7 +401,7 @@ def extrapolation_error(fit: LawFit, H_later: Series, R_later: Series) -> torch.
 
 
 def law_metrics(fit: LawFit, H: float) -> Metrics:
-    """The D3 log for a fit at the current entropy ``H``: ``law/...`` float64 scalars."""
+    """The law's metrics for a fit at the current entropy ``H``: ``law/...`` float64 scalars."""
     values = {
         "law/a": fit.a,
         "law/b": fit.b,
@@ -412,7 +414,7 @@ def law_metrics(fit: LawFit, H: float) -> Metrics:
     return {key: torch.tensor(v, dtype=torch.float64) for key, v in values.items()}
 
 
-# ---------------------------------------------------------------- D1: entropy logging
+# ---------------------------------------------------------------- entropy logging
 
 
 def entropy_summary(
@@ -423,8 +425,9 @@ def entropy_summary(
     Args:
         entropy: ``[n, T]`` token entropy H (π_old at the rollout temperature).
         mask: ``[n, T]`` valid-token mask.
-        reducer: the scope (the spec logs the step batch).
-        threshold: ``frac_above`` counts tokens with H strictly above it (spec D1/D4: 0.672).
+        reducer: the scope (the trainer logs the step batch).
+        threshold: ``frac_above`` counts tokens with H strictly above it (0.672, the 80th percentile
+            reported by Wang et al., arXiv 2506.01939).
     """
     h = _gather_columns([entropy], mask, reducer)[0][:, 0]  # [N]
     if h.numel() == 0:
@@ -479,7 +482,7 @@ def logprob_gap(
     return {"logprob_gap/mean": gap.mean(), "logprob_gap/p99": quantile(gap, 0.99)}
 
 
-# ---------------------------------------------------------------- D5: entropy-discriminator dynamics
+# ---------------------------------------------------------------- entropy-discriminator dynamics
 
 
 def entropy_discriminator(logp: torch.Tensor, entropy: torch.Tensor) -> torch.Tensor:

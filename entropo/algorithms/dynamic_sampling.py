@@ -1,4 +1,4 @@
-"""DAPO dynamic sampling: drop groups whose metric does not vary (spec S1).
+"""DAPO dynamic sampling: drop groups whose metric does not vary (docs/algorithms.md §10).
 
 With ``M_i`` the filter metric of response ``i`` and ``g`` its group (the ``n_g`` responses of
 one prompt):
@@ -14,8 +14,8 @@ Sources:
 - Paper: Yu et al., "DAPO: An Open-Source LLM RL System at Scale", arXiv 2503.14476, Sec. 3.2
   (the constraint ``0 < |{o_i | is_equivalent(a, o_i)}| < G`` of the DAPO objective).
 - Code: verl DAPO trainer, ``recipe/dapo/dapo_ray_trainer.py`` (``filter_groups``), in the
-  Entropy-Mechanism fork at https://github.com/PRIME-RL/Entropy-Mechanism-of-RL/tree/8850579
-  and now in ``verl-project/verl-recipe``.
+  Entropy-Mechanism fork at https://github.com/PRIME-RL/Entropy-Mechanism-of-RL/tree/8850579;
+  upstream, the recipe lives in ``verl-project/verl-recipe``.
 
 Deviations and conventions:
 - "Zero std" is tested as ``min == max`` over the group: exactly "all values equal". verl's
@@ -42,7 +42,7 @@ DYNAMIC_SAMPLING_METRICS = ("acc", "seq_reward", "seq_final_reward")
 
 @dataclass(frozen=True)
 class DynamicSamplingConfig:
-    """DAPO dynamic sampling (spec S1)."""
+    """DAPO dynamic sampling (arXiv 2503.14476, Sec. 3.2)."""
 
     enable: bool = False
     """Filter out groups whose metric has zero std. DAPO and Entropy-Mechanism scripts: True;
@@ -51,7 +51,7 @@ class DynamicSamplingConfig:
     metric: str = "acc"
     """Filter metric ``M``: ``acc`` (correctness; every official script), ``seq_reward`` (sum of
     token scores) or ``seq_final_reward`` (after any in-reward KL). Prefer ``acc``: with overlong
-    shaping (R2) an all-wrong group can have non-zero reward variance."""
+    shaping (``algorithm.overlong``) an all-wrong group can have non-zero reward variance."""
 
     max_num_gen_batches: int = 10
     """Fail once this many generation batches have not kept ``train_batch_size`` prompts; 0 retries

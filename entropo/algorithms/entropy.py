@@ -1,4 +1,4 @@
-"""Token log-probabilities and full-vocabulary entropy, chunked to bound memory (spec 0.2).
+"""Token log-probabilities and full-vocabulary entropy, chunked to bound memory (docs/algorithms.md §3).
 
 With ``z`` the logit vector ``[V]`` at the position that predicts label ``y`` and ``T`` the
 rollout sampling temperature:
@@ -12,9 +12,8 @@ and, for the backward pass (``1[·]`` the indicator),
     ∂logp / ∂z_b = (1[b = y] − p_b) / T
     ∂H    / ∂z_b = − p_b (log p_b + H) / T
 
-Source: the entropy definition of spec ALGORITHMS.md §0.2 (the Shannon entropy of the
-tempered policy that every entropy-control paper in the spec uses, e.g. Cui et al.,
-arXiv 2505.22617). Official code: verl ``entropy_from_logits`` (``lse − Σ softmax·z``),
+Source: the Shannon entropy of the tempered policy, the definition every entropy-control
+paper implemented here uses (e.g. Cui et al., arXiv 2505.22617). Official code: verl ``entropy_from_logits`` (``lse − Σ softmax·z``),
 https://github.com/volcengine/verl/blob/03c8cca18/verl/utils/torch_functional.py, and its
 later ``entropy_from_logits_with_chunking`` in the same file, which chunks the forward pass
 only.
@@ -25,9 +24,9 @@ Deviations and conventions:
   three floats per row, and recomputes the softmax chunk by chunk in backward, so the extra
   memory in both passes is a few ``[chunk_size, V]`` buffers (the gradient itself, one
   ``[rows, V]`` tensor, is an output and unavoidable).
-- Spec 0.2 writes ``H = lse − Σ softmax·z'`` (verl's form). We compute ``H = − Σ p log p``
-  with ``log p = z' − lse`` instead: the same number in exact arithmetic, but in fp32 the
-  spec's form subtracts two numbers of size ``lse`` and lost up to 1.2e-4 against an fp64
+- verl computes ``H = lse − Σ softmax·z'``. We compute ``H = − Σ p log p`` with
+  ``log p = z' − lse`` instead: the same number in exact arithmetic, but in fp32 verl's form
+  subtracts two numbers of size ``lse`` and loses up to 1.2e-4 against an fp64
   reference (V = 32,000, logits of std ≈ 4), where ``− Σ p log p`` stays within 2e-6.
 - Arithmetic runs in ``promote(logits.dtype, float32)``: bf16/fp16 logits are upcast one chunk
   at a time, float64 stays float64 (used by the gradient check). Outputs are in that dtype;

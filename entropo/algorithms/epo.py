@@ -1,4 +1,4 @@
-"""EPO: entropy bonus with a historical-entropy corridor penalty (spec G3).
+"""EPO: entropy bonus with a historical-entropy corridor penalty (docs/algorithms.md §9).
 
 With H the π_θ token entropy (with gradient), H̄ the historical reference of the token's turn,
 β_k the phase weight at training iteration k, λ = ``coef``, c_s = ``smooth_coef``:
@@ -16,7 +16,7 @@ a squared hinge instead of the constant P:
     L = L_pg − λ·( agg(H·in) − c_s·agg(β_k·(α·max(0, H − κ_r H̄)² + α·max(0, κ_l H̄ − H)²)) )
 
 - Paper: Xu et al., "EPO: Entropy-regularized Policy Optimization for LLM Agents RL",
-  arXiv 2509.22576 (the penalty's equation was not confirmed, spec G3).
+  arXiv 2509.22576 (the penalty's equation was not verified against the paper's text).
 - Official code: ``generate_entropy_penalty``, ``_calculate_epoch_based_entropy_weight`` and
   ``update_policy`` in ``verl/workers/actor/dp_actor.py``; the history in ``fit`` of
   ``verl/trainer/ppo/ray_trainer.py``; https://github.com/WujiangXu/EPO/tree/5b6fa98 (read at
@@ -55,7 +55,7 @@ EPO_MODES = ("faithful", "differentiable")
 
 @dataclass(frozen=True)
 class EpoConfig:
-    """Hyperparameters of EPO (spec G3; defaults: the ScienceWorld recipe)."""
+    """Hyperparameters of EPO (arXiv 2509.22576; defaults: the ScienceWorld recipe)."""
 
     coef: float = 0.001
     """λ (``entropy_coeff``), the entropy bonus weight. Both recipes: 0.001. ≥ 0."""
@@ -155,7 +155,7 @@ def epo_term(
     l_norm: float | None = None,
     smooth: bool = True,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """This shard's share of ``−λ·(agg(H) − c_s·agg(β_k·P))`` (replaces the plain bonus, G1).
+    """This shard's share of ``−λ·(agg(H) − c_s·agg(β_k·P))`` (replaces the plain entropy bonus).
 
     Args:
         entropy: ``[n, T]`` π_θ token entropy, with gradient.

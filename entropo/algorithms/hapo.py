@@ -1,6 +1,8 @@
-"""HAPO: normalised entropy ĥ, adaptive temperature (S2), token-level advantage (A3), adaptive clip (L5).
+"""HAPO: normalised entropy ĥ, adaptive temperature, token-level advantage, adaptive clip.
 
-Normalised log-entropy ĥ (spec L5 "compute ĥ"; no grad; over the valid tokens of a scope):
+Docs: docs/algorithms.md §11.1 (temperature), §4.1 (advantage), §6.5 (clip).
+
+Normalised log-entropy ĥ (the code's ``compute_entropy_h``; no grad; over the valid tokens of a scope):
 
     e = log max(H, 1e-8);   μ = nearest-rank q-quantile of e (q = entropy_pivot)
     h = (e − μ) / σ,        σ = sqrt(mean_valid (e − μ)²)        RMS around the pivot, not the std
@@ -8,17 +10,18 @@ Normalised log-entropy ĥ (spec L5 "compute ĥ"; no grad; over the valid tokens 
     ĥ = h / pos_max  (h > 0);   ĥ = h / |neg_min|  (h ≤ 0)         signed, the paper's intent
                                 ĥ = h / neg_min   (h ≤ 0)          code_compat: ĥ ≥ 0 everywhere
 
-S2, adaptive temperature at decode time, from the previous step's statistics (μ, σ, s⁺, s⁻):
+Adaptive temperature at decode time, from the previous step's statistics (μ, σ, s⁺, s⁻):
 
     h_t = (log max(H_t, 1e-6) − μ) / (σ + 1e-6);   ĥ_t = h_t·s⁺ (h_t > 0), h_t·s⁻ (h_t ≤ 0)
     T_t = T · (1 + τ · clip(ĥ_t, −1, 1))                                (T_t = T at step 1)
 
-A3, "hapo" advantage (per group g, |o_i| = valid tokens of response i):
+The "hapo" advantage (per group g, |o_i| = valid tokens of response i):
 
     μ_tok = Σ |o_i| R_i / Σ |o_i|,   σ_tok = sqrt(Σ |o_i| (R_i − μ_tok)² / Σ |o_i|)
     A_i = (R_i − μ_tok) / (σ_tok + ε);   if any |A_i| ≥ 5 in g: A_i = GRPO's A_i for all of g
 
-L5, per-token clip bounds and advantage redistribution, then the 0.7 surrogate (dual clip c):
+Adaptive clip: per-token clip bounds and advantage redistribution, then the clipped surrogate
+(docs/algorithms.md §6.1; dual clip c):
 
     ĥ ≤ 0: ε_low' = ε_low·(1 − α_c·ĥ), ε_high' = ε_high;   ĥ > 0: ε_high' = ε_high·(1 + α_c·ĥ), ε_low' = ε_low
     Z = (1 − ε_low'/2, 1 + ε_high'/2), r detached
@@ -33,25 +36,25 @@ L5, per-token clip bounds and advantage redistribution, then the 0.7 surrogate (
   ``vllm/v1/sample/sampler.py`` (``compute_entropy_based_temperature``).
 
 Deviations and conventions:
-- Sign: the released code uses s⁻ = 1/neg_min < 0, so its ĥ is ≥ 0 for every token and S2 only
-  ever raises T (spec S2 notes). Signed ĥ is our default; ``code_compat=True`` reproduces the
+- Sign: the released code uses s⁻ = 1/neg_min < 0, so its ĥ is ≥ 0 for every token and the
+  adaptive temperature only ever raises T. Signed ĥ is our default; ``code_compat=True`` reproduces the
   code. :class:`HapoStats` stores the code's s⁻ = 1/neg_min either way; the mode decides its sign.
 - The quantile index is ``round(q·(N−1))`` with Python's round (half to even), as the code's
   ``torch_quantile(..., interpolation="nearest")``. With no valid token μ = 0 (the code's
   ``nan_to_num``).
-- σ: the code floors the *variance* at 1e-8 (σ ≥ 1e-4); the spec writes "σ ≥ 1e-8". We follow
-  the code. ĥ = h/pos_max does not depend on σ, so only S2's h_t is affected, and only when
+- σ: the code floors the *variance* at 1e-8 (σ ≥ 1e-4), not σ itself; we follow the code.
+  ĥ = h/pos_max does not depend on σ, so only the adaptive temperature's h_t is affected, and only when
   every valid log-entropy lies within ~1e-4 of the pivot.
 - ĥ is set to 0 on masked positions (the code leaves values there; they never reach the loss).
-- A3: the fallback test looks at responses with at least one valid token. The code tests every
+- "hapo" advantage: the fallback test looks at responses with at least one valid token. The code tests every
   position of ``[g, T]``, padding included, where the score is 0, so ``−μ_tok/σ_tok`` can trigger
   the fallback spuriously (e.g. a constant group, or non-binary rewards); with 0/1 rewards the
   outcome is the same. A singleton group gets A = 0 (its token mean is its reward).
   ``norm_adv_by_std=False`` of the code is not implemented.
-- Scope of ĥ (L5): ``micro`` (the code: each micro-batch on its own rank) or ``global``, in
+- Scope of ĥ (adaptive clip): ``micro`` (the code: each micro-batch on its own rank) or ``global``, in
   which case the learner runs :func:`hapo_clip_select` over the whole mini-batch and passes ĥ
   as ``inputs.selected`` (a float tensor here, not a bool selection).
-- Validated: the spec's unit numbers (tests/algorithms/test_hapo.py). Not validated: training
+- Validated: hand-computed cases (tests/algorithms/test_hapo.py). Not validated: training
   behaviour.
 """
 
@@ -151,7 +154,7 @@ def entropy_h_hat(
 
 @dataclass(frozen=True)
 class HapoTemperatureConfig:
-    """HAPO adaptive sampling temperature (spec S2; defaults: the released code)."""
+    """HAPO adaptive sampling temperature (docs/algorithms.md §11.1; defaults: the released code)."""
 
     tau: float = 0.05
     """τ (``temperature_tau``): T_t = T·(1 + τ·clip(ĥ_t, −1, 1)). Lower it if training collapses."""
@@ -176,7 +179,7 @@ def adaptive_temperature(
     tau: float = 0.05,
     code_compat: bool = False,
 ) -> torch.Tensor:
-    """S2: per-token sampling temperature ``T_t`` (shape of ``decode_entropy``).
+    """HAPO's per-token sampling temperature ``T_t`` (shape of ``decode_entropy``).
 
     Args:
         decode_entropy: ``[...]`` entropy of the decode-step logits *before* temperature.
@@ -196,7 +199,7 @@ def adaptive_temperature(
 
 @dataclass(frozen=True)
 class HapoAdvantageConfig:
-    """Hyperparameters of the ``hapo`` advantage estimator (spec A3)."""
+    """Hyperparameters of the ``hapo`` advantage estimator (docs/algorithms.md §4.1)."""
 
     eps: float = 1e-6
     """ε in ``(R − μ_tok)/(σ_tok + ε)``, also passed to the GRPO fallback. Code: 1e-6. > 0."""
@@ -216,14 +219,14 @@ def hapo_advantage(
     entropy: torch.Tensor | None = None,
     reducer: Reducer = LOCAL,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """A3: token-weighted group normalisation with a per-group fallback to GRPO.
+    """HAPO's token-weighted group normalisation with a per-group fallback to GRPO.
 
     Args:
         rewards: ``R`` ``[N]``.
         group_ids: group of each response ``[N]`` (integer ids, any order).
         cfg: :class:`HapoAdvantageConfig` (``None`` = defaults).
         mask: valid-token mask ``[N, T]``; required (|o_i| = its row sums).
-        entropy: unused (the code passes ``entropys`` and ignores them, spec A3).
+        entropy: unused (the code passes ``entropys`` and ignores them).
         reducer: unused (groups are whole on each shard).
     """
     cfg = cfg or HapoAdvantageConfig()
@@ -250,7 +253,7 @@ def hapo_advantage(
 
 @dataclass(frozen=True)
 class HapoClipConfig:
-    """Hyperparameters of HAPO's adaptive clipping and advantage redistribution (spec L5)."""
+    """Hyperparameters of HAPO's adaptive clipping and advantage redistribution (docs/algorithms.md §6.5)."""
 
     entropy_pivot: float = 0.8
     """q: the pivot μ is the q-quantile of the valid log-entropies. HAPO: 0.8. In [0, 1]."""
@@ -272,7 +275,7 @@ class HapoClipConfig:
     HAPO's DAPO-based scripts: 10."""
 
     code_compat: bool = False
-    """Reproduce the released code's non-negative ĥ (sign bug, spec S2 notes) instead of the
+    """Reproduce the released code's non-negative ĥ (sign bug: the code's s⁻ = 1/neg_min < 0; docs/algorithms.md §6.5) instead of the
     paper's signed ĥ."""
 
     stat_scope: str = "global"

@@ -1,11 +1,12 @@
-"""Token masks: multiplicative selections applied after the token loss (spec 0.8 step 5.5).
+"""Token masks: multiplicative selections applied after the token loss and token weights
+(docs/algorithms.md §7, order in §8).
 
 A mask returns a :class:`TokenMask`: which tokens keep their loss, and whether the dropped
-tokens also leave the aggregation denominator (spec 0.3(a)) or stay in it with zero loss
-(spec 0.3(b)).
+tokens also leave the aggregation denominator or stay in it with zero loss (docs/algorithms.md
+§1, Masks (a) and (b)).
 
-L4. High-entropy minority ("forking") tokens
---------------------------------------------
+High-entropy minority ("forking") tokens (docs/algorithms.md §7.1)
+-------------------------------------------------------------------
     k   = max(1, ⌊ρ·N + 0.9999⌋)                  N valid tokens in scope
     S   = the k valid tokens with the largest entropy H (π_θ, rollout temperature, detached)
     ℓ_i = ℓ_i for i ∈ S; other tokens are masked
@@ -31,13 +32,15 @@ Deviations and options:
   parameters (equal to the training forward's π_θ entropies), so the selection does not
   change with micro-batch size or GPU count.
 
-L4'. Per-response threshold (EARL, ``stat_scope="sequence"``)
-------------------------------------------------------------
+Per-response threshold (EARL, ``stat_scope="sequence"``; docs/algorithms.md §7.5)
+---------------------------------------------------------------------------------
     k_i = max(1, ⌊ρ·N_i + 0.9999⌋)                N_i valid tokens of response i
     S_i = the k_i valid tokens of response i with the largest H (ties → earliest position)
 
-- Paper: EARL, arXiv 2511.12033 (no code released). [SECONDARY]: the rule is a summary's
-  ("the 80/20 mask with the threshold taken per response instead of over the batch"); the paper was not available here, and k_i reuses L4's rounding per response.
+- Paper: EARL, arXiv 2511.12033 (no code released). Not verified against the paper's text:
+  the rule is a summary's ("the 80/20 mask with the threshold taken per response instead of
+  over the batch"); the paper was not available here, and k_i reuses the batch mask's rounding
+  per response.
 - The decision reads each response's own row only, so it needs no collective and gives the
   same tokens on any split into micro-batches or ranks; the objective still prepares it once
   per mini-batch, so that ``norm=selected`` counts the denominator over the whole mini-batch.
@@ -72,7 +75,7 @@ class TokenMask:
     Attributes:
         keep: ``[n, T]`` bool, tokens whose loss is kept.
         exclude_from_denominator: dropped tokens also leave the aggregation denominator
-            (spec 0.3(a)); otherwise they stay in it with zero loss (0.3(b)).
+            (docs/algorithms.md §1, Masks (a)); otherwise they stay in it with zero loss (Masks (b)).
     """
 
     keep: torch.Tensor
@@ -87,7 +90,7 @@ objective can count denominators ahead of the micro-batches."""
 
 @dataclass(frozen=True)
 class EntropyMaskConfig:
-    """Hyperparameters of high-entropy token masking (spec L4; defaults: the paper)."""
+    """Hyperparameters of high-entropy token masking (arXiv 2506.01939; defaults: the paper)."""
 
     rho: float = 0.2
     """ρ: fraction of valid tokens kept, the highest-entropy ones. Paper: 0.2. In (0, 1]."""
@@ -101,7 +104,7 @@ class EntropyMaskConfig:
 
     @property
     def excludes_from_denominator(self) -> bool:
-        """Whether masked tokens leave the aggregation denominator (spec 0.3(a))."""
+        """Whether masked tokens leave the aggregation denominator (docs/algorithms.md §1, Masks (a))."""
         return self.norm == "selected"
 
     def __post_init__(self) -> None:
@@ -122,7 +125,7 @@ def top_count(rho: float, n_valid: int) -> int:
 def per_response_top_mask(
     entropy: torch.Tensor, mask: torch.Tensor, rho: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The ``k_i = top_count(ρ, N_i)`` highest-entropy valid tokens of each response (L4').
+    """The ``k_i = top_count(ρ, N_i)`` highest-entropy valid tokens of each response (EARL).
 
     Args:
         entropy: ``[n, T]`` token entropies (detached inside).

@@ -1,16 +1,16 @@
-"""The composed token objective of one update (spec 0.8 steps 5-6, section 7).
+"""The composed token objective of one update (docs/algorithms.md §8).
 
-For one micro-batch, in the spec's order:
+For one micro-batch, in this order (weights, then masks, then aggregation):
 
     ℓ_i  = token_loss(i)                      ppo_clip | clip_cov | kl_cov | hapo_clip | lp_reg (one)
     ℓ_i += β_ref · KL_est(π_θ ‖ π_ref)_i      when kl_coef > 0 (per token, before masks: TRL's order)
     ℓ_i ← w_i · ℓ_i                           token weights (STEER), multiplied in order
     k_i  = Π_masks keep_i                     token masks (high_entropy, dmmpt, clip_b)
     m'_i = m_i · Π_{masks excluding from the denominator} keep_i
-    L    = agg(k·ℓ, m')                       aggregation (spec 0.6), denominators after all masks
+    L    = agg(k·ℓ, m')                       aggregation (docs/algorithms.md §5), denominators after all masks
          − c_H · agg(H, m')                   entropy bonus over the loss's denominator tokens m'
                                               (TRL's rule for the 80/20 mask with norm=selected)
-         + regularisers                       SIREN (G2) or EPO (G3), each its own share
+         + regularisers                       SIREN or EPO (docs/algorithms.md §9), each its own share
 
 Global statistics are prepared once per mini-batch by :func:`prepare_minibatch` (run by the
 learner on its shard of the whole mini-batch, with the data-parallel reducer): the
@@ -53,7 +53,7 @@ class Objective:
         loss_cfg: that loss's config dataclass.
         weights: ``(name, cfg)`` of each token-weight method (STEER), applied in order.
         masks: ``(name, cfg)`` of each token mask, applied in order.
-        agg_mode: loss aggregation mode (spec 0.6).
+        agg_mode: loss aggregation mode (docs/algorithms.md §5).
         l_norm: ``L_norm`` of ``seq-mean-token-sum-norm``.
         entropy_coef: c_H of the entropy bonus (0 turns it off).
         kl_coef: β_ref of the KL to the reference policy (0 turns it off).

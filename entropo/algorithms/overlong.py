@@ -1,4 +1,4 @@
-"""DAPO overlong reward shaping and overlong filtering (spec R2).
+"""DAPO overlong reward shaping and overlong filtering (docs/algorithms.md §10).
 
 ``|y|`` is the number of generated tokens of a response (valid length, EOS included),
 ``L_max`` the maximum response length, ``L_cache`` the soft-punishment buffer, ``λ`` the
@@ -19,7 +19,8 @@ Sources:
   filtering as TRL ``mask_truncated_completions`` (``trl/trainer/grpo_trainer.py`` at f2cd57710).
 
 Conventions:
-- The shaping reward is added last, after every other reward term (spec section 7).
+- The shaping reward is added last, after every other reward term: it is a length penalty on
+  the total, whatever the other terms are.
 - "Truncated" is passed in by the caller (the rollout's finish reason, or no EOS among the
   generated tokens, as TRL does) rather than guessed from ``|y| = L_max``: a response whose
   EOS lands exactly on the last allowed position is complete.
@@ -37,7 +38,7 @@ import torch
 
 @dataclass(frozen=True)
 class OverlongConfig:
-    """DAPO soft overlong punishment (spec R2). ``L_max`` is the rollout's maximum response
+    """DAPO soft overlong punishment (arXiv 2503.14476, Sec. 3.4). ``L_max`` is the rollout's maximum response
     length (``rollout.max_new_tokens``), passed to the functions below."""
 
     enable: bool = False

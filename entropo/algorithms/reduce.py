@@ -1,6 +1,6 @@
 """Global statistics through an injected reducer.
 
-A statistic that the spec defines over a whole mini-batch (a token quantile, covariance
+A statistic that a method defines over a whole mini-batch (a token quantile, covariance
 centring, the token-mean loss denominator) is computed by a function that sees only its
 own shard of tokens and a :class:`Reducer`. On one process the reducer is the identity
 (:data:`LOCAL`); the learner passes one backed by ``torch.distributed`` so that the same

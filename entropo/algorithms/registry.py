@@ -28,7 +28,8 @@ class Entry:
             ``entropy``, ``old_entropy``, ``proxy_logp``, ``step_entropy``), so the learner
             computes them only when a selected method asks.
         needs_adv_variation: the method's statistic is degenerate unless advantages vary
-            inside its scope (spec section 7); the config validator warns about it.
+            inside its scope (Cov ≡ 0 when A is constant: docs/algorithms.md §1); the config
+            validator warns about it.
         vanishes_at_zero_advantage: for a token loss, ℓ_i and its gradient are 0 wherever
             A_i = 0 (given its selection), so rows with no advantage need no backward.
         row_local: for a token weight or mask, the decision at a token reads that token's row

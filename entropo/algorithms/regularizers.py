@@ -1,4 +1,4 @@
-"""Regularisers added to the aggregated loss: entropy bonus (spec G1) and reference KL (spec G5).
+"""Regularisers added to the aggregated loss: entropy bonus and reference KL (docs/algorithms.md §9).
 
 Entropy bonus, with ``H`` the full-vocabulary entropy of ``π_θ`` (with gradient):
 
@@ -34,12 +34,12 @@ Deviations and conventions:
 - The mode of the entropy bonus is the caller's choice: pass the policy loss's mode for verl,
   ``token-mean`` for TRL. :func:`entropy_bonus` returns this shard's share of the term, like
   :func:`entropo.algorithms.aggregate.aggregate`.
-- The spec writes the adaptive increase as ``H̄_w < H_tgt``; TRL's code increases on
-  ``H̄_w ≤ H_tgt``, the same test that gates the bonus. We follow the code, so "the bonus is
+- A strict ``H̄_w < H_tgt`` for the increase is the form written descriptions give (not
+  verified against the Skywork-OR1 paper's text); TRL's code increases on ``H̄_w ≤ H_tgt``, the same test that gates the bonus. We follow the code, so "the bonus is
   active" and "the coefficient went up" are one condition.
 - k3 follows verl exactly, with both of its clamps: ``Δ`` is clamped to [−20, 20] before
-  ``exp``, and the per-token result to at most 10. The spec's "clamped to [−10, 10]" is
-  this output clamp (k3 ≥ 0, so only the upper bound acts). Where either clamp is active the
+  ``exp``, and the per-token result to [−10, 10] (k3 ≥ 0, so only the upper bound, 10,
+  acts). Where either clamp is active the
   token's gradient is exactly 0: with ``k3 > 10`` (``Δ > 2.611``, i.e. ``π_ref/π_θ > 13.6``, or
   ``Δ < −11.0``) the penalty stops pulling that token back. verl's ``+`` variants (``k3+``,
   straight-through k2 gradient) are not implemented.

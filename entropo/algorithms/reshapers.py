@@ -1,21 +1,23 @@
-"""Multiplicative advantage reshapers, applied after the estimator (spec section 7: at most one).
+"""Multiplicative advantage reshapers, applied after the estimator (at most one; docs/algorithms.md
+§4.3).
 
 ``A_i`` is the estimator's per-response advantage, ``g`` a group (the responses of one prompt).
 
-SEED-GRPO, ``seed`` (spec A5), with the group's answers clustered by meaning into C_1..C_K and
+SEED-GRPO, ``seed``, with the group's answers clustered by meaning into C_1..C_K and
 ``p(C_k) = |C_k| / n_g`` (the count share):
 
     SE_mc(q)     = −(1/K) Σ_k log p(C_k)            (the paper's Monte-Carlo form, default)
     SE_plugin(q) = −Σ_k p(C_k) log p(C_k)
     Â_i = A_i · f(α · SE(q) / SE_max),   SE_max = log n_g,   f(x) = 1 − x   (linear)
 
-ETTRL Adv-Res, ``ettrl`` (spec A6), with ``H_i`` the token-mean π_old entropy of response i and
+ETTRL Adv-Res, ``ettrl``, with ``H_i`` the token-mean π_old entropy of response i and
 ``H̄_g`` its group's mean over responses:
 
     Y_i  = 1 + (H̄_g − H_i) / H̄_g       (Y_i = 1 when H̄_g = 0)
     Â_i  = Y_i · A_i                    (Adv-Clip mode instead: Â_i = clip(A_i, −β, β))
 
-Sources, both [SECONDARY] in the spec (no official code found for either paper):
+Sources, neither verified against the paper's text (the formulas come from secondary sources
+quoting the papers; no official code found for either paper):
 - SEED-GRPO: Chen, Chen, Wang, Yang, "SEED-GRPO: Semantic Entropy Enhanced GRPO for
   Uncertainty-Aware Policy Optimization", arXiv 2505.12346. The paper pairs it with
   ``A_i = R_i − mean R`` (our ``dr_grpo``).
@@ -23,18 +25,18 @@ Sources, both [SECONDARY] in the spec (no official code found for either paper):
   Entropy Mechanism", arXiv 2508.11356 (Entropy-based Advantage Reshaping, EAR).
 
 Conventions and deviations:
-- SEED's exponential and focal ``f`` are not implemented: their exact forms are [UNVERIFIED] in
-  the spec, so configuring them raises. α has no default for the same reason (the paper's
+- SEED's exponential and focal ``f`` are not implemented: no source we read gives their exact
+  forms, so configuring them raises. α has no default for the same reason (the paper's
   value is unconfirmed); it must be set, and every ``f`` must be ≥ 0 (α ≤ 1 guarantees it,
   since ``SE ≤ SE_max`` in both forms).
 - SEED: a group of one response has ``SE_max = 0``; its scale is 1 (``SE = 0``, unscaled).
-- ETTRL: the spec leaves open whether ``H_i`` is π_old or π_roll; we take π_old (``entropy``).
+- ETTRL: the sources leave open whether ``H_i`` is π_old or π_roll; we take π_old (``entropy``).
   A response with no valid token has ``H_i = 0``. ``Y`` can be negative when ``H_i > 2·H̄_g``;
   faithful mode keeps it, ``clip_Y_min`` floors it.
-- ETMR (ETTRL's tree rollouts, spec S4) needs prefix continuations in the rollout engine and is
+- ETMR (ETTRL's tree rollouts, docs/algorithms.md §15) needs prefix continuations in the rollout engine and is
   out of scope here; :func:`etmr_leaf_count` is its leaf count only.
 - Groups and their clusters must not straddle shards; nothing here needs a reducer.
-- Reshapers see detached advantages and return detached advantages (spec 0.4).
+- Reshapers see detached advantages and return detached advantages.
 """
 
 from __future__ import annotations
@@ -74,7 +76,7 @@ def _group_index(adv: torch.Tensor, group_ids: torch.Tensor) -> tuple[torch.Tens
     return inv, torch.bincount(inv).to(torch.float64)
 
 
-# ---------------------------------------------------------------- SEED-GRPO (A5)
+# ---------------------------------------------------------------- SEED-GRPO
 
 SEED_F_FORMS = ("linear",)
 SEED_F_UNVERIFIED = ("exponential", "focal")
@@ -83,15 +85,15 @@ SEED_SE_FORMS = ("mc", "plugin")
 
 @dataclass(frozen=True)
 class SeedConfig:
-    """Hyperparameters of SEED-GRPO (spec A5, [SECONDARY])."""
+    """Hyperparameters of SEED-GRPO (arXiv 2505.12346; not verified against the paper's text)."""
 
     alpha: float | None = None
-    """α, the strength of the down-weighting ``f(α·SE/SE_max)``. Required: the paper's default is
-    [UNVERIFIED]. ≥ 0; α ≤ 1 keeps the linear ``f`` ≥ 0 for every prompt."""
+    """α, the strength of the down-weighting ``f(α·SE/SE_max)``. Required: no source we read confirms
+    the paper's default. ≥ 0; α ≤ 1 keeps the linear ``f`` ≥ 0 for every prompt."""
 
     f: str = "linear"
-    """The scale function: ``linear`` (``f(x) = 1 − x``). ``exponential`` and ``focal`` are
-    [UNVERIFIED] in the spec and raise."""
+    """The scale function: ``linear`` (``f(x) = 1 − x``). ``exponential`` and ``focal`` raise:
+    no source we read gives their exact forms."""
 
     se_form: str = "mc"
     """``mc``: the paper's ``−(1/K) Σ_k log p(C_k)``; ``plugin``: ``−Σ_k p log p``."""
@@ -101,8 +103,8 @@ class SeedConfig:
             raise ValueError(f"algorithm.seed.alpha must be >= 0, got {self.alpha}")
         if self.f in SEED_F_UNVERIFIED:
             raise ValueError(
-                f"algorithm.seed.f='{self.f}' is not implemented: spec A5 marks the exact form of "
-                f"the {SEED_F_UNVERIFIED} variants [UNVERIFIED]; use 'linear'"
+                f"algorithm.seed.f='{self.f}' is not implemented: the exact form of the "
+                f"{SEED_F_UNVERIFIED} variants is unverified; use 'linear'"
             )
         if self.f not in SEED_F_FORMS:
             raise ValueError(f"algorithm.seed.f must be one of {SEED_F_FORMS}, got '{self.f}'")
@@ -183,8 +185,8 @@ def seed(
     """
     if cfg.alpha is None:
         raise ValueError(
-            "algorithm.seed.alpha must be set explicitly: spec A5 marks the paper's default "
-            "[UNVERIFIED], so there is no default"
+            "algorithm.seed.alpha must be set explicitly: the paper's default is unverified, "
+            "so there is no default"
         )
     if cluster_ids is None:
         raise ValueError("seed needs the answer clusters of each group (cluster_ids=[N]) from the reward stage")
@@ -210,14 +212,15 @@ def seed(
     }
 
 
-# ---------------------------------------------------------------- ETTRL EAR (A6)
+# ---------------------------------------------------------------- ETTRL EAR
 
 ETTRL_MODES = ("res", "clip")
 
 
 @dataclass(frozen=True)
 class EttrlConfig:
-    """Hyperparameters of ETTRL's entropy-based advantage reshaping (spec A6, [SECONDARY])."""
+    """Hyperparameters of ETTRL's entropy-based advantage reshaping (arXiv 2508.11356; not verified
+    against the paper's text)."""
 
     mode: str = "res"
     """``res``: Adv-Res, ``Y_i·A_i`` (the paper's main method); ``clip``: Adv-Clip,
@@ -286,7 +289,7 @@ def ettrl(
 
 
 def etmr_leaf_count(M: int, N: int, B: int) -> int:
-    """Leaves of ETTRL's entropy-fork tree rollout (spec S4): ``M·(1 + B·N)``.
+    """Leaves of ETTRL's entropy-fork tree rollout (arXiv 2508.11356): ``M·(1 + B·N)``.
 
     ETMR itself (branching B continuations at each of the top-N entropy positions of M
     responses) needs prefix continuations in the rollout engine and is not implemented.

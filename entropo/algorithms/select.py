@@ -1,6 +1,6 @@
 """Exact token selections over a scope that may span several ranks.
 
-Selections are index sets: they carry no gradient (spec 0.4). Both functions see this
+Selections are index sets: they carry no gradient (docs/algorithms.md §1). Both functions see this
 shard's ``[n, T]`` tensors, gather the valid entries of every shard through the reducer
 (:mod:`entropo.algorithms.reduce`), decide on the whole scope, and return this shard's part.
 Because the decision is taken on the gathered vector in shard order, a batch split across

@@ -1,4 +1,4 @@
-"""SIREN: selective entropy regularisation (spec G2).
+"""SIREN: selective entropy regularisation (docs/algorithms.md §9).
 
 Top-p entropy of π_θ at one position, with z the logits and T the rollout temperature:
 
@@ -22,8 +22,10 @@ step 1, kept constant afterwards (:func:`siren_anchor`).
   actor read at 5cb224d, the version stored).
 
 Conventions and deviations:
-- Which prefix is kept: the spec text says "the smallest prefix whose cumulative probability
-  reaches p_top" (``top_p_rule="reach"``). The official code keeps the positions *before*
+- Which prefix is kept: the standard top-p (nucleus) set is "the smallest prefix whose
+  cumulative probability reaches p_top" (Holtzman et al., arXiv 1904.09751;
+  ``top_p_rule="reach"``); whether the SIREN paper means it was not verified against the
+  paper's text. The official code keeps the positions *before*
   ``searchsorted(c, p_top)``, i.e. the tokens whose cumulative probability stays below p_top
   (``"below"``, our default, one token fewer). Under ``"below"`` a position whose top token
   alone reaches p_top keeps nothing in the code and gets Ĥ = 0 (through a 1e-12 guard); we keep
@@ -32,7 +34,7 @@ Conventions and deviations:
 - The code renormalises with ``p/(Σp + 1e-12)`` and takes ``log(p + 1e-12)``; we compute the
   exact softmax over S (differences of order 1e-12).
 - Gradient: Ĥ is differentiable w.r.t. the kept logits (the set S is an index set without
-  gradient, spec 0.4). Memory: chunked over rows in both passes (a custom autograd function,
+  gradient, docs/algorithms.md §1). Memory: chunked over rows in both passes (a custom autograd function,
   as :mod:`entropy`); backward keeps only the ``[rows, |S|_max]`` index sets and recomputes
   p̃ (the code materialises ``[rows, V]`` probabilities and masks under autograd). Only
   first-order gradients are supported. Measured once on one H100 (8192 rows, V = 151,936,
@@ -40,7 +42,7 @@ Conventions and deviations:
   GiB beyond the logits and their gradient; not measured on a real model's logits.
 - Scope: the code computes H_sel per micro-batch, divides ``λ(H_sel − H_anc)²`` by the
   gradient-accumulation steps, and its ``seq-mean-token-mean`` divides by 0 (NaN) for a
-  sequence with no selected token; the spec counts such a sequence as 0. :func:`siren_term`
+  sequence with no selected token; we count such a sequence as 0. :func:`siren_term`
   computes H_sel over the reducer's scope (identity: these rows, the official micro-batch
   scope) and returns this shard's share of the term: the shares of all shards add up to the
   whole-scope term, in value and in gradient. The caller weights it like any micro-batch loss.
@@ -61,7 +63,7 @@ TOP_P_RULES = ("below", "reach")
 
 @dataclass(frozen=True)
 class SirenConfig:
-    """Hyperparameters of SIREN (spec G2; defaults: the official scripts)."""
+    """Hyperparameters of SIREN (arXiv 2509.25133; defaults: the official scripts)."""
 
     coef: float = 0.005
     """λ (``entropy_coeff``), the weight of ``(H_sel − H_anc)²``. Paper: 0.005. ≥ 0."""
@@ -78,7 +80,7 @@ class SirenConfig:
 
     top_p_rule: str = "below"
     """``below``: keep the tokens whose cumulative probability stays below p (official code);
-    ``reach``: the smallest prefix that reaches p (spec text)."""
+    ``reach``: the smallest prefix that reaches p (the standard top-p set)."""
 
     def __post_init__(self) -> None:
         if self.coef < 0:
@@ -175,8 +177,9 @@ def top_p_entropy(
         p_top: cumulative-probability threshold p.
         top_k: K, the number of largest logits considered (clipped to V).
         chunk_size: rows (flattened leading positions) per chunk.
-        temperature: rollout sampling temperature T > 0 (logits are divided by it, spec 0.2).
-        rule: ``below`` (official code) or ``reach`` (spec text); see the module docstring.
+        temperature: rollout sampling temperature T > 0 (logits are divided by it, docs/algorithms.md §3).
+        rule: ``below`` (official code) or ``reach`` (the standard top-p set); see the module
+            docstring.
 
     Returns:
         ``[...]`` in ``promote(logits.dtype, float32)``; the gradient w.r.t. ``logits`` has the

@@ -112,7 +112,7 @@ def test_seed_errors():
     with pytest.raises(ValueError, match="cluster_ids"):
         seed(torch.ones(6), G6, SeedConfig(alpha=1.0), mask=MASK6)
     for form in ("exponential", "focal"):
-        with pytest.raises(ValueError, match="UNVERIFIED"):
+        with pytest.raises(ValueError, match="unverified"):
             SeedConfig(alpha=1.0, f=form)
     with pytest.raises(ValueError, match="algorithm.seed.f"):
         SeedConfig(alpha=1.0, f="cubic")

@@ -1,4 +1,4 @@
-"""Per-token policy losses, one module per family (spec section 4).
+"""Per-token policy losses, one module per family (docs/algorithms.md §6).
 
 Every loss has the signature :data:`PolicyLossFn`: it takes :class:`TokenLossInputs` and its
 own frozen config dataclass, and returns ``(per_token_loss [n, T], metrics)``. Aggregation

@@ -1,6 +1,6 @@
 """The declared signatures of the token-loss family and the shared clipped surrogate.
 
-Base clipped surrogate (spec 0.7; PPO, Schulman et al. arXiv 1707.06347, Eq. 7; clip-higher
+Base clipped surrogate (docs/algorithms.md §6.1; PPO, Schulman et al. arXiv 1707.06347, Eq. 7; clip-higher
 from DAPO, arXiv 2503.14476, Eq. 10; dual clip from Ye et al. arXiv 1912.09729, Eq. 5):
 
     r      = exp(log π_θ − log π_old)
@@ -93,7 +93,7 @@ def clipped_surrogate(
     eps_high: torch.Tensor | float,
     dual_clip_c: float | None = None,
 ) -> Surrogate:
-    """Spec 0.7 on ``[n, T]`` tensors. ``eps_low``/``eps_high`` may be per-token tensors (HAPO)."""
+    """The clipped surrogate above on ``[n, T]`` tensors. ``eps_low``/``eps_high`` may be per-token tensors (HAPO)."""
     ratio = torch.exp(log_ratio)
     clipped_ratio = torch.clamp(ratio, min=1.0 - eps_low, max=1.0 + eps_high)
     unclipped_loss = -advantages * ratio

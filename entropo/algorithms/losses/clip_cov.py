@@ -1,4 +1,4 @@
-"""Clip-Cov: detach the gradient of a few high-covariance tokens (spec L2).
+"""Clip-Cov: detach the gradient of a few high-covariance tokens (docs/algorithms.md §6.3).
 
     Cov_i   = (log π_θ(y_i) − mean_j log π_θ(y_j)) · (A_i − mean_j A_j)     over valid tokens in scope
     C       = { i : ω_low < Cov_i < ω_high and i not clipped by the surrogate }
@@ -7,7 +7,7 @@
             = max( −A·r, −A·clip(r, 1−ε_low, 1+ε_high) )         otherwise   ("clipped" surrogate)
             = −A·r                                               otherwise   ("plain" surrogate)
 
-Selected tokens stay in the denominator (spec 0.3(b)); aggregate with token-mean. No dual clip.
+Selected tokens stay in the denominator (docs/algorithms.md §1, Masks (b)); aggregate with token-mean. No dual clip.
 
 - Paper: Cui et al., "The Entropy Mechanism of Reinforcement Learning for Reasoning
   Language Models", arXiv 2505.22617, Sec. 4 (Clip-Cov).
@@ -17,7 +17,8 @@ Selected tokens stay in the denominator (spec 0.3(b)); aggregate with token-mean
 
 Paper versus code: the code applies the clipped surrogate to the other tokens, and the
 official scripts set ε_low = ε_high = 1 (r clamped to [0, 2], nearly unclipped): that is
-our default. ``surrogate="plain"`` gives the paper text's ``−A·r``. With ε = 0.2 (verl's
+our default. ``surrogate="plain"`` gives the paper text's ``−A·r`` (not verified against the
+paper's equation). With ε = 0.2 (verl's
 config default) the method becomes "PPO + Clip-Cov", a different algorithm.
 
 Scope: the official code selects per micro-batch on each GPU (``stat_scope="micro"``), so
@@ -42,7 +43,7 @@ from entropo.algorithms.select import random_subset_mask
 
 @dataclass(frozen=True)
 class ClipCovConfig:
-    """Hyperparameters of Clip-Cov (spec L2; defaults: the paper's scripts)."""
+    """Hyperparameters of Clip-Cov (arXiv 2505.22617; defaults: the paper's scripts)."""
 
     clip_ratio: float = 2e-4
     """r_clip: fraction of valid tokens whose gradient is detached. Paper: 2e-4. In [0, 1]."""

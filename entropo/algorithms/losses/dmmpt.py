@@ -1,27 +1,28 @@
-"""UloRL DMMPT: mask well-mastered positive tokens while entropy is below a target (spec L7).
+"""UloRL DMMPT: mask well-mastered positive tokens while entropy is below a target (docs/algorithms.md §7.2).
 
     MPT_i = [A_i > 0] ∧ [π_θ(y_i) ≥ τ]                 (π_θ detached; A > 0 stands for R = 1)
     m'_i  = m_i · (1 − MPT_i · [H̄ < σ])
 
 H̄ is the step batch's token-mean π_old entropy, decided once per step (``inputs.step_entropy``).
-Masked tokens leave the aggregation denominator (spec 0.3(a)).
+Masked tokens leave the aggregation denominator (docs/algorithms.md §1, Masks (a)).
 
 - Paper: Du et al., "UloRL: An Ultra-Long Output RL Approach for Advancing LLMs' Reasoning
   Abilities", arXiv 2507.19766 (the DMMPT section; equation numbers not confirmed).
 - Official code: not released (https://github.com/liushulinle/ULORL at 5b07062 holds a README
-  only). The spec entry is [SECONDARY]: taken from write-ups quoting the paper.
+  only). The rule is not verified against the paper's text: it is taken from write-ups
+  quoting the paper.
 
 Deviations and open choices (none verified against the paper's PDF):
-- σ has no default ([UNVERIFIED]); one suggestion is the initial model's H̄. The config can be
+- σ has no default (no source we read gives one); one suggestion is the initial model's H̄. The config can be
   built without it, because the config schema instantiates every method's config, but
   :meth:`DmmptConfig.validate` (called by the mask itself, and by the config loader when
   ``dmmpt`` is selected) raises if it is unset.
 - "Positive response" is read as ``A > 0``; "π(y_i)" as π_θ of the training forward; H̄ as the
-  π_old step mean; masking as exclusion from the denominator. Each is the spec's stated choice.
+  π_old step mean; masking as exclusion from the denominator. Each is our choice.
 - The decision is per token (no batch statistic); ``stat_scope`` only says where the objective
   computes the mask: ``global`` (default) in the mini-batch preparation pass, so that the
-  aggregation denominator is counted after the mask over the whole mini-batch (spec section 7).
-- Validated: the spec's unit numbers (tests/algorithms/test_dmmpt.py). Not validated: training.
+  aggregation denominator is counted after the mask over the whole mini-batch (docs/algorithms.md §8).
+- Validated: hand-computed cases (tests/algorithms/test_dmmpt.py). Not validated: training.
 """
 
 from __future__ import annotations
@@ -38,13 +39,13 @@ from entropo.algorithms.registry import TOKEN_MASKS
 
 @dataclass(frozen=True)
 class DmmptConfig:
-    """Hyperparameters of DMMPT (spec L7)."""
+    """Hyperparameters of DMMPT (arXiv 2507.19766; docs/algorithms.md §7.2)."""
 
     tau: float = 0.99
     """τ: a positive token with π_θ(y) ≥ τ is "well mastered". Secondary sources: 0.99. In (0, 1]."""
 
     sigma: float | None = None
-    """σ: the entropy target; MPTs are masked while H̄ < σ. [UNVERIFIED], no default: must be
+    """σ: the entropy target; MPTs are masked while H̄ < σ. No source gives a value, so no default: must be
     set when ``dmmpt`` is used (e.g. the initial model's H̄). ≥ 0."""
 
     stat_scope: str = "global"
@@ -61,15 +62,15 @@ class DmmptConfig:
 
     @property
     def excludes_from_denominator(self) -> bool:
-        """Masked tokens leave the aggregation denominator (spec L7, 0.3(a))."""
+        """Masked tokens leave the aggregation denominator (docs/algorithms.md §1, Masks (a))."""
         return True
 
     def validate(self) -> None:
-        """Raise unless the config can run: σ must be set (spec L7 gives no default)."""
+        """Raise unless the config can run: σ must be set (no source gives a default)."""
         if self.sigma is None:
             raise ValueError(
                 "algorithm.dmmpt.sigma must be set: the entropy target of DMMPT has no verified "
-                "default (spec L7); e.g. use the initial model's mean token entropy"
+                "default; e.g. use the initial model's mean token entropy"
             )
 
 

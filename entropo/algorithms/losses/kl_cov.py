@@ -1,4 +1,4 @@
-"""KL-Cov: a KL penalty on the highest-covariance tokens (spec L3).
+"""KL-Cov: a KL penalty on the highest-covariance tokens (docs/algorithms.md §6.4).
 
     Cov_i = (log π_θ(y_i) − mean_j log π_θ(y_j)) · (A_i − mean_j A_j)      over valid tokens in scope
     S     = top k_n = max(1, ⌊k·N⌋) valid tokens by Cov (positive Cov is not required)
@@ -13,7 +13,7 @@ Aggregate with token-mean.
   (``loss_mode="kl_cov"``, b178a3cd5).
 
 Paper versus code: the code's per-token KL proxy is ``|log r|`` (ours); the paper writes
-``β·D_KL(π_old‖π_θ)``. The official scripts pass k as a percent (``k_percent = 0.2`` for
+``β·D_KL(π_old‖π_θ)`` (not verified against the paper's text). The official scripts pass k as a percent (``k_percent = 0.2`` for
 Qwen2.5-7B, divided by 100); ``k`` here is the fraction (2e-3). β = 1 is the paper's value;
 verl's config default of 0.1 is not.
 
@@ -37,7 +37,7 @@ from entropo.algorithms.select import top_k_mask
 
 @dataclass(frozen=True)
 class KLCovConfig:
-    """Hyperparameters of KL-Cov (spec L3; defaults: the paper, Qwen2.5-7B)."""
+    """Hyperparameters of KL-Cov (arXiv 2505.22617; defaults: the paper, Qwen2.5-7B)."""
 
     k: float = 2e-3
     """Fraction of valid tokens penalised. Paper: 2e-3 (7B), 2e-4 (32B). In [0, 1]."""

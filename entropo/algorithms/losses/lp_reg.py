@@ -1,4 +1,4 @@
-"""Lp-Reg: pull the least likely negative tokens towards a min-p proxy of π_old (spec L8).
+"""Lp-Reg: pull the least likely negative tokens towards a min-p proxy of π_old (docs/algorithms.md §6.6).
 
 Proxy, once per step from π_old's raw logits z (no grad; T the rollout temperature):
 
@@ -29,13 +29,14 @@ Deviations and conventions:
 - k3: the code's ``low_var_kl`` caps the per-token value at 10 (zero gradient beyond, i.e. for
   Δ > 2.61, π_proxy/π_θ > 13.6). We use :func:`entropo.algorithms.regularizers.kl_penalty`
   (``k3``), which has that cap and also clamps Δ to [−20, 20] before ``exp``; the Δ clamp
-  changes no value or gradient, since the cap is already active there. The spec's "Δ clamped
-  to [−10, 10]" is read as this cap (as in spec G5).
+  changes no value or gradient, since the cap is already active there. verl's ``low_var_kl``
+  clamps k3 to [−10, 10]; k3 ≥ 0, so only this cap acts (as for the reference KL,
+  docs/algorithms.md §9).
 - Ties in log π_θ at the n-th place are broken by position (earlier first); the code's
   ``topk`` picks arbitrarily.
 - Scope: ``micro`` (official code: each micro-batch on its own rank) or ``global``, where the
   learner runs :func:`lp_reg_select` once over the whole mini-batch.
-- Validated: the spec's unit numbers (tests/algorithms/test_lp_reg.py). Not validated: training.
+- Validated: hand-computed cases (tests/algorithms/test_lp_reg.py). Not validated: training.
 """
 
 from __future__ import annotations
@@ -98,7 +99,7 @@ def minp_proxy_logprobs(
 
 @dataclass(frozen=True)
 class LpRegConfig:
-    """Hyperparameters of Lp-Reg (spec L8; defaults: the Qwen3-14B scripts)."""
+    """Hyperparameters of Lp-Reg (arXiv 2510.03222; defaults: the Qwen3-14B scripts)."""
 
     kappa: float = 0.02
     """κ (``minp_p_threshold``): the proxy keeps tokens with p ≥ κ·max p. Qwen3-14B: 0.02

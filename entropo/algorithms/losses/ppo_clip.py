@@ -1,4 +1,5 @@
-"""PPO clipped surrogate with clip-higher, dual clip and a log-ratio clamp (spec 0.7, L1).
+"""PPO clipped surrogate with clip-higher, dual clip and a log-ratio clamp
+(docs/algorithms.md §6.2).
 
     r = exp(clamp(log π_θ − log π_old, −κ, κ))
     ℓ = max( −A·r, −A·clip(r, 1−ε_low, 1+ε_high) ),   then min(ℓ, −A·c) where A < 0 (dual clip)
@@ -40,7 +41,7 @@ from entropo.algorithms.registry import TOKEN_LOSSES
 
 @dataclass(frozen=True)
 class PPOClipConfig:
-    """Hyperparameters of the clipped surrogate (spec 0.7, L1)."""
+    """Hyperparameters of the clipped surrogate (docs/algorithms.md §6.2)."""
 
     eps_low: float = 0.2
     """ε_low: r is clipped below at 1 − ε_low. PPO/GRPO: 0.2. ≥ 0."""

@@ -1,4 +1,5 @@
-"""STEER: per-token weights from a first-order estimate of each token's entropy change (spec L6).
+"""STEER: per-token weights from a first-order estimate of each token's entropy change
+(docs/algorithms.md §7.3).
 
     p   = clamp(π_θ(y_i), 1e-8, 1 − 1e-8)        current prob of the sampled token (no grad)
     q   = clamp(π_old(y_i), 1e-8, 1)
@@ -10,7 +11,7 @@
     exponential:  κ = −ln(w_min) / max(Ω_max, 0.02),   w = clamp( exp(−κ·Ω), w_min, 1 )
 
 Ω_min and Ω_max are taken over the valid tokens of the scope. The objective multiplies the
-token loss by w (``ℓ_i ← w_i·ℓ_i``, spec 0.8 step 5.4); weights are not renormalised and carry
+token loss by w (``ℓ_i ← w_i·ℓ_i``, before the masks: docs/algorithms.md §8); weights are not renormalised and carry
 no gradient. Tokens predicted to move entropy the most get the smallest weight.
 
 - Paper: Hao et al., "Rethinking Entropy Interventions in RLVR: An Entropy Change
@@ -21,13 +22,13 @@ no gradient. Tokens predicted to move entropy the most get the smallest weight.
   ``run/run_exp.sh`` (exponential, w_min = 0.8) and ``run/run_linear.sh`` (linear, [0.8, 1.2]).
 
 Deviations and conventions:
-- Scope: the official code takes Ω_min/Ω_max over one micro-batch on one rank (``micro``, our
-  default). ``global`` takes them over the reducer's scope (the whole mini-batch across ranks),
+- Scope: the official code takes Ω_min/Ω_max over one micro-batch on one rank (``micro``).
+  ``global`` (our default) takes them over the reducer's scope (the whole mini-batch across ranks),
   so the weights do not change with micro-batch size or GPU count.
 - Weights are 0 on masked positions, as in the code (they never reach the loss).
-- The base loss is the caller's (the code uses the 0.7 surrogate with dual clip); this module
-  computes the weights only, so they compose with any token loss (spec section 7).
-- Validated: the spec's unit numbers (tests/algorithms/test_steer.py). Not validated: training.
+- The base loss is the caller's (the code uses the clipped surrogate with dual clip); this module
+  computes the weights only, so they compose with any token loss (docs/algorithms.md §8).
+- Validated: hand-computed cases (tests/algorithms/test_steer.py). Not validated: training.
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ SCHEMES = ("linear", "exponential")
 
 @dataclass(frozen=True)
 class SteerConfig:
-    """Hyperparameters of STEER token weights (spec L6; defaults: ``run_exp.sh``)."""
+    """Hyperparameters of STEER token weights (arXiv 2510.10150; defaults: ``run_exp.sh``)."""
 
     scheme: str = "exponential"
     """``exponential`` (``run_exp.sh``) or ``linear`` (``run_linear.sh``)."""
