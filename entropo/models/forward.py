@@ -1,7 +1,7 @@
 """Log-probs and entropies of response tokens under a causal LM, at the rollout temperature.
 
 Shared by the learner (π_old, π_ref and π_θ passes) and by the rollout engine's scoring, so
-that both compute the same numbers the same way (spec 0.2: logits / T, fp32). Methods that
+that both compute the same numbers the same way (logits / T, fp32: docs/algorithms.md §3). Methods that
 need another per-token quantity of the logits (Lp-Reg's min-p proxy, SIREN's top-p entropy)
 pass it as an ``extras`` function, evaluated on the same logits without a second forward.
 """

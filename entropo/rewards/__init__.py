@@ -23,10 +23,10 @@ Built-ins (options under ``reward.<name>``):
 | ``embedded`` | sample | the embedded addition task | embedded |
 | ``format`` | sample | ``<think>…</think>`` then a non-empty answer | think_format |
 | ``code`` | sample | run the program on JSON test cases in a sandbox | code_exec, sandbox |
-| ``pear`` | sample | PEAR phase-entropy reward (spec R3); needs the tokenizer and π_old entropies | pear |
-| ``empo`` | group | EMPO semantic-cluster reward (spec R4), unsupervised | empo |
+| ``pear`` | sample | PEAR phase-entropy reward (arXiv 2510.08026); needs the tokenizer and π_old entropies | pear |
+| ``empo`` | group | EMPO semantic-cluster reward (arXiv 2504.05812), unsupervised | empo |
 
-DAPO overlong shaping (spec R2) is not here: the controller adds it as the ``overlong``
+DAPO overlong shaping (docs/algorithms.md §10) is not here: the controller adds it as the ``overlong``
 component.
 
 Metrics returned in ``RewardResult.metrics`` (the controller adds ``reward/mean`` and
@@ -43,9 +43,9 @@ Metrics returned in ``RewardResult.metrics`` (the controller adds ``reward/mean`
 | ``reward/workers_replaced`` | workers killed for a timeout, or found dead, and restarted |
 | ``reward/quarantined`` | functions not run on the rest of the batch: most of their calls (at least 3) ended their worker |
 | ``reward/workers_recycled`` | Ray workers restarted because their resident memory grew by more than ``worker_memory_growth_mb`` |
-| ``reward/pear/h_think_correct``, ``…_wrong``, ``reward/pear/h_answer_correct``, ``…_wrong`` | mean phase entropies by correctness (spec R3) |
+| ``reward/pear/h_think_correct``, ``…_wrong``, ``reward/pear/h_answer_correct``, ``…_wrong`` | mean phase entropies by correctness |
 | ``reward/pear/p_mean``, ``reward/pear/p_pos_frac_correct``, ``reward/pear/p_gt1_frac`` | mean P; correct responses with P > 0; responses with P > 1 |
-| ``reward/empo/se_mean``, ``reward/empo/gated_frac``, ``reward/empo/majority_p_mean`` | mean semantic entropy per prompt; prompts gated off; majority-cluster probability (spec R4) |
+| ``reward/empo/se_mean``, ``reward/empo/gated_frac``, ``reward/empo/majority_p_mean`` | mean semantic entropy per prompt; prompts gated off; majority-cluster probability |
 | ``reward/code/pass_frac``, ``reward/code/isolated`` | mean fraction of test cases passed; fraction run with namespace isolation |
 | ``reward/<name>/<key>`` | mean of any other numeric key a custom function's dict returns |
 """

@@ -112,7 +112,7 @@ class RewardResult:
             (0, 1, ... in order of first appearance; equivalent answers share an id; the
             empty answer is a cluster too). Filled by the first group reward that reports
             ``"cluster"`` (EMPO) or, with ``reward.cluster_answers``, by a clustering pass;
-            ``-1`` where nothing computed one. SEED-GRPO (spec A5) and EMPO read it.
+            ``-1`` where nothing computed one. SEED-GRPO (docs/algorithms.md §4.3) and EMPO read it.
         metrics: flat ``reward/...`` metrics (floats), see the package docstring.
         failures: one entry per function that fell back on any sample, in ``reward.fns``
             order.

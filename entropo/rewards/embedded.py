@@ -1,4 +1,4 @@
-"""The ``embedded`` reward: the embedded addition task's exact-match check (spec R1, 0/1).
+"""The ``embedded`` reward: the embedded addition task's exact-match check (0/1).
 
 ``score = acc = 1`` when the text after the last ``</think>`` is exactly the sum (see
 :mod:`entropo.data.embedded`), else 0, also when ``</think>`` is missing.

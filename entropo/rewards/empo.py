@@ -1,4 +1,4 @@
-"""The ``empo`` reward: EMPO semantic-cluster reward, fully unsupervised (spec R4).
+"""The ``empo`` reward: EMPO semantic-cluster reward, fully unsupervised.
 
 Paper: Zhang et al., "Right Question is Already Half the Answer: Fully Unsupervised LLM
 Reasoning Incentivization", arXiv 2504.05812. Code: github.com/QingyangZhang/EMPO @ c5eccd4
@@ -13,10 +13,10 @@ For the ``G`` responses of one prompt:
           = empty_score      if â_i = ''          (0 in the math variant)
           = 0                if SE ≥ ln G         (all answers distinct: no signal)
 
-Then standard GRPO advantages (spec A1). The gate ``SE < ln G`` is evaluated as "fewer
+Then standard GRPO advantages (docs/algorithms.md §4). The gate ``SE < ln G`` is evaluated as "fewer
 clusters than responses", which is the same condition (SE reaches ln G only when all ``G``
 answers are distinct) without floating-point ties. Empty answers form one cluster and count
-in ``G``; ``G = 1`` is always gated off (spec edge cases).
+in ``G``; ``G = 1`` is always gated off (``SE = 0 = ln 1``, so ``SE < ln G`` fails).
 
 Clustering is greedy in batch order: an answer joins the first cluster whose first member
 it is equivalent to (math: equal after normalisation, or ``math_verify.verify``; embedded:
@@ -130,7 +130,7 @@ def math_equivalence(timeout_s: int = 5) -> Callable[[str, str], bool]:
 
 def empo_rewards(cluster_ids: list[int], empty: list[bool], empty_score: float = 0.0
                  ) -> tuple[list[float], float, bool, float]:
-    """Spec R4 rewards of one group from its cluster ids.
+    """EMPO rewards of one group from its cluster ids (the formula in the module docstring).
 
     Args:
         cluster_ids: ``[G]`` cluster id of each response.
@@ -156,7 +156,7 @@ def empo_rewards(cluster_ids: list[int], empty: list[bool], empty_score: float =
 
 
 def summarise(extras: dict[str, torch.Tensor], acc: torch.Tensor, group_ids: torch.Tensor) -> dict[str, float]:
-    """Spec R4 metrics, one value per group (each group's first response carries it).
+    """EMPO's metrics (docs/metrics.md), one value per group (each group's first response carries it).
 
     Args:
         extras: ``se``, ``gated``, ``majority_p`` as ``[N]`` (NaN where a call failed).

@@ -1,4 +1,4 @@
-"""The ``math`` reward: extract a final answer and check it against the ground truth (spec R1).
+"""The ``math`` reward: extract a final answer and check it against the ground truth.
 
 ``score = correct_score`` when the extracted answer is equivalent to the ground truth, else
 ``wrong_score`` (PEAR, SEED: 1/0; DAPO's ``math_dapo``: +1/−1 on the last 300 characters,

@@ -1,9 +1,10 @@
-"""The ``pear`` reward: PEAR, Phase Entropy Aware Reward (spec R3).
+"""The ``pear`` reward: PEAR, Phase Entropy Aware Reward.
 
 Paper: Huang, Lu, Zhang, "PEAR: Phase Entropy Aware Reward for Efficient Reasoning",
 arXiv 2510.08026, Eqs. 5–7. Official code (github.com/iNLP-Lab/PEAR) was not available;
-the formula is the spec's, from a paper-note write-up confirmed by the OpenReview reviews
-([SECONDARY] in the spec).
+the formula is not verified against the paper's text: it comes from a paper-note write-up
+quoting Eqs. 5–7, and the OpenReview reviews confirm its max(·) term, the α on H̄_answer, the
+π_old entropies and the rule for a missing ``</think>``.
 
     k          = position of the first ``</think>`` token in the response ids
     H̄_think   = mean_{t<k} H_t          (the ``</think>`` token itself is in neither phase)
@@ -13,7 +14,7 @@ the formula is the spec's, from a paper-note write-up confirmed by the OpenRevie
                = r_fmt              otherwise (wrong or unparseable)
 
 ``H_t`` is the π_old token entropy at the rollout temperature (``Sample.entropy``, computed
-by the learner forward before the reward stage; spec 0.8). Edge cases (spec): no
+by the learner forward before the reward stage). Edge cases: no
 ``</think>`` → every token is "think" and ``H̄_answer = 0``; ``</think>`` last →
 ``H̄_answer = 0``; ``</think>`` first → ``H̄_think = 0``. ``r`` goes below 0 when ``P > 1``
 (faithful mode); ``pear_clip_min`` clips it from below.
@@ -162,7 +163,7 @@ def _acc(out) -> float:
 
 
 def summarise(extras: dict[str, torch.Tensor], acc: torch.Tensor, group_ids: torch.Tensor) -> dict[str, float]:
-    """Spec R3 metrics over the responses PEAR scored.
+    """PEAR's metrics over the responses it scored (docs/metrics.md).
 
     Args:
         extras: ``h_think``, ``h_answer``, ``p`` as ``[N]`` (NaN where a call failed).

@@ -6,15 +6,16 @@ draws, with several runs overlaid (one colour per run):
 
 (a) ``entropy/mean`` vs step, with the ``entropy/p80``–``entropy/p95`` band when logged;
 (b) ``reward/mean`` and ``eval/pass@1`` vs step;
-(c) accuracy vs ``entropy/mean`` with the entropy–performance law ``R = −a·e^H + b`` (spec D3;
-    Cui et al., arXiv 2505.22617, abstract and Sec. 2) fitted per run by
+(c) accuracy vs ``entropy/mean`` with the entropy–performance law ``R = −a·e^H + b`` (Cui et al.,
+    arXiv 2505.22617, abstract and Sec. 2; docs/algorithms.md §12) fitted per run by
     :func:`entropo.algorithms.diagnostics.fit_entropy_law` on all points, and its predicted
     ceiling ``R(H=0) = b − a``, only for a fit with R² ≥ ``MIN_LAW_R2`` (0.5);
 (d) phase entropy: ``entropy/think`` / ``entropy/answer`` and ``entropy/correct`` /
-    ``entropy/wrong`` (spec D1);
+    ``entropy/wrong`` (docs/metrics.md);
 (e) the token fractions of each active control (keys ending in ``_frac`` outside the
     always-logged namespaces, e.g. ``clip_cov/selected_frac``, ``entropy_mask/keep_frac``);
-(f) Ĉ (``cov/mean``) and predicted vs realised entropy change (spec D2);
+(f) Ĉ (``cov/mean``) and predicted vs realised entropy change (the covariance identity of
+    Cui et al., arXiv 2505.22617; docs/algorithms.md §12);
 
 (g) with seed groups (``write_report(..., groups=...)``, e.g. the multi-seed mechanism study):
     each group's ``entropy/mean`` and ``eval/pass@1`` as the mean over its runs at the steps
@@ -30,9 +31,11 @@ Choices, stated once:
   whose keys no run logs is skipped with a note in the HTML, and so is a run's curve.
 - Law points pair ``entropy/mean`` and the accuracy logged at the same step. The accuracy is
   ``eval/pass@1`` when it gives at least ``LAW_MIN_POINTS`` such pairs, else
-  ``reward/accuracy`` (training accuracy, which the spec allows); the legend names the source.
+  ``reward/accuracy`` (training accuracy, a stand-in when evaluations are too few); the legend
+  names the source.
   Evaluation at step k follows update k, while ``entropy/mean`` at step k is π_old's, before
-  it: a one-update offset the paper's protocol does not settle (spec D3 is [SECONDARY]).
+  it: a one-update offset. Which pairing the paper fits was not verified against the paper's
+  text.
 - The law abstains, drawing the points but no curve, no extrapolation and no ceiling, and the
   plot and table say why (``no fit: R² 0.04 …``), when it has fewer than ``LAW_MIN_POINTS``
   points, constant entropy, or R² < ``MIN_LAW_R2`` = 0.5: the ceiling is an extrapolation
@@ -597,10 +600,10 @@ def plot_seed_bands(c: Ctx) -> Figure | str:
 PLOTS: tuple[tuple[str, str, Callable[[Ctx], Figure | str]], ...] = (
     ("entropy", "Token entropy", plot_entropy),
     ("reward", "Reward and accuracy", plot_reward),
-    ("law", "Entropy–performance law (spec D3)", plot_law),
-    ("phase_entropy", "Phase entropy (spec D1)", plot_phase),
+    ("law", "Entropy–performance law (arXiv 2505.22617)", plot_law),
+    ("phase_entropy", "Phase entropy", plot_phase),
     ("controls", "Control token fractions", plot_controls),
-    ("covariance", "Covariance Ĉ and entropy change (spec D2)", plot_covariance),
+    ("covariance", "Covariance Ĉ and entropy change (arXiv 2505.22617)", plot_covariance),
     ("seed_bands", "Seed groups: mean ± standard error", plot_seed_bands),
 )
 """(PNG stem, HTML heading, plot function), in report order."""

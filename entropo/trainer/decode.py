@@ -16,7 +16,8 @@ draws from the same distribution, but in another order of random draws, so a see
 samples than ``generate`` would.
 
 Sampling at step t (``z`` the raw logits of the next token):
-- ``scores = scale(z)`` when a per-token temperature is given (HAPO S2), else ``z / T``;
+- ``scores = scale(z)`` when a per-token temperature is given (HAPO's adaptive temperature),
+  else ``z / T``;
 - top-p (nucleus): keep the most probable tokens up to the first whose cumulative probability
   reaches ``top_p`` (always at least one), the rule of Holtzman et al. 2020 and of
   ``transformers``' ``TopPLogitsWarper``;
@@ -97,7 +98,8 @@ def sample(
         max_new_tokens: most tokens per response, EOS included.
         eos_id: ends a response (kept in it); None: every response runs to ``max_new_tokens``.
         pad_id: fills a response after its EOS.
-        scale: per-token temperature, ``z -> scores`` (replaces ``z / T``; HAPO S2).
+        scale: per-token temperature, ``z -> scores`` (replaces ``z / T``; HAPO's adaptive
+            temperature).
         on_step: called after every decode step (the worker's elastic threads).
 
     Randomness comes from torch's global generator (the caller seeds it).

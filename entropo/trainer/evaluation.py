@@ -7,7 +7,7 @@
   text after the last ``</think>`` (or the whole response when there is none), stripped.
 
 Validation reports plain correctness (the reward functions' ``acc``), never a shaped reward
-(spec R3: "validation should use plain accuracy").
+such as PEAR's: a shaped reward mixes correctness with what it shapes (length, entropy).
 """
 
 from __future__ import annotations

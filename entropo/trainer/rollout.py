@@ -39,7 +39,8 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     seed: int = 0
     hapo_temperature: tuple[float, bool, float, float, float, float] | None = None
-    """HAPO S2: ``(τ, code_compat, μ, σ, s⁺, s⁻)`` of the previous step; None samples at T."""
+    """HAPO's adaptive temperature: ``(τ, code_compat, μ, σ, s⁺, s⁻)`` of the previous step; None
+    samples at T."""
 
 
 @dataclass
@@ -179,7 +180,7 @@ class EveryStep(StoppingCriteria):
 
 
 class AdaptiveTemperature:
-    """HAPO's per-token temperature (spec S2) as a ``transformers`` logits processor:
+    """HAPO's per-token temperature (docs/algorithms.md §11.1) as a ``transformers`` logits processor:
     ``T_t = T·(1 + τ·clip(ĥ_t, −1, 1))`` from the entropy of the raw decode-step logits."""
 
     def __init__(self, params: SamplingParams) -> None:
