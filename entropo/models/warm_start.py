@@ -305,8 +305,9 @@ def _build_tiny_qwen2_addition(directory: Path) -> None:
     overrides the steps.
 
     One thread makes the float reductions, hence the weights and the step at which the stop
-    rule fires, the same on every machine; two threads gave a different model per machine
-    load (version 1), so runs with equal seeds were not comparable across machines.
+    rule fires, the same on every machine; with two threads the model depends on the machine's
+    load, and runs with equal seeds are not comparable across machines. The version is bumped
+    whenever the built model changes, so a cached model of another version is rebuilt.
     """
     settings = dict(DEFAULTS)
     if os.environ.get(STEPS_ENV):

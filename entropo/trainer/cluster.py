@@ -406,9 +406,9 @@ def actor_max_threads(cfg: TrainConfig, kind: str, slot: Slot, single_node: bool
 
 CPU_MALLOC_KEEP_BYTES = 1 << 30
 """glibc's mmap and trim thresholds in CPU actors: allocations below 1 GiB come from the heap and
-up to 1 GiB of freed heap stays mapped. With the defaults, every step's KV cache, logits and
-activations of tens of MB were fresh mmaps, zeroed page by page by the kernel and unmapped on
-free: ~12% of the rollout's decode time on the embedded task. The cost: freed memory is not
+up to 1 GiB of freed heap stays mapped. With glibc's defaults, every step's KV cache, logits and
+activations of tens of MB are fresh mmaps, zeroed page by page by the kernel and unmapped on
+free: ~12% of the rollout's decode time on the embedded task (measured). The cost: freed memory is not
 handed back to the OS (an actor keeps its peak)."""
 
 

@@ -131,10 +131,10 @@ def test_resolving_registers_the_warm_start(monkeypatch):
 
 
 def test_accuracy_generates_without_the_length_warning(monkeypatch):
-    """transformers logged "Both `max_new_tokens` (=64) and `max_length`(=256) seem to have been
-    set" at every generate call of the warm start (16 lines on a first run): the model's
-    generation_config keeps max_length=256 and accuracy() passed max_new_tokens. Now it passes
-    the same limit as max_length; the tokens are those of max_new_tokens."""
+    """transformers logs "Both `max_new_tokens` (=64) and `max_length`(=256) seem to have been
+    set" at a generate call given max_new_tokens while the model's generation_config keeps
+    max_length=256 (16 lines on a first run of the warm start). accuracy() passes the same limit
+    as max_length, so nothing is logged; the tokens are those of max_new_tokens."""
     tokenizer = build_char_tokenizer()
     model = build_tiny_model(tokenizer, **SMALL)
     assert model.generation_config.max_length == 256  # the saved limit behind the warning
