@@ -1,4 +1,4 @@
-"""Outcome advantage estimators: spec numbers, edge cases, loop references, rank split."""
+"""Outcome advantage estimators: hand-computed numbers, edge cases, loop references, rank split."""
 
 from __future__ import annotations
 
@@ -98,7 +98,7 @@ def _random_batch(seed, dtype=torch.float64, binary=False):
     return rewards[perm], ids[perm], mask[perm]
 
 
-# ---------------------------------------------------------------- spec numbers (A1, A2)
+# ---------------------------------------------------------------- hand-computed numbers (GRPO, Dr.GRPO)
 
 
 def test_grpo_spec_numbers():

@@ -1,4 +1,4 @@
-"""AEPO (spec S3/G4): temperature switch, number of injected samples, the row replacement plan."""
+"""AEPO (arXiv 2510.08141): temperature switch, number of injected samples, the row replacement plan."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from tests.fake_ranks import run_split
 
 
 def test_temperature_spec_cases():
-    # Spec S3: Ĥ = 0.4 ≤ 0.5 → T' = 1.2; Ĥ = 0.6 > 0.5 → T' = 0.8; Ĥ = H_tgt counts as low (code: <=).
+    # Ĥ = 0.4 ≤ 0.5 → T' = 1.2; Ĥ = 0.6 > 0.5 → T' = 0.8; Ĥ = H_tgt counts as low (code: <=).
     assert aepo_temperature(0.4, 0.5) == 1.2
     assert aepo_temperature(0.6, 0.5) == 0.8
     assert aepo_temperature(0.5, 0.5) == 1.2
@@ -29,7 +29,7 @@ def test_temperature_spec_cases():
 
 
 def test_num_injected():
-    # Spec G4: Ĥ = 0.6 > 0.5, 90 positives: ⌊min(60, 90)/2⌋ = 30.
+    # Ĥ = 0.6 > 0.5, 90 positives: ⌊min(60, 90)/2⌋ = 30.
     assert aepo_num_injected(0.6, 0.5, 60, 90) == 30
     assert aepo_num_injected(0.4, 0.5, 60, 90) == 60
     assert aepo_num_injected(0.4, 0.5, 60, 41) == 41

@@ -1,4 +1,4 @@
-"""CANON (spec A4): spec numbers, edge cases, the official loop as reference, uniform call."""
+"""CANON (arXiv 2509.23962): hand-computed numbers, edge cases, the official loop as reference, uniform call."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from entropo.algorithms.reduce import LOCAL
 from entropo.algorithms.registry import ADVANTAGES
 from tests.fake_ranks import run_split
 
-# Spec A4: R = [1,0,1,1], h = [0.2, 0.9, 0.5, 1.2]; L = {0, 2} (m_L = 1.0), U = {1, 3} (m_U = 0.5).
+# Hand case: R = [1,0,1,1], h = [0.2, 0.9, 0.5, 1.2]; L = {0, 2} (m_L = 1.0), U = {1, 3} (m_U = 0.5).
 R = torch.tensor([1.0, 0.0, 1.0, 1.0], dtype=torch.float64)
 H = torch.tensor([0.2, 0.9, 0.5, 1.2], dtype=torch.float64)
 ONE_GROUP = torch.zeros(4, dtype=torch.long)
@@ -64,7 +64,7 @@ def _random_batch(seed):
     return rewards[perm], ids[perm], h[perm]
 
 
-# ---------------------------------------------------------------- spec numbers
+# ---------------------------------------------------------------- hand-computed numbers
 
 
 @pytest.mark.parametrize(
@@ -142,7 +142,7 @@ def test_ties_broken_by_batch_order():
 
 
 def test_length_metric_needs_no_entropy():
-    # Lengths [1, 4, 2, 3] order like H: L = {0, 2}, U = {1, 3}: the spec's μ = 1 numbers.
+    # Lengths [1, 4, 2, 3] order like H: L = {0, 2}, U = {1, 3}: the hand case's μ = 1 numbers.
     _, mask = _tokens(H, [1, 4, 2, 3])
     adv, _ = canon(R, ONE_GROUP, CanonConfig(metric="length"), mask=mask)
     torch.testing.assert_close(adv, torch.tensor([0.5, -1.0, 0.5, 0.0], dtype=torch.float64))

@@ -47,7 +47,7 @@ def test_draws_at_most_n_clip_among_many_candidates():
 
 
 def test_degenerate_scope_selects_nothing():
-    # One sequence: A is constant, Cov == 0, no candidate in (1, 5): a silent no-op (spec edge case)
+    # One sequence: A is constant, Cov == 0, no candidate in (1, 5): a silent no-op (docs/algorithms.md §1)
     logp = torch.tensor([[-0.1, -2.0, -0.5]])
     inp = TokenLossInputs(logp, logp, torch.ones(1, 3), torch.ones(1, 3), generator=torch.Generator())
     selected, _ = clip_cov_select(inp, ClipCovConfig())

@@ -1,4 +1,4 @@
-"""Tests for entropy diagnostics (spec D1, D2, D3): hand cases, spec numbers, rank splits."""
+"""Tests for entropy diagnostics (docs/algorithms.md §12): hand cases, rank splits."""
 
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ def close(actual, expected, atol=1e-12):
     )
 
 
-# Spec L2 batch: mean A = 0, mean log π = −6.8/6 = −1.133333, so
+# The Clip-Cov hand batch: mean A = 0, mean log π = −6.8/6 = −1.133333, so
 # Cov = A·(log π + 6.8/6) = [[31, −26, 19], [−28, 56, −4]] / 30.
 L2_A = torch.tensor([[1.0, 1.0, 1.0], [-1.0, -1.0, -1.0]], dtype=F64)
 L2_LOGP = torch.tensor([[-0.1, -2.0, -0.5], [-0.2, -3.0, -1.0]], dtype=F64)
@@ -72,7 +72,7 @@ def assert_metrics_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor])
         assert torch.equal(a[key], b[key]), key
 
 
-# ---------------------------------------------------------------- D2: token covariance
+# ---------------------------------------------------------------- covariance: token covariance
 
 
 def test_token_covariance_spec_l2_batch():
@@ -162,7 +162,7 @@ def test_covariance_metrics_empty_and_one_sign():
     close(m["cov/mean"], 0.0)
 
 
-# ---------------------------------------------------------------- D2: state-level identity
+# ---------------------------------------------------------------- covariance: state-level identity
 
 Z = torch.tensor([2.0, 1.0, 0.0], dtype=F64)
 A = torch.tensor([1.0, 0.0, -1.0], dtype=F64)
@@ -220,7 +220,7 @@ def test_identity_batched_states_match_single_states():
     assert (pred - exact_entropy_change(logits, delta)).abs().max() < 1e-5
 
 
-# ---------------------------------------------------------------- D2: trailing-window fit
+# ---------------------------------------------------------------- covariance: trailing-window fit
 
 
 def test_fit_entropy_change_hand_case():
@@ -263,7 +263,7 @@ def test_fit_entropy_change_not_available_and_bad_args():
         fit_entropy_change([0.1, 0.2, 0.3], [1.0, 0.9, 0.8], window=1)
 
 
-# ---------------------------------------------------------------- D3: entropy–performance law
+# ---------------------------------------------------------------- entropy–performance law
 
 LAW_H = [0.6, 0.4, 0.2, 0.1]
 LAW_R = [1.0 - 0.5 * math.exp(h) for h in LAW_H]  # exact in float64
@@ -334,7 +334,7 @@ def test_law_too_few_points_constant_h_and_bad_args():
         extrapolation_error(fit, [], [])
 
 
-# ---------------------------------------------------------------- D1: entropy logging
+# ---------------------------------------------------------------- entropy logging
 
 
 def test_quantile_linear_interpolation_hand_numbers():

@@ -1,4 +1,4 @@
-"""UloRL DMMPT token mask (spec L7): spec numbers, gate, σ validation, denominator exclusion."""
+"""UloRL DMMPT token mask (arXiv 2507.19766): hand-computed numbers, gate, σ validation, denominator exclusion."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ def _inp(p, adv, step_entropy, mask=None):
                            step_entropy=step_entropy)
 
 
-# Spec L7: τ = 0.99, σ = 0.3. Two positive-response tokens with p = [0.995, 0.5] and one
+# Hand case: τ = 0.99, σ = 0.3. Two positive-response tokens with p = [0.995, 0.5] and one
 # negative-response token with p = 0.999.
 SPEC_P = [0.995, 0.5, 0.999]
 SPEC_A = [1.0, 1.0, -1.0]

@@ -1,4 +1,4 @@
-"""DAPO dynamic sampling (spec S1): group filter, metrics, accumulation."""
+"""DAPO dynamic sampling (arXiv 2503.14476): group filter, metrics, accumulation."""
 
 from __future__ import annotations
 

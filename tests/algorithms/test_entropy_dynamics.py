@@ -1,4 +1,4 @@
-"""D5: the entropy discriminator S and the predicted entropy change (arXiv 2602.03392)."""
+"""The entropy discriminator S and the predicted entropy change (arXiv 2602.03392)."""
 
 import math
 
@@ -70,7 +70,7 @@ def test_theorem_3_2_single_logit():
 
 def test_theorem_3_3_sampled_token_step_and_the_vocabulary_baseline():
     # a step Δz_b = α·A·(1[b=a] − π_b) changes H by −α·A·(S_a − E_π[S]) to first order;
-    # the first-order form agrees with the covariance identity (D2) to rounding
+    # the first-order form agrees with the covariance identity to rounding
     torch.manual_seed(2)
     z = torch.randn(6, 13, dtype=torch.float64)
     a = torch.randint(0, 13, (6,))

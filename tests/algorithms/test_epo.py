@@ -1,4 +1,4 @@
-"""EPO (spec G3): faithful corridor (value shift only), differentiable variant, β_k, history."""
+"""EPO (arXiv 2509.22576): faithful corridor (value shift only), differentiable variant, β_k, history."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from entropo.algorithms.epo import (
 from entropo.algorithms.regularizers import entropy_bonus
 from tests.fake_ranks import run_split
 
-# Spec G3: token entropies [0.5, 3.0], H̄ = 1, κ = (0, 2), α = 0.05, β_k = 1, c_s = 1, λ = 0.001.
+# Hand case: token entropies [0.5, 3.0], H̄ = 1, κ = (0, 2), α = 0.05, β_k = 1, c_s = 1, λ = 0.001.
 SPEC_CFG = EpoConfig(enable_smooth_weights=False)
 MASK = torch.ones(1, 2)
 
@@ -27,7 +27,7 @@ def _h():
     return torch.tensor([[0.5, 3.0]], dtype=torch.float64, requires_grad=True)
 
 
-# ---------------------------------------------------------------- spec numbers
+# ---------------------------------------------------------------- hand-computed numbers
 
 
 def test_faithful_spec_numbers():

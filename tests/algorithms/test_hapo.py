@@ -1,4 +1,4 @@
-"""HAPO (spec S2, A3, L5): spec numbers, edge cases, loop references, rank split, gradients."""
+"""HAPO (temperature, advantage, clip): hand-computed numbers, edge cases, loop references, rank split, gradients."""
 
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ def _h(values=SPEC_H, dtype=torch.float64):
     return torch.tensor([values], dtype=dtype)
 
 
-# ------------------------------------------------------------------------------ ĥ and S2
+# ------------------------------------------------------------- ĥ and the adaptive temperature
 
 
 def test_spec_s2_statistics_and_h_hat():
@@ -48,7 +48,7 @@ def test_spec_s2_statistics_and_h_hat():
     assert stats.sigma.item() == pytest.approx(SIGMA, abs=1e-12)
     assert stats.sigma.item() == pytest.approx(2.371118, abs=1e-6)
     torch.testing.assert_close(h_hat[0], torch.tensor(H_HAT_SIGNED, dtype=torch.float64), atol=1e-12, rtol=0)
-    # The spec prints three decimals, hence the 5e-4 tolerance against its literal numbers.
+    # Three-decimal hand values, hence the 5e-4 tolerance against these literal numbers.
     spec_h = torch.tensor([-1.942, -1.263, -0.679, -0.292, 0.0, 0.292], dtype=torch.float64)
     torch.testing.assert_close(torch.log(_h()[0]) / stats.sigma, spec_h, atol=5e-4, rtol=0)
     spec_signed = torch.tensor([-1, -0.651, -0.349, -0.151, 0, 1], dtype=torch.float64)
@@ -160,7 +160,7 @@ def test_h_hat_matches_reference_on_random_inputs(code_compat):
         torch.testing.assert_close(ours, _reference_h_hat(h, mask, 0.8, code_compat), atol=1e-12, rtol=0)
 
 
-# ------------------------------------------------------------------------------------ L5
+# ------------------------------------------------------------------------- adaptive clip
 
 
 def test_spec_l5_bounds_zone_and_redistribution():
@@ -174,11 +174,11 @@ def test_spec_l5_bounds_zone_and_redistribution():
     torch.testing.assert_close(eps_high, torch.tensor([0.4, 0.4, 0.2, 0.2], dtype=torch.float64))
     torch.testing.assert_close(eps_low, torch.tensor([0.2, 0.2, 0.330103, 0.330103], dtype=torch.float64), atol=1e-6, rtol=0)
     torch.testing.assert_close(adv, torch.tensor([1.0, 2.0, 0.349485, 1.0], dtype=torch.float64), atol=1e-6, rtol=0)
-    assert eps_low[2].item() == pytest.approx(0.3302, abs=1e-4)  # the spec's rounded value
+    assert eps_low[2].item() == pytest.approx(0.3302, abs=1e-4)  # the hand value, rounded to 4 decimals
 
 
 def test_spec_l5_loss_uses_the_adapted_bounds():
-    # One sequence with the spec entropies; log r chosen per token, A = 1 except where noted.
+    # One sequence with the hand case's entropies; log r chosen per token, A = 1 except where noted.
     r = [1.0, 1.15, 1.0, 1.0, 1.0, 1.25]
     a = [1.0, 1.0, -1.0, 1.0, 1.0, 1.0]
     old = torch.tensor([[-math.log(v) for v in r]])
@@ -240,7 +240,7 @@ def test_l5_gradient_flows_through_the_ratio_only():
     inp = TokenLossInputs(logp, old, torch.ones(1, 6), torch.ones(1, 6), entropy=entropy)
     loss, _ = hapo_clip_loss(inp, HapoClipConfig())
     g_logp, g_h = torch.autograd.grad(loss.sum(), [logp, entropy], allow_unused=True)
-    assert g_h is None  # ĥ carries no gradient (spec 0.4)
+    assert g_h is None  # ĥ carries no gradient
     # unclipped tokens: d(−A'·r)/dlog π_θ = −A'·r; A' = [0, 0.349485, 0.650515, 0.849485, 1, 2]
     expected = torch.tensor([[0.0, -0.349485, -0.650515, -0.849485, -1.0, -2.5]])
     torch.testing.assert_close(g_logp, expected, atol=1e-5, rtol=0)
@@ -282,7 +282,7 @@ def test_hapo_clip_is_registered_and_validated():
         hapo_clip_loss(TokenLossInputs(torch.zeros(1, 1), torch.zeros(1, 1), torch.zeros(1, 1), torch.ones(1, 1)), HapoClipConfig())
 
 
-# ------------------------------------------------------------------------------------ A3
+# ------------------------------------------------------------------- token-level advantage
 
 
 def test_spec_a3_token_weighted_group():
@@ -293,14 +293,14 @@ def test_spec_a3_token_weighted_group():
     sigma = math.sqrt((2 * (2 / 3) ** 2 + 4 * (1 / 3) ** 2) / 6)
     assert sigma == pytest.approx(0.471405, abs=1e-6)
     torch.testing.assert_close(adv, torch.tensor([(2 / 3) / (sigma + 1e-6), (-1 / 3) / (sigma + 1e-6)]), atol=1e-6, rtol=0)
-    torch.testing.assert_close(adv, torch.tensor([1.414211, -0.707105]), atol=2e-6, rtol=0)  # spec's 6 decimals
+    torch.testing.assert_close(adv, torch.tensor([1.414211, -0.707105]), atol=2e-6, rtol=0)  # 6-decimal hand values
     assert metrics["adv/hapo_fallback_frac"].item() == 0.0
 
 
 def test_a3_falls_back_to_grpo_per_group():
     # Group 0: lengths [1, 100], rewards [1, 0]: p = 1/101 of the tokens have R = 1, σ_tok =
     # sqrt(p(1 − p)), A_0 = (1 − p)/σ_tok = sqrt((1 − p)/p) = 10 ≥ 5 → GRPO: ±0.5/0.707107.
-    # Group 1: the spec group, no fallback.
+    # Group 1: the hand case's group, no fallback.
     mask = torch.zeros(4, 100)
     mask[0, :1] = 1
     mask[1, :100] = 1
@@ -333,7 +333,7 @@ def test_a3_edge_cases():
 
 
 def _reference_a3(rewards, ids, lengths, eps=1e-6):
-    """Loop reference from the formula, in Python floats, with the A1 fallback."""
+    """Loop reference from the formula, in Python floats, with the GRPO fallback."""
     groups = defaultdict(list)
     for i, g in enumerate(ids):
         groups[g].append(i)

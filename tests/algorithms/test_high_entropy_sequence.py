@@ -55,7 +55,7 @@ def test_hand_computed_with_padding_single_token_and_ties():
 
 
 def test_per_response_is_not_the_batch_selection():
-    # spec L4's contrast: per response top-20% gives {6} and {0.5}; pooled would give {6, 5}
+    # the 80/20 rule's contrast: per response top-20% gives {6} and {0.5}; pooled would give {6, 5}
     h = torch.tensor([[2.0, 3.0, 4.0, 5.0, 6.0], [0.1, 0.2, 0.3, 0.4, 0.5]])
     keep, _ = _mask(h, torch.ones(2, 5), rho=0.2)
     assert keep.keep.nonzero().tolist() == [[0, 4], [1, 4]]

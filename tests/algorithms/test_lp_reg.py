@@ -1,4 +1,4 @@
-"""Lp-Reg (spec L8): min-p proxy, selection quirk, k3, gradients, loop reference, rank split."""
+"""Lp-Reg (arXiv 2510.03222): min-p proxy, selection quirk, k3, gradients, loop reference, rank split."""
 
 from __future__ import annotations
 
@@ -70,7 +70,7 @@ def test_proxy_chunking_layouts_and_dtypes():
 def _spec_batch(rho_neg=1.0):
     """Two negative tokens (n = ⌊1.0·2⌋ = 2 > 1, both selected) and one positive.
 
-    token 0: the spec token, π_θ = π_old = 0.03 (r = 1) < π_proxy = 0.040404 → regularised
+    token 0: the hand case's token, π_θ = π_old = 0.03 (r = 1) < π_proxy = 0.040404 → regularised
     token 1: π_θ = π_old = 0.5 > π_proxy = 0.3 → selected but not regularised
     token 2: A = +1, π_θ = 0.001 (lowest) but positive → never selected
     """

@@ -39,7 +39,7 @@ def test_spec_l4_normalisations():
 
 
 def test_batch_level_not_per_sequence():
-    # Spec contrast: pooled top-2 of [2,3,4,5,6] and [0.1..0.5] is {6, 5}, both in sequence 0.
+    # Contrast: pooled top-2 of [2,3,4,5,6] and [0.1..0.5] is {6, 5}, both in sequence 0.
     h = torch.tensor([[2.0, 3.0, 4.0, 5.0, 6.0], [0.1, 0.2, 0.3, 0.4, 0.5]])
     keep, _ = _mask(h, rho=0.2)
     assert keep.keep.nonzero().tolist() == [[0, 3], [0, 4]]

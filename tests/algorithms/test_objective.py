@@ -72,7 +72,7 @@ def test_micro_scope_reproduces_the_official_dependence_on_micro_batch_size():
 
 
 def test_entropy_bonus_value_and_gradient():
-    # G1: uniform over 2 and 4 tokens, H = [ln 2, ln 4], token-mean 1.039721; c_H = 0.01 -> −0.010397
+    # Entropy bonus: uniform over 2 and 4 tokens, H = [ln 2, ln 4], token-mean 1.039721; c_H = 0.01 -> −0.010397
     h = torch.tensor([[torch.log(torch.tensor(2.0)), torch.log(torch.tensor(4.0))]], requires_grad=True)
     zeros = torch.zeros(1, 2)
     inp = TokenLossInputs(zeros, zeros, zeros, torch.ones(1, 2), entropy=h)

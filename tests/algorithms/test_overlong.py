@@ -1,4 +1,4 @@
-"""DAPO overlong reward shaping and filtering (spec R2)."""
+"""DAPO overlong reward shaping and filtering (arXiv 2503.14476)."""
 
 from __future__ import annotations
 
@@ -76,6 +76,6 @@ def test_config_validation():
 
 def test_meta_wrong_value_fails():
     penalty = overlong_penalty(torch.tensor([18432]), L_MAX, DAPO)
-    # Dividing by L_max instead of L_cache gives −0.1; the spec tolerance must reject it.
+    # Dividing by L_max instead of L_cache gives −0.1; the test's tolerance must reject it.
     with pytest.raises(AssertionError):
         torch.testing.assert_close(penalty, torch.tensor([-2048 / 20480]), rtol=0, atol=1e-7)

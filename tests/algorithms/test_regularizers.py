@@ -1,4 +1,4 @@
-"""Entropy bonus and adaptive coefficient (spec G1), reference-KL estimators (spec G5)."""
+"""Entropy bonus and adaptive coefficient, reference-KL estimators (docs/algorithms.md §9)."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ def _entropy(logits: torch.Tensor) -> torch.Tensor:
     return -(logp.exp() * logp).sum(-1)
 
 
-# ---------------------------------------------------------------- G1 entropy bonus
+# ---------------------------------------------------------------- entropy bonus
 
 
 def test_spec_entropy_bonus():
@@ -75,7 +75,7 @@ def test_entropy_bonus_matches_aggregate_with_global_norm(mode):
     torch.testing.assert_close(term, expected, rtol=0, atol=1e-7)
 
 
-# ---------------------------------------------------------------- G1 adaptive coefficient
+# ---------------------------------------------------------------- adaptive coefficient
 
 
 def test_adaptive_coefficient_steps():
@@ -105,7 +105,7 @@ def test_adaptive_config_validation():
         AdaptiveEntropyConfig(delta=-0.1)
 
 
-# ---------------------------------------------------------------- G5 reference KL
+# ---------------------------------------------------------------- reference KL
 
 # Δ = log π_ref − log π_θ for (logp, ref_logp) = (−1, −2), (−2, −1), (−5, 0), (−0.3, −0.3):
 #   Δ = −1, 1, 5, 0
@@ -178,7 +178,7 @@ def test_unknown_estimator_lists_names():
 
 def test_meta_wrong_values_fail():
     kl = kl_penalty(LOGP, REF, "k3")
-    # Unclamped k3 at Δ = 5 (142.41), and the spec bonus with the sign flipped, must both fail.
+    # Unclamped k3 at Δ = 5 (142.41), and the hand case's bonus with the sign flipped, must both fail.
     with pytest.raises(AssertionError):
         torch.testing.assert_close(
             kl, torch.tensor([[0.367879, 0.718282, 142.413159, 0.0]]), rtol=0, atol=1e-6

@@ -1,4 +1,4 @@
-"""Advantage reshapers: SEED-GRPO (spec A5), ETTRL EAR (A6), ETMR leaf count (S4)."""
+"""Advantage reshapers: SEED-GRPO, ETTRL EAR, ETMR leaf count (docs/algorithms.md §4.3)."""
 
 from __future__ import annotations
 
@@ -20,13 +20,13 @@ from entropo.algorithms.reshapers import (
     semantic_entropy,
 )
 
-# Spec A5: G = 6, clusters of sizes {5, 1}.
+# Hand case: G = 6, clusters of sizes {5, 1}.
 G6 = torch.zeros(6, dtype=torch.long)
 C51 = torch.tensor([0, 0, 0, 0, 0, 1])
 MASK6 = torch.ones(6, 3)
 
 
-# ---------------------------------------------------------------- SEED-GRPO: spec numbers
+# ---------------------------------------------------------------- SEED-GRPO: hand-computed numbers
 
 
 def test_seed_spec_mc():

@@ -1,4 +1,4 @@
-"""SIREN (spec G2): top-p entropy, per-sequence selection, the anchored regulariser."""
+"""SIREN (arXiv 2509.25133): top-p entropy, per-sequence selection, the anchored regulariser."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from entropo.algorithms.siren import (
 )
 from tests.fake_ranks import run_split
 
-# Spec G2: one sequence with Ĥ = [0.1, 0.2, 0.3, 0.4, 2.0].
+# Hand case: one sequence with Ĥ = [0.1, 0.2, 0.3, 0.4, 2.0].
 H_SPEC = torch.tensor([[0.1, 0.2, 0.3, 0.4, 2.0]], dtype=torch.float64)
 MASK_SPEC = torch.ones(1, 5)
 
@@ -159,7 +159,7 @@ def test_term_spec_numbers_and_gradient():
 
 
 def test_term_counts_empty_sequences_as_zero():
-    # Row 0 as spec (H_sel,0 = 2.0); row 1 has one valid token (nothing selected: 0, counted);
+    # Row 0 as the hand case (H_sel,0 = 2.0); row 1 has one valid token (nothing selected: 0, counted);
     # row 2 is fully masked (not a sequence). H_sel = (2.0 + 0)/2 = 1.0.
     h = torch.tensor([[0.1, 0.2, 0.3, 0.4, 2.0], [3.0, 0, 0, 0, 0], [7.0] * 5], dtype=torch.float64)
     mask = torch.tensor([[1, 1, 1, 1, 1], [1, 0, 0, 0, 0], [0, 0, 0, 0, 0]])

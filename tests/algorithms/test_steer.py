@@ -1,4 +1,4 @@
-"""STEER token weights (spec L6): spec numbers, edge cases, loop reference, rank split, no gradient."""
+"""STEER token weights (arXiv 2510.10150): hand-computed numbers, edge cases, loop reference, rank split, no gradient."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from entropo.algorithms.reduce import LOCAL
 from entropo.algorithms.registry import TOKEN_WEIGHTS
 from tests.fake_ranks import run_split
 
-# Spec L6: A = [1, 1, −1, −1], p = q = [0.9, 0.2, 0.5, 0.05], H = [0.5, 2.0, 1.0, 3.0].
+# Hand case: A = [1, 1, −1, −1], p = q = [0.9, 0.2, 0.5, 0.05], H = [0.5, 2.0, 1.0, 3.0].
 A = [1.0, 1.0, -1.0, -1.0]
 P = [0.9, 0.2, 0.5, 0.05]
 H = [0.5, 2.0, 1.0, 3.0]
@@ -35,7 +35,7 @@ def test_spec_l6_omega():
     omega = entropy_change_proxy(_inp())
     torch.testing.assert_close(omega[0], torch.tensor(OMEGA, dtype=torch.float64), atol=1e-12, rtol=0)
     torch.testing.assert_close(omega[0], torch.tensor([0.039464, 0.312450, 0.153426, 0.004054], dtype=torch.float64),
-                               atol=1e-6, rtol=0)  # the spec's 6 decimals
+                               atol=1e-6, rtol=0)  # 6-decimal hand values
 
 
 def test_spec_l6_exponential():

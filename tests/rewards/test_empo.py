@@ -1,4 +1,4 @@
-"""EMPO (spec R4): the spec's numbers, gating, empty answers, clustering by math equivalence."""
+"""EMPO (arXiv 2504.05812): hand-computed numbers, gating, empty answers, clustering by math equivalence."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""PEAR (spec R3): the spec's hand-computed numbers, edge cases, metrics, tokenizer handling."""
+"""PEAR (arXiv 2510.08026): hand-computed numbers, edge cases, metrics, tokenizer handling."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from tests.rewards.helpers import reward_cfg, sample
 
 TOK = build_char_tokenizer()
 CLOSE = TOK.convert_tokens_to_ids("</think>")
-# Spec R3: think entropies [0.8, 0.6, 1.0], </think>, answer entropies [0.2, 0.4]. The entropy
+# Hand case: think entropies [0.8, 0.6, 1.0], </think>, answer entropies [0.2, 0.4]. The entropy
 # under </think> itself (5.0) must be in neither phase.
 ENTROPY = [0.8, 0.6, 1.0, 5.0, 0.2, 0.4]
 

@@ -2,7 +2,7 @@
 
 The runs are fabricated ``metrics.jsonl`` files in the trainer's format (step 0 holds only
 ``eval/*``; NaN is ``null``). Run A follows R = 1 − 0.5·e^H exactly
-(H from 0.6 to 0.1 nats, R from 0.089 to 0.447, spec D3's example), so the law fit must give
+(H from 0.6 to 0.1 nats, R from 0.089 to 0.447, the hand case of tests/algorithms/test_diagnostics.py), so the law fit must give
 a = 0.5, b = 1.0 and the ceiling b − a = 0.5; run B follows R = 0.9 − 0.3·e^H (ceiling 0.6).
 The HTML is also rendered by headless Chromium and the screenshot checked not to be blank.
 """
@@ -66,7 +66,7 @@ def _write_run(path: Path, *, steps: int, h0: float, h1: float, a: float, b: flo
                     "entropy/think": 1.1 * h, "entropy/answer": 0.5 * h}
         for c in controls:
             rec[c] = 0.2 + 0.01 * math.sin(k)
-        if k >= 3:  # the η_eff fit needs 2 pairs (spec D2)
+        if k >= 3:  # the η_eff fit needs 2 pairs
             rec |= {"cov/dH_pred": -0.9 * 0.02 * h, "cov/dH_realised": h - H[k - 2]}
         if k % 5 == 0:
             rec["eval/pass@1"] = acc

@@ -32,7 +32,7 @@ def _train(recipe, model_dir, tmp_path, *overrides):
     rows = rows[1:]
     keys = ("entropy_dynamics/predicted_dH", "entropy_dynamics/predicted_dH_adv_pos",
             "entropy_dynamics/predicted_dH_adv_neg", "entropy_dynamics/s_mean", "entropy_dynamics/s_std")
-    for row in rows:  # the D5 diagnostic is logged every step of every run
+    for row in rows:  # the entropy-discriminator diagnostic is logged every step of every run
         assert all(row.get(k) is not None and math.isfinite(row[k]) for k in keys)
         parts = row["entropy_dynamics/predicted_dH_adv_pos"] + row["entropy_dynamics/predicted_dH_adv_neg"]
         assert parts == pytest.approx(row["entropy_dynamics/predicted_dH"], rel=1e-9, abs=1e-12)
@@ -52,7 +52,7 @@ def test_clip_b_recipe(ray_session, tiny_model_dir, tmp_path):
             assert math.isfinite(row[key]), key
         assert 0.0 <= row["clip_b/masked_frac"] <= row["clip_b/masked_frac_neg"] <= 1.0
         assert row["clip_b/s_std"] > 0
-        # one mini-batch per step: Clip_B's S̄ over both ranks is the step batch's S̄ (D5)
+        # one mini-batch per step: Clip_B's S̄ over both ranks is the step batch's S̄ (entropy_dynamics/s_mean)
         assert row["clip_b/s_mean"] == pytest.approx(row["entropy_dynamics/s_mean"], rel=1e-6)
         assert row["clip_b/s_std"] == pytest.approx(row["entropy_dynamics/s_std"], rel=1e-6)
         assert "timing/forward" in row  # S needs π_old before the update: no fused pass

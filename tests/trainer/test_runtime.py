@@ -258,7 +258,7 @@ def test_training_runs_end_to_end(ray_session, tiny_model_dir, tmp_path, digits_
         assert rows[0]["aepo/temperature"] == 1.2  # Ĥ starts at 0 <= target
     if control_key:
         assert all(r[control_key] > 0 for r in rows)
-    assert 0.0 <= rows[-1]["forking/overlap_initial"] <= 1.0  # D4 ran at step 2 on the step-1 probe
+    assert 0.0 <= rows[-1]["forking/overlap_initial"] <= 1.0  # the forking analysis ran at step 2 on the step-1 probe
     assert rows[-1]["forking/threshold"] > 0
     assert (tmp_path / "config.yaml").exists()
     assert undocumented({k for r in rows for k in r}) == [], "add them to docs/metrics.md"
