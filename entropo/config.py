@@ -31,7 +31,8 @@ from entropo.algorithms.canon import CanonConfig
 from entropo.algorithms.clip_b import ClipBConfig
 from entropo.algorithms.dynamic_sampling import DynamicSamplingConfig
 from entropo.algorithms.epo import EpoConfig
-from entropo.algorithms.hapo import HapoAdvantageConfig, HapoClipConfig, HapoTemperatureConfig
+from entropo.algorithms.hapo import HapoAdvantageConfig, HapoClipConfig
+from entropo.algorithms.hapo_temperature import HapoTemperatureConfig
 from entropo.algorithms.losses.cispo import CispoConfig
 from entropo.algorithms.losses.clip_cov import ClipCovConfig
 from entropo.algorithms.losses.dmmpt import DmmptConfig
@@ -41,12 +42,14 @@ from entropo.algorithms.losses.ppo_clip import PPOClipConfig
 from entropo.algorithms.losses.steer import SteerConfig
 from entropo.algorithms.losses.tis import TisConfig
 from entropo.algorithms.masks import EntropyMaskConfig
-from entropo.algorithms.objective import REGULARIZERS, Objective
+from entropo.algorithms.objective import Objective
 from entropo.algorithms.overlong import OverlongConfig
 from entropo.algorithms.qae import QaeConfig
 from entropo.algorithms.registry import (
     ADVANTAGE_RESHAPERS,
     ADVANTAGES,
+    REGULARIZERS,
+    SAMPLERS,
     TOKEN_LOSSES,
     TOKEN_MASKS,
     TOKEN_WEIGHTS,
@@ -63,7 +66,6 @@ from entropo.rewards.pear import PEARConfig
 from entropo.rewards.spurious import RandomRewardConfig
 from entropo.rewards.think_format import FormatConfig
 
-SAMPLING_METHODS = ("hapo_temperature", "aepo")
 LIST_KEYS = ("algorithm.token_mask", "algorithm.token_weight", "algorithm.regularizer", "algorithm.sampling",
              "reward.fns", "logger.backends", "rollout.stop", "evaluation.k")
 
@@ -564,8 +566,8 @@ def _check_composition(cfg: TrainConfig) -> None:
         _check_choice("algorithm.advantage_reshaper", a.advantage_reshaper, ADVANTAGE_RESHAPERS.names())
         if a.advantage_reshaper == "seed" and a.seed.alpha is None:
             raise ConfigError("algorithm.seed.alpha: SEED-GRPO's α has no verified default; set it")
-    _check_list("algorithm.regularizer", a.regularizer, REGULARIZERS)
-    _check_list("algorithm.sampling", a.sampling, SAMPLING_METHODS)
+    _check_list("algorithm.regularizer", a.regularizer, REGULARIZERS.names())
+    _check_list("algorithm.sampling", a.sampling, SAMPLERS.names())
     _exclusive("algorithm.regularizer", a.regularizer, "both define the entropy regulariser")
     _exclusive("algorithm.sampling", a.sampling, "both change the sampling temperature")
     for reg in a.regularizer:

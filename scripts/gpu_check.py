@@ -92,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     from entropo.config import load_config
     from entropo.models.tiny import save_tiny
     from entropo.trainer import weight_sync
-    from entropo.trainer.learner import LearnerRank, LearnerShard
+    from entropo.trainer.batch import LearnerShard
+    from entropo.trainer.learner import LearnerRank
     from entropo.trainer.rollout import HFEngine, SamplingParams
 
     model_dir = save_tiny(Path(tempfile.mkdtemp(prefix="entropo-gpu-check-")) / "tiny", num_heads=2)

@@ -72,3 +72,40 @@ def test_docstring_args_match_signature(qualname, fn):
 def test_unknown_name_lists_registered_ones():
     with pytest.raises(KeyError, match="registered: .*clip_cov"):
         registry.TOKEN_LOSSES.get("clip_kov")
+
+
+def _code_tokens(path: Path) -> set[str]:
+    """The names and string literals of a module's code (comments and docstrings left out)."""
+    import io
+    import tokenize
+
+    tree = ast.parse(path.read_text())
+    doc_lines = {n.body[0].lineno for n in ast.walk(tree)
+                 if isinstance(n, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
+                 and n.body and isinstance(n.body[0], ast.Expr) and isinstance(n.body[0].value, ast.Constant)}
+    out = set()
+    for tok in tokenize.generate_tokens(io.StringIO(path.read_text()).readline):
+        if tok.type == tokenize.NAME:
+            out.add(tok.string)
+        elif tok.type == tokenize.STRING and tok.start[0] not in doc_lines:
+            out.update(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", tok.string))
+    return out
+
+
+def test_no_method_is_named_in_the_trainer():
+    """trainer/ runs every method through the registries (its step hooks, its registry entry's
+    attributes): no registered method's name is a name or a string in the trainer's code."""
+    families = (registry.ADVANTAGES, registry.ADVANTAGE_RESHAPERS, registry.TOKEN_LOSSES, registry.TOKEN_MASKS,
+                registry.TOKEN_WEIGHTS, registry.REGULARIZERS, registry.SAMPLERS, registry.CONTROLLERS)
+    # SEED-GRPO's registered name is also the word for a random seed, which the trainer uses
+    names = {n for family in families for n in family.names()} - {"seed"}
+    assert {"siren", "aepo", "hapo_temperature", "ares", "canon", "dmmpt"} <= names
+    for path in sorted((ROOT / "entropo" / "trainer").glob("*.py")):
+        found = names & _code_tokens(path)
+        assert not found, f"{path.name} names the method(s) {sorted(found)}: go through the registry"
+
+
+def test_the_method_name_scan_sees_code_not_docstrings(tmp_path):
+    path = tmp_path / "m.py"
+    path.write_text('"""The SIREN anchor: siren."""\n\ndef f(a):\n    """epo."""\n    return "aepo" in a.sampling\n')
+    assert "aepo" in _code_tokens(path) and "siren" not in _code_tokens(path) and "epo" not in _code_tokens(path)

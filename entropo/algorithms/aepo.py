@@ -28,8 +28,10 @@ Conventions:
 - The code's Ĥ is the mean over micro-batches of each micro-batch's token mean;
   :func:`aepo_entropy_estimate` is the token mean over the reducer's scope (equal when the
   micro-batches hold equal token counts).
-- Not implemented here (controller work): the extra generation at T', scoring, and replacing
-  the rows' tokens, masks and rewards with the injected samples'.
+- Positives are chosen by the GRPO advantage with GRPO's default ε (the code's estimator).
+- The trainer runs it through :data:`AEPO`'s hooks (:mod:`entropo.algorithms.stateful`): the
+  extra generation at T' (with its π_old pass and rewards) is the controller's ``generate``;
+  the mixing, the state Ĥ and its update are here.
 """
 
 from __future__ import annotations
@@ -40,7 +42,10 @@ from typing import NamedTuple
 
 import torch
 
+from entropo.algorithms.advantages import GRPOConfig, broadcast_to_tokens, grpo
 from entropo.algorithms.reduce import LOCAL, Reducer, masked_sum_count
+from entropo.algorithms.registry import SAMPLERS
+from entropo.algorithms.stateful import Generate, StepInfo, StepMethod
 
 AEPO_INITIAL_ENTROPY = 0.0
 """Ĥ before the first update (the code initialises ``entropy = 0``): the first step uses T_high."""
@@ -177,3 +182,57 @@ def aepo_entropy_estimate(logp: torch.Tensor, mask: torch.Tensor, reducer: Reduc
     """
     total, count = masked_sum_count(-logp.detach(), mask, reducer)
     return total / count.clamp(min=1)
+
+
+# ---------------------------------------------------------------- the method, as the trainer runs it
+
+
+@dataclass(frozen=True)
+class AepoState:
+    """AEPO's running state.
+
+    Attributes:
+        entropy: Ĥ, the sampled-token NLL of the last update (``actor/neg_logp``).
+    """
+
+    entropy: float = AEPO_INITIAL_ENTROPY
+
+
+def _inject(cfg: AepoConfig, state: AepoState, batch, info: StepInfo, generate: Generate):
+    """Re-generate the first prompts at T' and let the first n_s positive responses replace
+    rows 0..n_s−1 of the batch with advantage ≡ 1 (each in a group of its own)."""
+    h_hat = state.entropy
+    t_prime = aepo_temperature(h_hat, cfg.entropy_target, cfg.T_high, cfg.T_low)
+    n_prompts = aepo_num_prompts(info.prompts_per_step, cfg.prompt_fraction)
+    metrics = {"aepo/temperature": t_prime, "aepo/entropy_estimate": h_hat}
+    if n_prompts == 0:
+        return batch, metrics
+    first_rows = [batch.rows[i] for i in range(0, n_prompts * info.n, info.n)]
+    extra = generate(first_rows, t_prime, info.step * 7919 + 17)  # π_old at the base T for every row
+    adv, _ = grpo(extra.rewards, extra.group_ids, GRPOConfig(), mask=extra.mask)
+    n_pos = int((adv > cfg.positive_threshold).sum())
+    n_s = min(aepo_num_injected(h_hat, cfg.entropy_target, cfg.reinforce_sample_num, n_pos), len(batch))
+    plan, m = aepo_mix(len(batch), adv, n_s, cfg.positive_threshold)
+    metrics.update({k: float(v) for k, v in m.items()})
+    if n_s == 0:
+        return batch, metrics
+    metrics["aepo/injected_reward_mean"] = float(extra.rewards[plan.source_rows].mean())
+    extra.advantages = broadcast_to_tokens(torch.ones(len(extra)), extra.mask)
+    merged = type(batch).concat([batch, extra])
+    order = torch.arange(len(batch))
+    order[plan.target_rows] = len(batch) + plan.source_rows
+    mixed = merged.select(order)
+    # an injected row keeps its own (new) group: it must not join the group it replaced
+    mixed.group_ids = mixed.group_ids.clone()
+    mixed.group_ids[plan.target_rows] = -1 - plan.source_rows
+    return mixed, metrics
+
+
+def _observe(cfg: AepoConfig, state: AepoState, metrics: dict[str, float], info: StepInfo):
+    """Ĥ of the update just taken (its sampled-token NLL), when it was measured."""
+    h = metrics.get("actor/neg_logp", float("nan"))
+    return (AepoState(h) if math.isfinite(h) else state), {}
+
+
+AEPO = StepMethod(init=lambda cfg, info: AepoState(), state_cls=AepoState, inject=_inject, observe=_observe)
+SAMPLERS.add("aepo", AEPO, config=AepoConfig)

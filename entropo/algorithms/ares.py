@@ -82,10 +82,13 @@ from typing import NamedTuple
 
 import torch
 
+from entropo.algorithms.advantages import broadcast_to_tokens
 from entropo.algorithms.diagnostics import quantile
 from entropo.algorithms.entropy import DEFAULT_CHUNK_SIZE
 from entropo.algorithms.reduce import LOCAL, Reducer
+from entropo.algorithms.registry import CONTROLLERS, TOKEN_EXTRAS
 from entropo.algorithms.regularizers import kl_penalty
+from entropo.algorithms.stateful import StepInfo, StepMethod
 
 BUCKETS = ("easy", "medium", "hard")
 EASY, MEDIUM, HARD = 0, 1, 2
@@ -224,8 +227,8 @@ class AresConfig:
 
 @dataclass(frozen=True)
 class AresState:
-    """ARES's running state, saved in checkpoints through :meth:`as_dict`; tuples are per
-    bucket (easy, medium, hard). Start from :meth:`initial`.
+    """ARES's running state (saved in checkpoints by the controller, entropo.algorithms.stateful);
+    tuples are per bucket (easy, medium, hard). Start from :meth:`initial`.
 
     Attributes:
         alpha: α_b.
@@ -246,14 +249,6 @@ class AresState:
     @staticmethod
     def initial(cfg: AresConfig) -> AresState:
         return AresState(alpha=(cfg.alpha_init,) * 3, beta=(cfg.kl_beta_init,) * 3)
-
-    def as_dict(self) -> dict:
-        return {f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v
-                for f in dataclasses.fields(self)}
-
-    @staticmethod
-    def from_dict(d: dict) -> AresState:
-        return AresState(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
 
 # ---------------------------------------------------------------- HWE tokens
@@ -605,3 +600,35 @@ def ares_step(entropy: torch.Tensor, mask: torch.Tensor, correct: torch.Tensor, 
         metrics[f"ares/alpha_{name}"] = torch.tensor(new.alpha[b], dtype=torch.float64)
         metrics[f"ares/beta_{name}"] = torch.tensor(new.beta[b], dtype=torch.float64)
     return AresStep(term, beta_rows, new, metrics)
+
+
+# ---------------------------------------------------------------- the method, as the trainer runs it
+
+
+@TOKEN_EXTRAS.register("topk_entropy", section="ares")
+def topk_entropy_fn(cfg: AresConfig, temperature: float):
+    """The code's top-k entropy per token, ``(logits [n, V], labels [n]) -> [n]``."""
+    return lambda logits, labels: topk_entropy(logits, labels, k=cfg.top_k, temperature=temperature)
+
+
+def _forward_extras(cfg: AresConfig, state: AresState) -> frozenset[str]:
+    return frozenset({"topk_entropy"}) if cfg.entropy == "topk" else frozenset()
+
+
+def _shape(cfg: AresConfig, state: AresState, batch, info: StepInfo) -> tuple[AresState, dict[str, float]]:
+    """Add the difficulty-bucketed HWE term to the rewards (component ``ares``) and, with
+    ``adaptive_kl``, set each response's β_b on the KL to π_ref (``batch.kl_scale``)."""
+    entropy = batch.topk_entropy if cfg.entropy == "topk" else batch.entropy
+    seq_kl = sequence_kl(batch.old_logp, batch.ref_logp, batch.mask, info.kl_estimator) if cfg.adaptive_kl else None
+    out = ares_step(entropy, batch.mask, batch.correct, batch.group_ids, state, cfg, seq_kl=seq_kl)
+    term = out.term.to(batch.rewards.dtype)
+    batch.rewards = batch.rewards + term
+    batch.reward_components = {**batch.reward_components, "ares": term}
+    if out.beta is not None:
+        batch.kl_scale = broadcast_to_tokens(out.beta.to(batch.mask.dtype), batch.mask)
+    return out.state, {k: float(v) for k, v in out.metrics.items()}
+
+
+CONTROLLERS.add("ares", StepMethod(init=lambda cfg, info: AresState.initial(cfg), state_cls=AresState,
+                                   forward_extras=_forward_extras, shape=_shape),
+                config=AresConfig, switch="ares.enable")

@@ -147,7 +147,8 @@ def canon_split(metric: torch.Tensor, group_ids: torch.Tensor) -> torch.Tensor:
     return high
 
 
-@ADVANTAGES.register("canon", config=CanonConfig, needs_adv_variation=True)
+@ADVANTAGES.register("canon", config=CanonConfig, needs_adv_variation=True, needs=("entropy",),
+                     token_scale=canon_token_scale)
 def canon(
     rewards: torch.Tensor,
     group_ids: torch.Tensor,

@@ -49,6 +49,8 @@ from dataclasses import dataclass
 import torch
 
 from entropo.algorithms.aggregate import LossNorm, aggregate
+from entropo.algorithms.registry import REGULARIZERS
+from entropo.algorithms.stateful import StepInfo, StepMethod
 
 EPO_MODES = ("faithful", "differentiable")
 
@@ -211,3 +213,24 @@ def epo_term(
         "epo/in_range_frac": (in_range & valid).sum() / n_valid,
     }
     return term, metrics
+
+
+# ---------------------------------------------------------------- the method, as the trainer runs it
+
+
+def _context(cfg: EpoConfig, state: EpoHistory, batch, info: StepInfo) -> tuple[EpoHistory, dict]:
+    """Record this step's token-mean π_old entropy; H̄ is the cumulative mean, this step included."""
+    h = float((batch.entropy * batch.mask).sum() / batch.mask.sum().clamp(min=1))
+    state = epo_history_update(state, h)
+    return state, {"epo_reference": state.mean}
+
+
+@REGULARIZERS.register("epo", config=EpoConfig, needs=("entropy",),
+                       share_metrics=("epo/term", "epo/bonus_agg", "epo/penalty_agg"),
+                       step=StepMethod(init=lambda cfg, info: EpoHistory(), state_cls=EpoHistory, context=_context))
+def epo_regularizer(inp, cfg: EpoConfig, ctx, denom_mask: torch.Tensor, norm: LossNorm, agg_mode: str,
+                    l_norm: float | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """This micro-batch's share of EPO's term (:func:`epo_term`) over the loss's denominator tokens."""
+    if inp.entropy is None:
+        raise ValueError("epo needs token entropies with gradient (inputs.entropy)")
+    return epo_term(inp.entropy, denom_mask, ctx.values.get("epo_reference"), cfg, ctx.step, agg_mode, norm, l_norm)

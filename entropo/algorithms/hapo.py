@@ -1,6 +1,7 @@
-"""HAPO: normalised entropy ĥ, adaptive temperature, token-level advantage, adaptive clip.
+"""HAPO: normalised entropy ĥ, token-level advantage, adaptive clip (the adaptive sampling
+temperature, which reads ĥ's statistics, is :mod:`entropo.algorithms.hapo_temperature`).
 
-Docs: docs/algorithms.md §11.1 (temperature), §4.1 (advantage), §6.5 (clip).
+Docs: docs/algorithms.md §4.1 (advantage), §6.5 (clip), §11.1 (temperature).
 
 Normalised log-entropy ĥ (the code's ``compute_entropy_h``; no grad; over the valid tokens of a scope):
 
@@ -9,11 +10,6 @@ Normalised log-entropy ĥ (the code's ``compute_entropy_h``; no grad; over the v
     pos_max = max(max_{h>0} h, 1e-8),   neg_min = min(min_{h<0} h, −1e-8)
     ĥ = h / pos_max  (h > 0);   ĥ = h / |neg_min|  (h ≤ 0)         signed, the paper's intent
                                 ĥ = h / neg_min   (h ≤ 0)          code_compat: ĥ ≥ 0 everywhere
-
-Adaptive temperature at decode time, from the previous step's statistics (μ, σ, s⁺, s⁻):
-
-    h_t = (log max(H_t, 1e-6) − μ) / (σ + 1e-6);   ĥ_t = h_t·s⁺ (h_t > 0), h_t·s⁻ (h_t ≤ 0)
-    T_t = T · (1 + τ · clip(ĥ_t, −1, 1))                                (T_t = T at step 1)
 
 The "hapo" advantage (per group g, |o_i| = valid tokens of response i):
 
@@ -32,8 +28,7 @@ Adaptive clip: per-token clip bounds and advantage redistribution, then the clip
   could not be confirmed (the README link is a placeholder), so no equation numbers.
 - Official code: https://github.com/starriver030515/HAPO/tree/7671dde,
   ``verl/trainer/ppo/core_algos.py`` (``compute_entropy_h``, ``ada_clip``, ``ada_advantage``,
-  ``compute_policy_loss``, ``compute_hapo_outcome_advantage``) and
-  ``vllm/v1/sample/sampler.py`` (``compute_entropy_based_temperature``).
+  ``compute_policy_loss``, ``compute_hapo_outcome_advantage``).
 
 Deviations and conventions:
 - Sign: the released code uses s⁻ = 1/neg_min < 0, so its ĥ is ≥ 0 for every token and the
@@ -77,8 +72,6 @@ from entropo.algorithms.registry import ADVANTAGES, TOKEN_LOSSES
 # The code's eps in compute_entropy_h: floors H before log (H = 0 would give −inf), floors the
 # variance (σ ≥ 1e-4) and bounds pos_max / neg_min away from 0 so that 1/pos_max is finite.
 H_HAT_EPS = 1e-8
-# The decode-time sampler's eps: floors H before log and is added to σ (sampler.py).
-DECODE_EPS = 1e-6
 # compute_hapo_outcome_advantage falls back to GRPO for a group whose token-level advantage
 # reaches this magnitude (a near-constant group whose σ_tok is tiny).
 FALLBACK_ABS_ADV = 5.0
@@ -111,7 +104,8 @@ def _scope_extremes(x: torch.Tensor, flags: torch.Tensor, reducer: Reducer) -> t
     return both[0], -both[1]
 
 
-def _apply_scales(h: torch.Tensor, s_pos: torch.Tensor, s_neg: torch.Tensor, code_compat: bool) -> torch.Tensor:
+def apply_scales(h: torch.Tensor, s_pos: torch.Tensor, s_neg: torch.Tensor, code_compat: bool) -> torch.Tensor:
+    """ĥ from h: ``h·s⁺`` where h > 0, else ``h·s⁻`` (``code_compat``) or ``h·|s⁻|`` (signed)."""
     return torch.where(h > 0, h * s_pos, h * (s_neg if code_compat else s_neg.abs()))
 
 
@@ -148,53 +142,8 @@ def entropy_h_hat(
     pos_max = pos_max.clamp(min=H_HAT_EPS)  # −inf (none above the pivot) → 1e-8
     neg_min = neg_min.clamp(max=-H_HAT_EPS)
     stats = HapoStats(mu=mu, sigma=sigma, s_pos=1.0 / pos_max, s_neg=1.0 / neg_min)
-    h_hat = _apply_scales(h, stats.s_pos, stats.s_neg, code_compat) * valid
+    h_hat = apply_scales(h, stats.s_pos, stats.s_neg, code_compat) * valid
     return h_hat, stats
-
-
-@dataclass(frozen=True)
-class HapoTemperatureConfig:
-    """HAPO adaptive sampling temperature (docs/algorithms.md §11.1; defaults: the released code)."""
-
-    tau: float = 0.05
-    """τ (``temperature_tau``): T_t = T·(1 + τ·clip(ĥ_t, −1, 1)). Lower it if training collapses."""
-
-    entropy_pivot: float = 0.8
-    """Quantile of the log-entropy used as the pivot μ of ĥ."""
-
-    code_compat: bool = False
-    """Reproduce the released code's sign of s⁻ (T only ever rises); default: the paper's signed ĥ."""
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.tau < 1.0:
-            raise ValueError(f"algorithm.hapo_temperature.tau must be in [0, 1), got {self.tau}")
-        if not 0.0 <= self.entropy_pivot <= 1.0:
-            raise ValueError(f"algorithm.hapo_temperature.entropy_pivot must be in [0, 1], got {self.entropy_pivot}")
-
-
-def adaptive_temperature(
-    decode_entropy: torch.Tensor,
-    stats: HapoStats | None,
-    base_T: float = 1.0,
-    tau: float = 0.05,
-    code_compat: bool = False,
-) -> torch.Tensor:
-    """HAPO's per-token sampling temperature ``T_t`` (shape of ``decode_entropy``).
-
-    Args:
-        decode_entropy: ``[...]`` entropy of the decode-step logits *before* temperature.
-        stats: the previous step's :class:`HapoStats` (π_old, its rollout batch); None at step 1.
-        base_T: the base sampling temperature T.
-        tau: τ (``temperature_tau``); the code's default is 0.05.
-        code_compat: the released code's sign of s⁻ (T only ever rises).
-    """
-    dtype = torch.promote_types(decode_entropy.dtype, torch.float32)
-    if stats is None:
-        return torch.full_like(decode_entropy, float(base_T), dtype=dtype)
-    e = torch.log(decode_entropy.detach().to(dtype).clamp(min=DECODE_EPS))
-    h = (e - stats.mu) / (stats.sigma + DECODE_EPS)
-    h_hat = _apply_scales(h, stats.s_pos, stats.s_neg, code_compat).clamp(-1.0, 1.0)
-    return base_T * (1.0 + tau * h_hat)
 
 
 @dataclass(frozen=True)

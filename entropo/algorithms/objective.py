@@ -28,20 +28,26 @@ entropy for DMMPT's gate) arrive in a :class:`StepContext`: the config stays imm
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from entropo.algorithms.aggregate import LossNorm, aggregate, loss_norm
-from entropo.algorithms.epo import epo_term
 from entropo.algorithms.losses.base import TokenLossInputs, valid_mean
 from entropo.algorithms.masks import TokenMask
-from entropo.algorithms.registry import TOKEN_LOSSES, TOKEN_MASKS, TOKEN_WEIGHTS
+from entropo.algorithms.registry import (
+    REGULARIZERS,
+    TOKEN_EXTRAS,
+    TOKEN_LOSSES,
+    TOKEN_MASKS,
+    TOKEN_WEIGHTS,
+)
 from entropo.algorithms.regularizers import entropy_bonus, kl_penalty
-from entropo.algorithms.siren import siren_term
 
-REGULARIZERS = ("siren", "epo")
+BASE_SHARE_METRICS = frozenset({"actor/pg_loss", "actor/entropy_bonus"})
+"""The objective's own metrics that are each micro-batch's share of the mini-batch value."""
 
 
 @dataclass(frozen=True)
@@ -80,21 +86,41 @@ class Objective:
             out |= TOKEN_WEIGHTS.get(name).needs
         for name, _ in self.masks:
             out |= TOKEN_MASKS.get(name).needs
-        if self.entropy_coef != 0.0 or self.has("epo"):
+        for name, _ in self.regularizers:
+            out |= REGULARIZERS.get(name).needs
+        if self.entropy_coef != 0.0:
             out.add("entropy")
-        if self.has("siren"):
-            out.add("topp_entropy")
         return frozenset(out)
 
     @property
     def needs_entropy(self) -> bool:
         return "entropy" in self.needs
 
-    def has(self, regularizer: str) -> bool:
-        return any(name == regularizer for name, _ in self.regularizers)
+    @property
+    def old_extras(self) -> frozenset[str]:
+        """Per-token extras (``TOKEN_EXTRAS``) that a loss, weight or mask reads of π_old: the
+        learner's π_old pass computes them (Lp-Reg's ``proxy_logp``)."""
+        inputs = set(TOKEN_LOSSES.get(self.loss).needs)
+        for family, chosen in ((TOKEN_WEIGHTS, self.weights), (TOKEN_MASKS, self.masks)):
+            for name, _ in chosen:
+                inputs |= family.get(name).needs
+        return frozenset(n for n in inputs if n in TOKEN_EXTRAS)
 
-    def regularizer_cfg(self, regularizer: str) -> Any:
-        return next(cfg for name, cfg in self.regularizers if name == regularizer)
+    @property
+    def grad_extras(self) -> frozenset[str]:
+        """Per-token extras that a regulariser reads of π_θ, with gradient: the update's forward
+        computes them into ``inputs.extras`` (SIREN's ``topp_entropy``)."""
+        return frozenset(n for name, _ in self.regularizers for n in REGULARIZERS.get(name).needs
+                         if n in TOKEN_EXTRAS)
+
+    @property
+    def share_metrics(self) -> frozenset[str]:
+        """Metrics that are each micro-batch's share of the mini-batch value: the learner sums
+        them over micro-batches (and averages over optimizer steps) instead of averaging."""
+        out = set(BASE_SHARE_METRICS)
+        for name, _ in self.regularizers:
+            out |= REGULARIZERS.get(name).share_metrics
+        return frozenset(out)
 
     @property
     def loss_is_global(self) -> bool:
@@ -136,17 +162,25 @@ class StepContext:
 
     Attributes:
         step: the training step (EPO's phase weight β_k).
-        entropy_coef: c_H of this update (adaptive c_H changes it; None keeps the config's).
         step_entropy: the step batch's token-mean π_old entropy (DMMPT's gate).
-        siren_anchor: SIREN's H_anc (fixed after step 1).
-        epo_reference: EPO's H̄, the cumulative mean of the step entropies so far.
+        values: what the stateful methods' ``context`` hooks gave for this step
+            (:mod:`entropo.algorithms.stateful`), by name: ``entropy_coef`` (the adaptive c_H),
+            ``siren_anchor`` (SIREN's H_anc), ``epo_reference`` (EPO's H̄).
     """
 
     step: int = 1
-    entropy_coef: float | None = None
     step_entropy: float | None = None
-    siren_anchor: float | None = None
-    epo_reference: float | None = None
+    values: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def entropy_coef(self) -> float | None:
+        """c_H of this update when a method sets it (adaptive c_H); None keeps the config's."""
+        return self.values.get("entropy_coef")
+
+
+RegularizerFn = Callable[..., tuple[torch.Tensor, dict[str, torch.Tensor]]]
+"""``fn(inp, cfg, ctx, denom_mask, norm, agg_mode, l_norm) -> (share, metrics)``: a loss-side
+regulariser's share of the mini-batch term for this micro-batch (``REGULARIZERS`` entries)."""
 
 
 # Scopes decided once per mini-batch by prepare_minibatch: ``global`` (a statistic over all of
@@ -304,24 +338,10 @@ def micro_objective(
 
 def _regularizers(inp: TokenLossInputs, obj: Objective, ctx: StepContext, denom_mask: torch.Tensor,
                   norm: LossNorm, metrics: dict[str, torch.Tensor]) -> torch.Tensor:
-    """SIREN / EPO shares of this micro-batch (0 when neither is on)."""
+    """The regularisers' shares of this micro-batch (0 when there are none)."""
     total = torch.zeros((), dtype=inp.logp.dtype, device=inp.logp.device)
-    if obj.has("siren"):
-        cfg = obj.regularizer_cfg("siren")
-        h_hat = inp.extras.get("topp_entropy")
-        if h_hat is None or ctx.siren_anchor is None:
-            raise ValueError("siren needs top-p entropies (inputs.extras['topp_entropy']) and its anchor")
-        # Official scope: H_sel over the micro-batch. Its term is weighted by the micro-batch's
-        # share of the mini-batch's sequences, so that the micro-batch terms average.
-        term, m = siren_term(h_hat, inp.mask, ctx.siren_anchor, cfg.coef, cfg.mask_quantile)
-        n_seqs = float((inp.mask.sum(-1) > 0).sum())
-        total = total + term * (n_seqs / max(norm.num_seqs, 1.0))
-        metrics.update(m)
-    if obj.has("epo"):
-        if inp.entropy is None:
-            raise ValueError("epo needs token entropies with gradient (inputs.entropy)")
-        term, m = epo_term(inp.entropy, denom_mask, ctx.epo_reference, obj.regularizer_cfg("epo"), ctx.step,
-                           obj.agg_mode, norm, obj.l_norm)
+    for name, cfg in obj.regularizers:
+        term, m = REGULARIZERS.get(name).fn(inp, cfg, ctx, denom_mask, norm, obj.agg_mode, obj.l_norm)
         total = total + term
         metrics.update(m)
     return total

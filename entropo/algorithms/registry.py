@@ -10,7 +10,10 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from entropo.algorithms.stateful import StepMethod
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,16 @@ class Entry:
         reads_policy: for a token weight or mask, the decision reads π_θ (its log-probs or
             ``entropy``); False when it reads π_old's quantities only, so a global decision
             needs no π_θ pre-pass of the mini-batch.
+        step: for a stateful method, its hooks and running state
+            (:class:`~entropo.algorithms.stateful.StepMethod`).
+        share_metrics: metrics that are each micro-batch's share of the mini-batch value (a
+            regulariser's term), summed over micro-batches instead of averaged.
+        token_scale: for an advantage estimator, ``(loss_agg_mode, max_new_tokens) -> c``, a
+            constant the token advantages are multiplied by (CANON's 1/D).
+        section: the config section of the method's hyperparameters (``algorithm.<section>``)
+            when it is not the method's name.
+        switch: for a step controller, the boolean field of ``algorithm`` (dotted, e.g.
+            ``ares.enable``) that turns it on.
     """
 
     name: str
@@ -49,6 +62,11 @@ class Entry:
     vanishes_at_zero_advantage: bool = False
     row_local: bool = False
     reads_policy: bool = True
+    step: StepMethod | None = None
+    share_metrics: frozenset[str] = frozenset()
+    token_scale: Callable[[str, int], float] | None = None
+    section: str | None = None
+    switch: str | None = None
 
 
 class Registry:
@@ -58,26 +76,24 @@ class Registry:
         self.family = family
         self._entries: dict[str, Entry] = {}
 
-    def register(
-        self,
-        name: str,
-        *,
-        config: type | None = None,
-        selector: Callable[..., Any] | None = None,
-        needs_adv_variation: bool = False,
-        needs: tuple[str, ...] = (),
-        vanishes_at_zero_advantage: bool = False,
-        row_local: bool = False,
-        reads_policy: bool = True,
-    ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    def register(self, name: str, *, config: type | None = None, **attributes: Any
+                 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        """Decorator: register the function as ``name`` (``attributes`` as :class:`Entry`'s)."""
+
         def decorator(fn: Callable[..., Any]) -> Callable[..., Any]:
-            if name in self._entries:
-                raise ValueError(f"{self.family} '{name}' is registered twice")
-            self._entries[name] = Entry(name, fn, config, selector, needs_adv_variation, frozenset(needs),
-                                        vanishes_at_zero_advantage, row_local, reads_policy)
+            self.add(name, fn, config=config, **attributes)
             return fn
 
         return decorator
+
+    def add(self, name: str, fn: Any, *, config: type | None = None, needs: tuple[str, ...] = (),
+            share_metrics: tuple[str, ...] = (), **attributes: Any) -> None:
+        """Register ``fn`` as ``name``; ``fn`` is a :class:`StepMethod` for a method whose whole
+        implementation is its step hooks (a sampling method)."""
+        if name in self._entries:
+            raise ValueError(f"{self.family} '{name}' is registered twice")
+        self._entries[name] = Entry(name, fn, config, needs=frozenset(needs),
+                                    share_metrics=frozenset(share_metrics), **attributes)
 
     def get(self, name: str) -> Entry:
         load_all()
@@ -100,6 +116,15 @@ TOKEN_LOSSES = Registry("token loss")
 TOKEN_MASKS = Registry("token mask")
 TOKEN_WEIGHTS = Registry("token weight")
 ADVANTAGE_RESHAPERS = Registry("advantage reshaper")
+REGULARIZERS = Registry("regularizer")
+SAMPLERS = Registry("sampling method")
+CONTROLLERS = Registry("step controller")
+"""Stateful methods switched on by a flag of their own section rather than a list (ARES,
+the adaptive entropy coefficient): each entry's ``step.switch`` names that flag."""
+TOKEN_EXTRAS = Registry("per-token extra")
+"""Per-token functions of the logits that a method reads beyond log-probs and entropies
+(``proxy_logp``, ``topp_entropy``, ``topk_entropy``): each entry's ``fn(cfg, temperature)``
+returns ``(logits [n, V], labels [n]) -> [n]``, where ``cfg`` is ``algorithm.<section>``."""
 
 _MODULES = (
     "entropo.algorithms.advantages",
@@ -117,6 +142,12 @@ _MODULES = (
     "entropo.algorithms.canon",
     "entropo.algorithms.qae",
     "entropo.algorithms.reshapers",
+    "entropo.algorithms.siren",
+    "entropo.algorithms.epo",
+    "entropo.algorithms.aepo",
+    "entropo.algorithms.hapo_temperature",
+    "entropo.algorithms.ares",
+    "entropo.algorithms.regularizers",
 )
 
 

@@ -54,6 +54,8 @@ from dataclasses import dataclass
 import torch
 
 from entropo.algorithms.aggregate import LossNorm, aggregate
+from entropo.algorithms.registry import CONTROLLERS
+from entropo.algorithms.stateful import StepInfo, StepMethod
 
 # verl clamps Δ before exp "for numerical stability": e^20 ≈ 4.9e8 is finite in fp32 and bf16,
 # while an unclamped Δ ≥ 89 overflows fp32 exp to inf and makes the loss inf.
@@ -139,6 +141,39 @@ def adaptive_entropy_coef(
     active = window_entropy <= cfg.target
     step = cfg.delta if active else -cfg.delta
     return min(max(coef + step, cfg.coef_min), cfg.coef_max), active
+
+
+@dataclass(frozen=True)
+class AdaptiveEntropyState:
+    """The adaptive controller's running state.
+
+    Attributes:
+        coef: c_H for the next update while the bonus is active (starts at ``algorithm.entropy_coef``).
+    """
+
+    coef: float
+
+
+def _adaptive_context(cfg: AdaptiveEntropyConfig, state: AdaptiveEntropyState, batch, info: StepInfo):
+    """c_H of this update: the bonus applies only while the current policy's entropy (this
+    step's π_old batch mean) is at most the target."""
+    h = float((batch.entropy * batch.mask).sum() / batch.mask.sum().clamp(min=1))
+    return state, {"entropy_coef": state.coef if h <= cfg.target else 0.0}
+
+
+def _adaptive_observe(cfg: AdaptiveEntropyConfig, state: AdaptiveEntropyState, metrics: dict[str, float],
+                      info: StepInfo):
+    """One controller update from the step's token-mean entropy (``entropy/mean``)."""
+    h = metrics["entropy/mean"]
+    out = {"actor/entropy_coef": state.coef, "actor/entropy_bonus_active": float(h <= cfg.target)}
+    coef, _ = adaptive_entropy_coef(state.coef, h, cfg)
+    return AdaptiveEntropyState(coef), out
+
+
+CONTROLLERS.add("adaptive_entropy", StepMethod(
+    init=lambda cfg, info: AdaptiveEntropyState(info.entropy_coef), state_cls=AdaptiveEntropyState,
+    context=_adaptive_context, observe=_adaptive_observe),
+    config=AdaptiveEntropyConfig, section="entropy_adaptive", switch="adaptive_entropy")
 
 
 def _k1(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:

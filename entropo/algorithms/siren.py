@@ -55,8 +55,11 @@ from dataclasses import dataclass
 
 import torch
 
+from entropo.algorithms.aggregate import LossNorm
 from entropo.algorithms.entropy import DEFAULT_CHUNK_SIZE
 from entropo.algorithms.reduce import LOCAL, Reducer
+from entropo.algorithms.registry import REGULARIZERS, TOKEN_EXTRAS
+from entropo.algorithms.stateful import StepInfo, StepMethod
 
 TOP_P_RULES = ("below", "reach")
 
@@ -292,3 +295,54 @@ def siren_term(
         "siren/selected_frac": glob[2] / glob[3].clamp(min=1),
     }
     return share.to(h_hat.dtype), metrics
+
+
+# ---------------------------------------------------------------- the method, as the trainer runs it
+
+
+@dataclass(frozen=True)
+class SirenState:
+    """SIREN's running state.
+
+    Attributes:
+        anchor: H_anc, measured on π_old's step batch at step 1 (None before).
+    """
+
+    anchor: float | None = None
+
+
+def _forward_extras(cfg: SirenConfig, state: SirenState) -> frozenset[str]:
+    return frozenset() if state.anchor is not None else frozenset({"topp_entropy"})
+
+
+def _context(cfg: SirenConfig, state: SirenState, batch, info: StepInfo) -> tuple[SirenState, dict]:
+    """H_anc from the first step's π_old top-p entropies, then constant."""
+    if state.anchor is None:
+        state = SirenState(float(siren_anchor(batch.topp_entropy, batch.mask, cfg.mask_quantile)))
+    return state, {"siren_anchor": state.anchor}
+
+
+@TOKEN_EXTRAS.register("topp_entropy", section="siren")
+def topp_entropy_fn(cfg: SirenConfig, temperature: float):
+    """Ĥ per token, ``(logits [n, V], labels) -> [n]`` (the labels are not read)."""
+    return lambda logits, _labels: top_p_entropy(logits, p_top=cfg.p_top, top_k=cfg.top_k,
+                                                 temperature=temperature, rule=cfg.top_p_rule)
+
+
+@REGULARIZERS.register("siren", config=SirenConfig, needs=("topp_entropy",),
+                       step=StepMethod(init=lambda cfg, info: SirenState(), state_cls=SirenState,
+                                       forward_extras=_forward_extras, context=_context))
+def siren_regularizer(inp, cfg: SirenConfig, ctx, denom_mask: torch.Tensor, norm: LossNorm,
+                      agg_mode: str, l_norm: float | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """This micro-batch's share of ``λ·(H_sel − H_anc)²``.
+
+    Official scope: H_sel over the micro-batch; its term is weighted by the micro-batch's share
+    of the mini-batch's sequences, so that the micro-batch terms average.
+    """
+    h_hat = inp.extras.get("topp_entropy")
+    anchor = ctx.values.get("siren_anchor")
+    if h_hat is None or anchor is None:
+        raise ValueError("siren needs top-p entropies (inputs.extras['topp_entropy']) and its anchor")
+    term, metrics = siren_term(h_hat, inp.mask, anchor, cfg.coef, cfg.mask_quantile)
+    n_seqs = float((inp.mask.sum(-1) > 0).sum())
+    return term * (n_seqs / max(norm.num_seqs, 1.0)), metrics

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 import torch
 
 from entropo.algorithms.entropy import logprobs_and_entropy
-from entropo.trainer.batch import model_inputs
 
 ExtraFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """``fn(logits [n, T, V] raw, labels [n, T]) -> [n, T]``."""
@@ -25,6 +24,19 @@ class ResponseOutputs:
     logp: torch.Tensor  # [n, T]
     entropy: torch.Tensor | None  # [n, T]
     extras: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def model_inputs(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, response_ids: torch.Tensor,
+                 mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(input_ids, attention_mask, position_ids)`` ``[n, P+T]`` for a forward over prompt+response.
+
+    Position ids count only attended tokens, as ``generate`` does with left padding, so the
+    learner's forward sees exactly the positions the rollout saw.
+    """
+    input_ids = torch.cat([prompt_ids, response_ids], dim=1)
+    attention = torch.cat([prompt_mask, mask.to(prompt_mask.dtype)], dim=1)
+    position_ids = (attention.long().cumsum(-1) - 1).clamp(min=0)
+    return input_ids, attention, position_ids
 
 
 def response_outputs(

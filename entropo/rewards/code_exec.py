@@ -155,7 +155,7 @@ def grade(tests: Tests, records: list[dict]) -> list[bool]:
     return passed
 
 
-@register("code", options=CodeConfig)
+@register("code", options=CodeConfig, reads_policy=False)
 def build_code(cfg: CodeConfig, ctx: RewardContext):
     """The ``code`` per-sample scorer: ``{"score", "acc", "pass_frac", "isolated"}``."""
     limits = cfg.limits()

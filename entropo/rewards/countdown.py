@@ -126,7 +126,7 @@ def check(equation: str, target: Fraction, numbers: list[int], use_all_numbers: 
         return False
 
 
-@register("countdown", options=CountdownConfig)
+@register("countdown", options=CountdownConfig, reads_policy=False)
 def build_countdown(cfg: CountdownConfig, ctx: RewardContext):
     """The ``countdown`` per-sample scorer: ``{"score", "acc"}``."""
 

@@ -17,7 +17,7 @@ def embedded_reward(sample: Sample) -> dict[str, float]:
     return {"score": acc, "acc": acc}
 
 
-@register("embedded")
+@register("embedded", reads_policy=False)
 def build_embedded(cfg: None, ctx: RewardContext):
     """The ``embedded`` per-sample scorer (no options)."""
     return embedded_reward

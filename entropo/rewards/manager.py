@@ -150,6 +150,12 @@ class RewardManager:
         they overlap the trainer's start-up); a worker that cannot start raises RuntimeError."""
         self.backend.wait_started()
 
+    @property
+    def reads_policy(self) -> bool:
+        """Whether some reward reads π_old's numbers of a sample (a function of the user's, or a
+        built-in that does): the trainer then runs its π_old pass before scoring."""
+        return any(not s.is_builtin or registry.get(s.target).reads_policy for s in self.specs)
+
     def correctness_rule(self) -> str:
         """How ``correct`` is decided, in one line (printed once at start-up)."""
         return (f"[reward] correct = the 'acc' a reward function reports (first in reward.fns), "

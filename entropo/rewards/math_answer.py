@@ -347,7 +347,7 @@ def check(response: str, ground_truth: str, cfg: MathConfig | None = None) -> tu
     return (1.0 if ok else 0.0), pred
 
 
-@register("math", options=MathConfig)
+@register("math", options=MathConfig, reads_policy=False)
 def build_math(cfg: MathConfig, ctx: RewardContext):
     """The ``math`` per-sample scorer: ``{"score", "acc"}``."""
 

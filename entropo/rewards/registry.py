@@ -59,13 +59,17 @@ class Builtin:
     build: Callable[[Any, RewardContext], Callable]
     options: type | None = None
     summarise: Summarise | None = None
+    reads_policy: bool = True
+    """The scorer may read ``Sample.entropy`` or ``Sample.old_logp`` (π_old's numbers), so the
+    trainer must run its π_old pass before the rewards; a built-in that never does declares
+    False, which lets the trainer take π_old from the update's own forward."""
 
 
 BUILTINS: dict[str, Builtin] = {}
 
 
 def register(name: str, level: str = "sample", options: type | None = None,
-             summarise: Summarise | None = None) -> Callable:
+             summarise: Summarise | None = None, reads_policy: bool = True) -> Callable:
     """Register a built-in factory under ``name`` (decorator).
 
     Args:
@@ -73,6 +77,7 @@ def register(name: str, level: str = "sample", options: type | None = None,
         level: ``"sample"`` or ``"group"``.
         options: the built-in's frozen config dataclass, or None.
         summarise: turns returned extras into metrics (see :data:`Summarise`).
+        reads_policy: the scorer may read π_old's entropies or log-probs of the sample.
 
     Returns:
         The decorator; it returns the factory unchanged.
@@ -83,7 +88,7 @@ def register(name: str, level: str = "sample", options: type | None = None,
     def deco(build: Callable) -> Callable:
         if name in BUILTINS and BUILTINS[name].build is not build:
             raise ValueError(f"reward built-in '{name}' is registered twice")
-        BUILTINS[name] = Builtin(name, level, build, options, summarise)
+        BUILTINS[name] = Builtin(name, level, build, options, summarise, reads_policy)
         return build
 
     return deco

@@ -78,7 +78,7 @@ def random_rewards(samples: list[Sample], cfg: RandomRewardConfig) -> list[dict[
     return out
 
 
-@register("random", level="group", options=RandomRewardConfig)
+@register("random", level="group", options=RandomRewardConfig, reads_policy=False)
 def build_random(cfg: RandomRewardConfig, ctx: RewardContext):
     """The ``random`` group scorer (see the module docstring)."""
 

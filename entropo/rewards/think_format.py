@@ -53,7 +53,7 @@ def well_formed(response: str, prompt: str = "", answer_tag: bool = False) -> bo
     return bool(answer.strip())
 
 
-@register("format", options=FormatConfig)
+@register("format", options=FormatConfig, reads_policy=False)
 def build_format(cfg: FormatConfig, ctx: RewardContext):
     """The ``format`` per-sample scorer: a float."""
 

@@ -19,14 +19,14 @@ the step; none rebuilds the batch (dynamic sampling keeps a subset of rows with
 | ``weight_version`` | int, the policy version that generated the batch | rollout |
 | ``old_logp`` / ``entropy`` | [N, T] π_old log-probs and entropies at T | learner forward |
 | ``ref_logp`` | [N, T] π_ref log-probs, when ``kl_coef > 0`` | learner forward |
-| ``proxy_logp`` | [N, T] Lp-Reg's min-p proxy log-probs of π_old, when ``loss=lp_reg`` | learner forward |
-| ``topp_entropy`` | [N, T] SIREN's top-p entropy of π_old (step 1, for its anchor) | learner forward |
-| ``topk_entropy`` | [N, T] ARES's top-k entropy of π_old (``algorithm.ares.entropy=topk``) | learner forward |
+| ``proxy_logp`` | [N, T] proxy-distribution log-probs of π_old (``TOKEN_EXTRAS``), when a loss reads them | learner forward |
+| ``topp_entropy`` | [N, T] top-p entropy of π_old (``TOKEN_EXTRAS``; a regulariser's anchor) | learner forward |
+| ``topk_entropy`` | [N, T] top-k entropy of π_old (``TOKEN_EXTRAS``) | learner forward |
 | ``rewards`` | [N] scalar reward R_i | rewards |
 | ``reward_components`` | name -> [N] | rewards |
 | ``correct`` | [N] float, 1 for a verified-correct answer (the ``acc`` metric) | rewards |
 | ``cluster_ids`` | [N] int64, answer-equivalence cluster within each group (SEED, EMPO) | rewards |
-| ``kl_scale`` | [N, T] factor on β_ref of the KL to π_ref (ARES's per-bucket β_b), when on | ARES (controller) |
+| ``kl_scale`` | [N, T] factor on β_ref of the KL to π_ref (a per-response β), when a method sets it | reward shaping (stateful methods) |
 | ``advantages`` | [N, T] advantages broadcast over valid tokens | advantages |
 """
 
@@ -37,6 +37,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+
+# The field table of what crosses to the learner ranks; LearnerShard has exactly these fields
+# (a test holds it to the table) and StepBatch has them too.
+SEQUENCE_FIELDS = ("prompt_ids", "prompt_mask", "response_ids", "mask")
+"""What a forward pass reads."""
+OLD_PASS_FIELDS = ("old_logp", "entropy", "ref_logp", "proxy_logp", "topp_entropy", "topk_entropy")
+"""What the learner's π_old pass fills in (the last three: per-token extras, when asked for)."""
+UPDATE_FIELDS = ("advantages", "rollout_logp", "kl_scale")
+"""What the update reads beyond those."""
+LEARNER_FIELDS = SEQUENCE_FIELDS + OLD_PASS_FIELDS + UPDATE_FIELDS
 
 
 @dataclass
@@ -137,14 +147,57 @@ def _pad_right(x: torch.Tensor, width: int) -> torch.Tensor:
     return torch.cat([x, pad], dim=1)
 
 
-def model_inputs(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, response_ids: torch.Tensor,
-                 mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(input_ids, attention_mask, position_ids)`` ``[n, P+T]`` for a forward over prompt+response.
+@dataclass
+class LearnerShard:
+    """One learner rank's rows of the step batch (all ``[n, ...]``): the fields of
+    :data:`SEQUENCE_FIELDS`, :data:`OLD_PASS_FIELDS` and :data:`UPDATE_FIELDS`, as in
+    :class:`StepBatch`."""
 
-    Position ids count only attended tokens, as ``generate`` does with left padding, so the
-    learner's forward sees exactly the positions the rollout saw.
-    """
-    input_ids = torch.cat([prompt_ids, response_ids], dim=1)
-    attention = torch.cat([prompt_mask, mask.to(prompt_mask.dtype)], dim=1)
-    position_ids = (attention.long().cumsum(-1) - 1).clamp(min=0)
-    return input_ids, attention, position_ids
+    prompt_ids: torch.Tensor
+    prompt_mask: torch.Tensor
+    response_ids: torch.Tensor
+    mask: torch.Tensor
+    old_logp: torch.Tensor | None = None
+    entropy: torch.Tensor | None = None
+    ref_logp: torch.Tensor | None = None
+    proxy_logp: torch.Tensor | None = None
+    topp_entropy: torch.Tensor | None = None
+    topk_entropy: torch.Tensor | None = None
+    advantages: torch.Tensor | None = None
+    rollout_logp: torch.Tensor | None = None
+    kl_scale: torch.Tensor | None = None
+
+    @staticmethod
+    def of(batch: StepBatch, index: slice | None = None) -> LearnerShard:
+        """The learner's fields of ``batch`` (rows ``index``, all when None)."""
+        rows = slice(None) if index is None else index
+        return LearnerShard(**{k: None if (v := getattr(batch, k)) is None else v[rows] for k in LEARNER_FIELDS})
+
+    def rows(self, index: slice | torch.Tensor) -> LearnerShard:
+        return LearnerShard(**{k: (None if v is None else v[index]) for k, v in vars(self).items()})
+
+    def trimmed(self) -> tuple[LearnerShard, int]:
+        """The same rows without the padding columns no row of them needs: prompts keep their
+        last ``p`` columns (left padding), responses their first ``t`` (right padding).
+
+        The step batch is padded to its longest prompt and response; a micro-batch of shorter
+        ones would otherwise run the model over columns that are masked out anyway. The
+        result is exact: masked positions contribute nothing and positions are counted from
+        the attention mask. Returns the trimmed rows and ``t``.
+        """
+        p = max(int(self.prompt_mask.sum(-1).max()), 1) if len(self) else 1
+        valid = self.mask.bool()
+        last = (valid * torch.arange(1, valid.shape[1] + 1)).max() if valid.numel() else torch.tensor(0)
+        t = max(int(last), 1)
+        out = {}
+        for key, value in vars(self).items():
+            if value is None:
+                out[key] = None
+            elif key in ("prompt_ids", "prompt_mask"):
+                out[key] = value[:, value.shape[1] - p:]
+            else:
+                out[key] = value[:, :t]
+        return LearnerShard(**out), t
+
+    def __len__(self) -> int:
+        return self.response_ids.shape[0]

@@ -44,8 +44,8 @@ import torch
 from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
 from entropo.config import TrainConfig
-from entropo.trainer.batch import StepBatch
-from entropo.trainer.learner import LearnerRank, LearnerShard
+from entropo.trainer.batch import OLD_PASS_FIELDS, SEQUENCE_FIELDS, LearnerShard, StepBatch
+from entropo.trainer.learner import LearnerRank
 from entropo.trainer.rollout import RolloutOutput, RolloutWorker, SamplingParams
 from entropo.trainer.run import RunError
 from entropo.trainer.weight_sync import DEFAULT_BUCKET_BYTES, check_receiver
@@ -641,16 +641,14 @@ class Cluster:
     def _split(self, batch: StepBatch) -> list[LearnerShard]:
         r = len(self.learners)
         k = -(-len(batch) // r)
-        return [LearnerShard(batch.prompt_ids[i * k:(i + 1) * k], batch.prompt_mask[i * k:(i + 1) * k],
-                             batch.response_ids[i * k:(i + 1) * k], batch.mask[i * k:(i + 1) * k])
-                for i in range(r)]
+        return [LearnerShard(*(getattr(batch, f)[i * k:(i + 1) * k] for f in SEQUENCE_FIELDS)) for i in range(r)]
 
     def forward(self, batch: StepBatch, extras: frozenset[str] = frozenset()) -> None:
-        """Adds ``old_logp``, ``entropy`` (``ref_logp``, ``proxy_logp``, and requested
-        ``extras`` such as ``topp_entropy``) to the batch."""
+        """Adds the π_old pass's fields (:data:`OLD_PASS_FIELDS`: ``old_logp``, ``entropy``, and
+        ``ref_logp`` and the per-token extras when computed) to the batch."""
         shards = self._split(batch)
         outs = ray.get([a.forward.remote(s, extras) for a, s in zip(self.learners, shards)])
-        for name in ("old_logp", "entropy", "ref_logp", "proxy_logp", "topp_entropy", "topk_entropy"):
+        for name in OLD_PASS_FIELDS:
             if getattr(outs[0], name) is not None:
                 setattr(batch, name, torch.cat([getattr(o, name) for o in outs]))
 

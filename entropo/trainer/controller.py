@@ -1,8 +1,10 @@
 """The step loop: prompts → rollout → learner forward → rewards → advantages (+ dynamic
 sampling) → update → weight sync → metrics → checkpoint.
 
-The controller owns the loop, the data and the algorithm's running state (adaptive
-coefficients); the actors own the models. Actors never call each other.
+The controller owns the loop and the data; the actors own the models, and actors never call
+each other. Methods with running state across steps keep it behind their own hooks
+(:mod:`entropo.algorithms.stateful`): the controller holds ``{name: state}``, calls the hooks
+at fixed points of the step and saves the states in checkpoints; no method is named here.
 
 Two ways the loop saves time, both off by nothing but their config:
 
@@ -17,9 +19,9 @@ Two ways the loop saves time, both off by nothing but their config:
   token_weight=[tis]`` corrects for it. Before evaluation and at the end the pending
   generation is awaited and the weights synced (:meth:`Controller.settle`); a checkpoint
   stores the data position before the pending draw, so a resumed run draws it again.
-  Sampling-stage state read at launch (HAPO's adaptive-temperature statistics) is one step
-  older than in the synchronous mode; extra generation batches (dynamic sampling, AEPO)
-  queue behind the pending generation on the rollout workers.
+  Sampling-stage state read at launch (an adaptive temperature's statistics) is one step
+  older than in the synchronous mode; extra generation batches (dynamic sampling, a method's
+  injected rows) queue behind the pending generation on the rollout workers.
 """
 
 from __future__ import annotations
@@ -31,50 +33,38 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from entropo.algorithms import diagnostics
+from entropo.algorithms import diagnostics, stateful
 from entropo.algorithms.advantages import broadcast_to_tokens
-from entropo.algorithms.aepo import (
-    AEPO_INITIAL_ENTROPY,
-    aepo_mix,
-    aepo_num_injected,
-    aepo_num_prompts,
-    aepo_temperature,
-)
-from entropo.algorithms.ares import AresState, ares_step, sequence_kl
-from entropo.algorithms.canon import canon_token_scale
 from entropo.algorithms.dynamic_sampling import (
     dynamic_sampling_metrics,
     group_keep_mask,
     need_more_batches,
     select_groups,
 )
-from entropo.algorithms.hapo import entropy_h_hat
-from entropo.algorithms.masks import top_count
 from entropo.algorithms.objective import StepContext
 from entropo.algorithms.overlong import filter_truncated, overlong_metrics, overlong_penalty
 from entropo.algorithms.registry import ADVANTAGE_RESHAPERS, ADVANTAGES
-from entropo.algorithms.regularizers import adaptive_entropy_coef
-from entropo.algorithms.select import top_k_mask
-from entropo.algorithms.siren import siren_anchor
 from entropo.config import TrainConfig, to_yaml
 from entropo.data.prompts import render_prompt
 from entropo.rewards.manager import check_failures
-from entropo.trainer.batch import StepBatch
-from entropo.trainer.checkpoint import Checkpoints, load_controller, save_controller
+from entropo.trainer import step_metrics
+from entropo.trainer.batch import LearnerShard, StepBatch
+from entropo.trainer.checkpoint import (
+    CheckpointError,
+    Checkpoints,
+    load_controller,
+    save_controller,
+)
 from entropo.trainer.evaluation import answer_key
-from entropo.trainer.learner import LearnerShard
 from entropo.trainer.rollout import SamplingParams
 
-FORK_RHO = 0.2  # spec D4: the top 20% of tokens by entropy are the "forking" tokens
-FORK_TOP_TOKENS = 50  # spec D4: the 50 most frequent forking tokens
-FIT_WINDOW = 20  # spec D2: trailing window of the ΔH-vs-Ĉ fit
-PLAIN_ADVANTAGES = ("grpo", "dr_grpo", "rloo", "reinforce_pp_baseline", "qae")  # read rewards only
-# built-in rewards that never read Sample.entropy / Sample.old_logp
-POLICY_FREE_REWARDS = ("math", "countdown", "embedded", "format", "code", "random")
+FIT_WINDOW = 20  # trailing window of the ΔH-vs-Ĉ fit (docs/algorithms.md §12)
 
 
 # The update's metrics that must be finite, in the order they are reported; a NaN loss makes
@@ -105,19 +95,21 @@ def check_update_finite(step: int, metrics: dict[str, float], lr: float) -> None
         f"(now {lr:g}) or check the rewards and data, then resume with trainer.resume=auto")
 
 
-def old_pass_fused(cfg: TrainConfig, reward_targets: list[str]) -> bool:
+def old_pass_fused(cfg: TrainConfig, rewards_read_policy: bool) -> bool:
     """Whether the π_old pass can be the update's own forward (``learner.fuse_old_forward``):
-    π_old must equal π_θ at that forward (one epoch of one mini-batch) and nothing before
-    the update may read π_old or π_ref (``reward_targets``: the reward functions' targets)."""
+    π_old must equal π_θ at that forward (one epoch of one mini-batch) and nothing before the
+    update may read π_old or π_ref: no KL, no estimator or reshaper that reads them, no
+    stateful method (each reads the step batch's π_old before the update, or adds rows that
+    need a π_old pass of their own), no objective input beyond the entropy and the rollout's
+    log-probs, and no reward that reads them (``rewards_read_policy``)."""
     a, learner = cfg.algorithm, cfg.learner
     obj = cfg.objective()
     one_update = learner.ppo_epochs == 1 and learner.mini_batch_prompts in (None, cfg.trainer.prompts_per_step)
     return (learner.fuse_old_forward and one_update and a.kl_coef == 0
-            and a.advantage in PLAIN_ADVANTAGES and a.advantage_reshaper is None
-            and not (a.sampling or a.regularizer or a.adaptive_entropy or a.ares.enable)
-            and "dmmpt" not in a.token_mask  # its gate reads the step's π_old entropy
+            and not ADVANTAGES.get(a.advantage).needs and a.advantage_reshaper is None
+            and not stateful.active(a)
             and not obj.needs_policy_prepass and not (obj.needs - {"entropy", "rollout_logp"})
-            and all(t in POLICY_FREE_REWARDS for t in reward_targets))
+            and not rewards_read_policy)
 
 
 @dataclass
@@ -125,19 +117,13 @@ class ControllerState:
     """The controller's own state, saved in checkpoints."""
 
     step: int = 0
-    entropy_coef: float = 0.0
+    methods: dict[str, Any] = field(default_factory=dict)  # each stateful method's state, by name
     history: dict[str, list[float]] = field(default_factory=lambda: {"cov": [], "entropy": []})
     accuracy_start: float | None = None
     accuracy_end: float | None = None
     entropy_start: float | None = None
     entropy_end: float | None = None
-    siren_anchor: float | None = None  # SIREN's H_anc, fixed at step 1 (spec G2)
-    epo_count: int = 0  # EPO's cumulative mean of step entropies (spec G3)
-    epo_total: float = 0.0
-    hapo_stats: tuple[float, float, float, float] | None = None  # S2: (μ, σ, s⁺, s⁻) of the last step
-    aepo_entropy: float = AEPO_INITIAL_ENTROPY  # S3/G4: Ĥ of the last update
-    ares: dict | None = None  # ARES's α_b, β_b, τ and EMAs (AresState.as_dict()), after the last step
-    probe: dict[str, torch.Tensor] | None = None  # D4: fixed responses and their initial entropies
+    probe: dict[str, torch.Tensor] | None = None  # fixed responses and their initial entropies (forking analysis)
     reward_errors: float = 0.0  # Σ reward/errors over the steps so far, for the summary
 
 
@@ -163,12 +149,13 @@ class Controller:
         self.tokenizer = tokenizer
         self.rewards = rewards  # a RewardManager
         self.sinks = sinks
-        self.state = ControllerState(entropy_coef=cfg.algorithm.entropy_coef)
+        self.methods = stateful.active(cfg.algorithm)
+        self.state = ControllerState(methods=stateful.initial_states(self.methods, self.info(0)))
         self.run_dir = Path(cfg.trainer.output_dir)
         self.checkpoints = Checkpoints(self.run_dir / "checkpoints", cfg.trainer.keep_checkpoints)
         self.eval_rows = eval_rows or []
-        targets = [s.target for s in getattr(rewards, "specs", [])]
-        self.fused = rewards is not None and old_pass_fused(cfg, targets)
+        self.fused = rewards is not None and old_pass_fused(cfg, rewards.reads_policy)
+        self.close_id = step_metrics.think_close_id(tokenizer)
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="rollout-ahead") if cfg.trainer.async_rollout else None
         self._ahead: Future | None = None  # the next step's generation, in flight
         self._ahead_rewards: dict[str, float] | None = None  # its reward metrics, when scored there
@@ -180,14 +167,10 @@ class Controller:
         t = Timer()
         with t("step"):
             batch, gen_metrics = self.collect(step, t)          # rollout, forward, rewards, filtering
-            if self.cfg.algorithm.ares.enable:                    # ARES: HWE reward term, per-bucket KL β
-                gen_metrics.update(self.ares_shape(batch))
+            gen_metrics.update(self.shape(batch, step))           # reward shaping by stateful methods
             with t("advantage"):
                 batch, adv_metrics = self.advantages(batch)
-            if "aepo" in self.cfg.algorithm.sampling:
-                with t("aepo"):
-                    batch, aepo_metrics = self.aepo_inject(batch, step)
-                adv_metrics.update(aepo_metrics)
+            batch, inject_metrics = self.inject(batch, step, t)   # rows added by stateful methods
             with t("update"):
                 ctx = self.step_context(batch, step)
                 update_metrics = self.cluster.update(self.minibatches(batch), ctx, fill=batch if self.fused else None)
@@ -195,12 +178,14 @@ class Controller:
             if self._pool is None:
                 with t("sync"):
                     self.cluster.sync_weights(step)
-            self.keep_probe(batch)
+            if self.cfg.logger.forking_every and self.state.probe is None:
+                self.state.probe = step_metrics.probe_of(batch, self.cfg.logger.forking_probe)
         self.state.step = step
         self.last_batch = batch
-        metrics = {**gen_metrics, **adv_metrics, **update_metrics, **self.batch_metrics(batch)}
+        metrics = {**gen_metrics, **adv_metrics, **inject_metrics, **update_metrics,
+                   **step_metrics.batch_metrics(batch, self.close_id)}
         metrics.update(self.cluster.metrics())  # e.g. rollout/worker_restarts
-        metrics.update(self.adapt(metrics))
+        metrics.update(self.observe(metrics, step))
         metrics["rollout/off_policy_steps"] = float(step - 1 - batch.weight_version)
         metrics.update({f"timing/{k}": v for k, v in t.seconds.items()})
         metrics["perf/tokens_per_s"] = float(batch.mask.sum()) / max(t.seconds["step"], 1e-9)
@@ -300,23 +285,20 @@ class Controller:
         self.sync_if_stale()
 
     def sampling(self, step: int, attempt: int) -> SamplingParams:
-        r, a = self.cfg.rollout, self.cfg.algorithm
-        adaptive = None
-        if "hapo_temperature" in a.sampling and self.state.hapo_stats is not None:
-            h = a.hapo_temperature
-            adaptive = (h.tau, h.code_compat, *self.state.hapo_stats)
+        """The rollout's sampling parameters; a sampling method may scale the logits per token."""
+        r, info = self.cfg.rollout, self.info(step)
+        scales = [m.step.sampling(m.cfg, self.state.methods[m.name], info) for m in self.methods if m.step.sampling]
         return SamplingParams(
             n=r.n, temperature=r.temperature, top_p=r.top_p, max_new_tokens=r.max_new_tokens,
             stop=tuple(r.stop), seed=self.cfg.trainer.seed * 1_000_003 + step * 101 + attempt,
-            hapo_temperature=adaptive,
+            logit_scale=next((s for s in scales if s is not None), None),
         )
 
     def forward_extras(self) -> frozenset[str]:
-        """Extra π_old quantities this step needs (SIREN's anchor is measured at step 1)."""
-        a = self.cfg.algorithm
-        out = {"topk_entropy"} if a.ares.enable and a.ares.entropy == "topk" else set()
-        if "siren" in a.regularizer and self.state.siren_anchor is None:
-            out.add("topp_entropy")
+        """Per-token π_old extras the stateful methods need of this step's forward."""
+        out: set[str] = set()
+        for m in self.methods:
+            out |= m.step.forward_extras(m.cfg, self.state.methods[m.name])
         return frozenset(out)
 
     def samples(self, batch: StepBatch, step: int, is_eval: bool = False) -> list:
@@ -371,15 +353,15 @@ class Controller:
         return metrics
 
     def advantages(self, batch: StepBatch) -> tuple[StepBatch, dict[str, float]]:
-        """The estimator (spec A1-A4), then at most one reshaper (A5/A6), broadcast to tokens."""
+        """The estimator (docs/algorithms.md §4), then at most one reshaper (§4.3), broadcast to tokens."""
         a = self.cfg.algorithm
         if a.overlong.filter_truncated:
             batch.mask = filter_truncated(batch.mask, batch.truncated)
         entry = ADVANTAGES.get(a.advantage)
         cfg = getattr(a, a.advantage, None) if entry.config_cls else None
         adv, metrics = entry.fn(batch.rewards, batch.group_ids, cfg, mask=batch.mask, entropy=batch.entropy)
-        if a.advantage == "canon":
-            adv = adv * canon_token_scale(a.loss_agg_mode, self.cfg.rollout.max_new_tokens)
+        if entry.token_scale is not None:
+            adv = adv * entry.token_scale(a.loss_agg_mode, self.cfg.rollout.max_new_tokens)
         if a.advantage_reshaper is not None:
             reshaper = ADVANTAGE_RESHAPERS.get(a.advantage_reshaper)
             adv, m = reshaper.fn(adv, batch.group_ids, getattr(a, a.advantage_reshaper), mask=batch.mask,
@@ -388,75 +370,70 @@ class Controller:
         batch.advantages = broadcast_to_tokens(adv, batch.mask)
         return batch, {k: float(v) for k, v in metrics.items()}
 
-    def aepo_inject(self, batch: StepBatch, step: int) -> tuple[StepBatch, dict[str, float]]:
-        """AEPO (spec S3 + G4): re-generate the first prompts at T', and let the first n_s
-        positive responses replace rows 0..n_s−1 of the batch with advantage ≡ 1."""
-        a, r = self.cfg.algorithm, self.cfg.rollout
-        cfg, h_hat = a.aepo, self.state.aepo_entropy
-        t_prime = aepo_temperature(h_hat, cfg.entropy_target, cfg.T_high, cfg.T_low)
-        n_prompts = aepo_num_prompts(self.cfg.trainer.prompts_per_step, cfg.prompt_fraction)
-        metrics = {"aepo/temperature": t_prime, "aepo/entropy_estimate": h_hat}
-        if n_prompts == 0:
-            return batch, metrics
-        first_rows = [batch.rows[i] for i in range(0, n_prompts * r.n, r.n)]
-        params = dataclasses.replace(self.sampling(step, attempt=0), temperature=t_prime, seed=step * 7919 + 17)
-        extra = self.cluster.rollout(first_rows, params, self.tokenizer)
-        self.cluster.forward(extra)  # π_old at the base temperature for every row (spec G4)
-        self.score(extra, step)
-        adv, _ = ADVANTAGES.get("grpo").fn(extra.rewards, extra.group_ids, a.grpo, mask=extra.mask)
-        n_pos = int((adv > cfg.positive_threshold).sum())
-        n_s = min(aepo_num_injected(h_hat, cfg.entropy_target, cfg.reinforce_sample_num, n_pos), len(batch))
-        plan, m = aepo_mix(len(batch), adv, n_s, cfg.positive_threshold)
-        metrics.update({k: float(v) for k, v in m.items()})
-        if n_s == 0:
-            return batch, metrics
-        metrics["aepo/injected_reward_mean"] = float(extra.rewards[plan.source_rows].mean())
-        extra.advantages = broadcast_to_tokens(torch.ones(len(extra)), extra.mask)
-        merged = StepBatch.concat([batch, extra])
-        order = torch.arange(len(batch))
-        order[plan.target_rows] = len(batch) + plan.source_rows
-        mixed = merged.select(order)
-        # an injected row keeps its own (new) group: it must not join the group it replaced
-        mixed.group_ids = mixed.group_ids.clone()
-        mixed.group_ids[plan.target_rows] = -1 - plan.source_rows
-        return mixed, metrics
+    # ---- stateful methods (entropo.algorithms.stateful) ------------------------------------
+    def info(self, step: int) -> stateful.StepInfo:
+        """The run's facts that stateful methods read, at ``step``."""
+        c = self.cfg
+        return stateful.StepInfo(step=step, prompts_per_step=c.trainer.prompts_per_step, n=c.rollout.n,
+                                 temperature=c.rollout.temperature, entropy_coef=c.algorithm.entropy_coef,
+                                 kl_estimator=c.algorithm.kl_estimator)
 
-    def ares_shape(self, batch: StepBatch) -> dict[str, float]:
-        """ARES (arXiv 2510.08457; ``entropo.algorithms.ares``): add the difficulty-bucketed HWE
-        term to the rewards (component ``ares``) and, with ``adaptive_kl``, set each response's
-        β_b on the KL to π_ref (``batch.kl_scale``); the state carries over to the next step."""
-        a = self.cfg.algorithm
-        cfg = a.ares
-        state = AresState.initial(cfg) if self.state.ares is None else AresState.from_dict(self.state.ares)
-        entropy = batch.topk_entropy if cfg.entropy == "topk" else batch.entropy
-        seq_kl = sequence_kl(batch.old_logp, batch.ref_logp, batch.mask, a.kl_estimator) if cfg.adaptive_kl else None
-        out = ares_step(entropy, batch.mask, batch.correct, batch.group_ids, state, cfg, seq_kl=seq_kl)
-        self.state.ares = out.state.as_dict()
-        term = out.term.to(batch.rewards.dtype)
-        batch.rewards = batch.rewards + term
-        batch.reward_components = {**batch.reward_components, "ares": term}
-        if out.beta is not None:
-            batch.kl_scale = broadcast_to_tokens(out.beta.to(batch.mask.dtype), batch.mask)
-        return {k: float(v) for k, v in out.metrics.items()}
+    def shape(self, batch: StepBatch, step: int) -> dict[str, float]:
+        """Methods that change the step's rewards (and per-response KL scales) after scoring."""
+        metrics: dict[str, float] = {}
+        for m in self.methods:
+            if m.step.shape is not None:
+                self.state.methods[m.name], out = m.step.shape(m.cfg, self.state.methods[m.name], batch, self.info(step))
+                metrics.update(out)
+        return metrics
+
+    def inject(self, batch: StepBatch, step: int, t: Timer) -> tuple[StepBatch, dict[str, float]]:
+        """Methods that put rows of an extra generation into the batch after the advantages."""
+        metrics: dict[str, float] = {}
+        for m in self.methods:
+            if m.step.inject is not None:
+                with t(m.name):
+                    batch, out = m.step.inject(m.cfg, self.state.methods[m.name], batch, self.info(step),
+                                               partial(self._generate_extra, step))
+                metrics.update(out)
+        return batch, metrics
+
+    def _generate_extra(self, step: int, rows: list, temperature: float, seed: int) -> StepBatch:
+        """A stateful method's extra generation: rollout at ``temperature``, π_old pass (at the
+        rollout temperature) and rewards."""
+        params = dataclasses.replace(self.sampling(step, attempt=0), temperature=temperature, seed=seed)
+        extra = self.cluster.rollout(rows, params, self.tokenizer)
+        self.cluster.forward(extra)
+        self.score(extra, step)
+        return extra
 
     def step_context(self, batch: StepBatch, step: int) -> StepContext:
-        """Step-level inputs of the objective (and the running state they come from)."""
-        a = self.cfg.algorithm
+        """Step-level inputs of the objective: the step's π_old entropy and the values of the
+        stateful methods' context hooks (which update their state from this batch)."""
         # None when π_old comes from the update itself (fused): then no method reads it
         h = None if batch.entropy is None else float((batch.entropy * batch.mask).sum() / batch.mask.sum().clamp(min=1))
-        if "siren" in a.regularizer and self.state.siren_anchor is None:
-            self.state.siren_anchor = float(siren_anchor(batch.topp_entropy, batch.mask, a.siren.mask_quantile))
-        if "hapo_temperature" in a.sampling:  # S2: this step's π_old statistics drive the next rollout
-            ht = a.hapo_temperature
-            _, st = entropy_h_hat(batch.entropy, batch.mask, ht.entropy_pivot, ht.code_compat)
-            self.state.hapo_stats = (float(st.mu), float(st.sigma), float(st.s_pos), float(st.s_neg))
-        epo_reference = None
-        if "epo" in a.regularizer:
-            self.state.epo_count += 1
-            self.state.epo_total += h
-            epo_reference = self.state.epo_total / self.state.epo_count
-        return StepContext(step=step, entropy_coef=self.entropy_coef_now(batch), step_entropy=h,
-                           siren_anchor=self.state.siren_anchor, epo_reference=epo_reference)
+        values: dict[str, Any] = {}
+        for m in self.methods:
+            if m.step.context is not None:
+                self.state.methods[m.name], out = m.step.context(m.cfg, self.state.methods[m.name], batch,
+                                                                 self.info(step))
+                values.update(out)
+        return StepContext(step=step, step_entropy=h, values=values)
+
+    def observe(self, metrics: dict[str, float], step: int) -> dict[str, float]:
+        """Running state after the update: the ΔH-vs-Cov fit, then each stateful method's."""
+        h = self.state.history
+        h["cov"].append(metrics.get("cov/mean", float("nan")))
+        h["entropy"].append(metrics["entropy/mean"])
+        for key in h:  # the fit reads the last FIT_WINDOW steps; older ones are never used
+            del h[key][:-FIT_WINDOW - 1]
+        out = {k: float(v) for k, v in diagnostics.fit_entropy_change(h["cov"], h["entropy"], window=FIT_WINDOW).items()}
+        for m in self.methods:
+            if m.step.observe is not None:
+                self.state.methods[m.name], more = m.step.observe(m.cfg, self.state.methods[m.name], metrics,
+                                                                  self.info(step))
+                out.update(more)
+        return out
 
     def minibatches(self, batch: StepBatch) -> list[list[LearnerShard]]:
         """Mini-batches of whole groups, each split evenly across learner ranks: ``[mb][rank]``."""
@@ -470,78 +447,8 @@ class Controller:
                     f"a mini-batch of {len(mb)} responses cannot be split evenly over learner.ranks={ranks}"
                 )
             k = len(mb) // ranks
-            out.append([_shard(mb.select(slice(r * k, (r + 1) * k))) for r in range(ranks)])
+            out.append([LearnerShard.of(mb.select(slice(r * k, (r + 1) * k))) for r in range(ranks)])
         return out
-
-    # ---- metrics and running state ----------------------------------------------------------
-    def batch_metrics(self, batch: StepBatch) -> dict[str, float]:
-        m = batch.mask
-        lengths = batch.response_lengths
-        correct = batch.correct.bool()
-        out: dict[str, float] = {
-            "reward/mean": float(batch.rewards.mean()),
-            "reward/accuracy": float(batch.correct.mean()),
-            "response_length/mean": float(lengths.mean()),
-            "response_length/max": float(lengths.max()),
-            "response_length/correct_mean": float(lengths[correct].mean()) if correct.any() else float("nan"),
-            "response_length/wrong_mean": float(lengths[~correct].mean()) if (~correct).any() else float("nan"),
-            "response_length/truncated_frac": float(batch.truncated.float().mean()),
-            "rollout/weight_version": float(batch.weight_version),
-        }
-        for name, values in batch.reward_components.items():
-            out[f"reward/{name}/mean"] = float(values.mean())
-        out.update({k: float(v) for k, v in diagnostics.entropy_summary(batch.entropy, m).items()})
-        rows_mask = m * correct.unsqueeze(-1)
-        out.update({k: float(v) for k, v in diagnostics.phase_split_means(
-            batch.entropy, m, rows_mask, names=("correct", "wrong")).items()})
-        close_id = self._think_close_id()
-        if close_id is not None:
-            think, answer_mask = think_phase(batch.response_ids, m, close_id)
-            out.update({k: float(v) for k, v in diagnostics.phase_split_means(
-                batch.entropy, answer_mask, think, names=("think", "answer")).items()})
-        out.update({k: float(v) for k, v in diagnostics.logprob_gap(batch.rollout_logp, batch.old_logp, m).items()})
-        out.update({k: float(v) for k, v in diagnostics.covariance_metrics(
-            batch.old_logp, batch.advantages, batch.entropy, m).items()})
-        out.update({k: float(v) for k, v in diagnostics.entropy_dynamics_metrics(
-            batch.old_logp, batch.entropy, batch.advantages, m).items()})
-        return out
-
-    def _think_close_id(self) -> int | None:
-        """The token id of ``</think>`` when the tokenizer has it as one token."""
-        tok = self.tokenizer
-        if tok is None:
-            return None
-        ids = tok.encode("</think>", add_special_tokens=False)
-        return ids[0] if len(ids) == 1 else None
-
-    def adapt(self, metrics: dict[str, float]) -> dict[str, float]:
-        """Running state after the update: adaptive entropy coefficient, ΔH-vs-Cov fit."""
-        out: dict[str, float] = {}
-        a = self.cfg.algorithm
-        h = self.state.history
-        h["cov"].append(metrics.get("cov/mean", float("nan")))
-        h["entropy"].append(metrics["entropy/mean"])
-        for key in h:  # the fit reads the last FIT_WINDOW steps; older ones are never used
-            del h[key][:-FIT_WINDOW - 1]
-        fit = diagnostics.fit_entropy_change(h["cov"], h["entropy"], window=FIT_WINDOW)
-        out.update({k: float(v) for k, v in fit.items()})
-        if "aepo" in a.sampling and math.isfinite(metrics.get("actor/neg_logp", float("nan"))):
-            self.state.aepo_entropy = metrics["actor/neg_logp"]  # Ĥ: sampled-token NLL of the update (G4)
-        if a.adaptive_entropy:
-            out["actor/entropy_coef"] = self.state.entropy_coef
-            out["actor/entropy_bonus_active"] = float(metrics["entropy/mean"] <= a.entropy_adaptive.target)
-            self.state.entropy_coef, _ = adaptive_entropy_coef(
-                self.state.entropy_coef, metrics["entropy/mean"], a.entropy_adaptive)
-        return out
-
-    def entropy_coef_now(self, batch: StepBatch) -> float:
-        """c_H of this update. Adaptive (spec G1): the bonus applies only while the entropy of
-        the current policy (this step's π_old batch mean) is at most the target."""
-        a = self.cfg.algorithm
-        if not a.adaptive_entropy:
-            return a.entropy_coef
-        h = float((batch.entropy * batch.mask).sum() / batch.mask.sum().clamp(min=1))
-        return self.state.entropy_coef if h <= a.entropy_adaptive.target else 0.0
 
     # ---- checkpoints ----------------------------------------------------------------------
     def checkpoint(self) -> Path:
@@ -552,67 +459,39 @@ class Controller:
             self.tokenizer.save_pretrained(tmp / "hf")
         # a generation in flight (async mode) is not saved: a resumed run draws its prompts again
         sampler = self._ahead_sampler_state if self._ahead is not None else self.sampler.state_dict()
-        save_controller(tmp, {"state": dataclasses.asdict(self.state), "sampler": sampler})
+        state = {**dataclasses.asdict(self.state), "methods": stateful.state_dicts(self.state.methods)}
+        save_controller(tmp, {"state": state, "sampler": sampler})
         return self.checkpoints.commit(tmp, self.state.step)
 
     def restore(self, path: Path) -> None:
         """Continue from a checkpoint: learner state, controller state, data position, and
         the rollout workers' weights (synced from the restored learner)."""
         saved = load_controller(path)
+        state = dict(saved["state"])
+        unknown = sorted(set(state) - {f.name for f in dataclasses.fields(ControllerState)})
+        if unknown:
+            raise CheckpointError(f"{path / 'controller.pt'}: controller state with fields this version of entropo "
+                                  f"does not keep ({', '.join(unknown)}); resume it with the version that wrote it")
+        state["methods"] = stateful.from_state_dicts(self.methods, state.get("methods", {}), self.info(0))
         self.cluster.load(path)
-        self.state = ControllerState(**saved["state"])
+        self.state = ControllerState(**state)
         self.sampler.load_state_dict(saved["sampler"])
         self.cluster.sync_weights(self.state.step)
 
-    def keep_probe(self, batch: StepBatch) -> None:
-        """D4: the first step's responses and their entropies under the initial policy."""
-        if self.cfg.logger.forking_every and self.state.probe is None:
-            k = min(self.cfg.logger.forking_probe, len(batch))
-            self.state.probe = {
-                "prompt_ids": batch.prompt_ids[:k].clone(), "prompt_mask": batch.prompt_mask[:k].clone(),
-                "response_ids": batch.response_ids[:k].clone(), "mask": batch.mask[:k].clone(),
-                "entropy": batch.entropy[:k].clone(),
-            }
-
+    # ---- dashboards -----------------------------------------------------------------------
     def forking_tokens(self, step: int, batch: StepBatch) -> dict[str, float]:
-        """D4 (Wang et al., arXiv 2506.01939): the top-20% entropy ("forking") tokens of the step
-        batch decoded and counted (a table), and how many of the probe set's top-20% positions
-        under the initial policy are still top-20% under the current one."""
-        keep, threshold = top_k_mask(batch.entropy, batch.mask, top_count(FORK_RHO, int(batch.mask.sum())))
-        ids = batch.response_ids[keep].tolist()
-        counts: dict[int, int] = {}
-        for i in ids:
-            counts[i] = counts.get(i, 0) + 1
-        top = sorted(counts.items(), key=lambda kv: -kv[1])[:FORK_TOP_TOKENS]
-        decode = self.tokenizer.decode if self.tokenizer is not None else str
-        self.sinks.log_table(step, "forking_tokens", ["token", "count", "share"],
-                             [[decode([t]) if self.tokenizer is not None else str(t), c, c / max(len(ids), 1)]
-                              for t, c in top])
-        out = {"forking/threshold": float(threshold), "forking/distinct_tokens": float(len(counts))}
-        probe = self.state.probe
-        if probe is not None:
-            now = StepBatch(prompt_ids=probe["prompt_ids"], prompt_mask=probe["prompt_mask"],
-                            response_ids=probe["response_ids"], mask=probe["mask"],
-                            rollout_logp=torch.zeros_like(probe["mask"]), truncated=torch.zeros(len(probe["mask"]), dtype=torch.bool),
-                            group_ids=torch.zeros(len(probe["mask"]), dtype=torch.long), response_text=[], rows=[])
-            self.cluster.forward(now)
-            n = top_count(FORK_RHO, int(probe["mask"].sum()))
-            initial, _ = top_k_mask(probe["entropy"], probe["mask"], n)
-            current, _ = top_k_mask(now.entropy, probe["mask"], n)
-            out["forking/overlap_initial"] = float((initial & current).sum()) / max(int(initial.sum()), 1)
+        """The forking-token analysis (:func:`step_metrics.forking_tokens`); its table goes to the sinks."""
+        tok = self.tokenizer
+        decode = tok.decode if tok is not None else (lambda ids: str(ids[0]))
+        out, table = step_metrics.forking_tokens(batch, self.state.probe, self.cluster.forward, decode)
+        self.sinks.log_table(step, "forking_tokens", ["token", "count", "share"], table)
         return out
 
     def log_samples(self, step: int, batch: StepBatch) -> None:
         """A table of completions and the token-entropy histogram, for the dashboards."""
-        m = batch.mask.bool()
-        self.sinks.log_histogram(step, "entropy/tokens", batch.entropy[m].float().numpy())
-        rows = []
-        for i in range(min(self.cfg.logger.samples, len(batch))):
-            row = batch.rows[i]
-            prompt = render_prompt(row, self.tokenizer)
-            h = float(batch.entropy[i][m[i]].mean()) if m[i].any() else float("nan")
-            rows.append([prompt, batch.response_text[i], float(batch.rewards[i]), h])
-        self.sinks.log_table(step, "samples", ["prompt", "response", "reward", "mean_entropy"], rows)
+        self.sinks.log_histogram(step, "entropy/tokens", batch.entropy[batch.mask.bool()].float().numpy())
+        self.sinks.log_table(step, "samples", ["prompt", "response", "reward", "mean_entropy"],
+                             step_metrics.sample_rows(batch, self.tokenizer, self.cfg.logger.samples))
 
     # ---- evaluation -----------------------------------------------------------------------
     def evaluate(self) -> dict[str, float]:
@@ -659,17 +538,6 @@ class Controller:
         return last
 
 
-def think_phase(response_ids: torch.Tensor, mask: torch.Tensor, close_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(think [N, T], valid [N, T])``: tokens before the first ``</think>`` (all of them when a
-    response has none, as PEAR's split, spec R3), and the valid tokens without ``</think>``."""
-    is_close = (response_ids == close_id) & mask.bool()
-    t = response_ids.shape[1]
-    first = torch.where(is_close.any(-1), is_close.float().argmax(-1), torch.full((len(mask),), t))
-    pos = torch.arange(t).expand_as(response_ids)
-    think = (pos < first.unsqueeze(-1)) & mask.bool()
-    return think.float(), (mask.bool() & ~is_close).float()
-
-
 def answer_clusters(group_ids: torch.Tensor, answers: list[str]) -> torch.Tensor:
     """``[N]`` cluster id of each response's final answer within its group (exact match;
     ids numbered by first appearance), for SEED-GRPO's semantic entropy."""
@@ -682,14 +550,6 @@ def answer_clusters(group_ids: torch.Tensor, answers: list[str]) -> torch.Tensor
             per_group[g] = seen[(g, a)] + 1
         out.append(seen[(g, a)])
     return torch.tensor(out, dtype=torch.long)
-
-
-def _shard(b: StepBatch) -> LearnerShard:
-    return LearnerShard(
-        prompt_ids=b.prompt_ids, prompt_mask=b.prompt_mask, response_ids=b.response_ids, mask=b.mask,
-        old_logp=b.old_logp, entropy=b.entropy, ref_logp=b.ref_logp, advantages=b.advantages,
-        proxy_logp=b.proxy_logp, rollout_logp=b.rollout_logp, kl_scale=b.kl_scale,
-    )
 
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

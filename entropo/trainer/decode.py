@@ -16,7 +16,7 @@ draws from the same distribution, but in another order of random draws, so a see
 samples than ``generate`` would.
 
 Sampling at step t (``z`` the raw logits of the next token):
-- ``scores = scale(z)`` when a per-token temperature is given (HAPO's adaptive temperature),
+- ``scores = scale(z)`` when a per-token temperature is given (a sampling method's, ``SamplingParams.logit_scale``),
   else ``z / T``;
 - top-p (nucleus): keep the most probable tokens up to the first whose cumulative probability
   reaches ``top_p`` (always at least one), the rule of Holtzman et al. 2020 and of
@@ -98,7 +98,7 @@ def sample(
         max_new_tokens: most tokens per response, EOS included.
         eos_id: ends a response (kept in it); None: every response runs to ``max_new_tokens``.
         pad_id: fills a response after its EOS.
-        scale: per-token temperature, ``z -> scores`` (replaces ``z / T``; HAPO's adaptive
+        scale: per-token temperature, ``z -> scores`` (replaces ``z / T``; a sampling method's
             temperature).
         on_step: called after every decode step (the worker's elastic threads).
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from dataclasses import dataclass
 
 import torch
 
@@ -38,57 +37,7 @@ from entropo.algorithms.objective import (
 from entropo.config import TrainConfig
 from entropo.models import mixed_precision
 from entropo.trainer import micro_batches, weight_sync
-
-# Metrics that are each micro-batch's share of the mini-batch loss: summed, not averaged.
-SHARE_METRICS = ("actor/pg_loss", "actor/entropy_bonus", "epo/term", "epo/bonus_agg", "epo/penalty_agg")
-
-
-@dataclass
-class LearnerShard:
-    """This rank's rows of the step batch (all ``[n, ...]``)."""
-
-    prompt_ids: torch.Tensor
-    prompt_mask: torch.Tensor
-    response_ids: torch.Tensor
-    mask: torch.Tensor
-    old_logp: torch.Tensor | None = None
-    entropy: torch.Tensor | None = None
-    ref_logp: torch.Tensor | None = None
-    advantages: torch.Tensor | None = None
-    proxy_logp: torch.Tensor | None = None
-    topp_entropy: torch.Tensor | None = None
-    rollout_logp: torch.Tensor | None = None
-    topk_entropy: torch.Tensor | None = None
-    kl_scale: torch.Tensor | None = None
-
-    def rows(self, index: slice | torch.Tensor) -> LearnerShard:
-        return LearnerShard(**{k: (None if v is None else v[index]) for k, v in vars(self).items()})
-
-    def trimmed(self) -> tuple[LearnerShard, int]:
-        """The same rows without the padding columns no row of them needs: prompts keep their
-        last ``p`` columns (left padding), responses their first ``t`` (right padding).
-
-        The step batch is padded to its longest prompt and response; a micro-batch of shorter
-        ones would otherwise run the model over columns that are masked out anyway. The
-        result is exact: masked positions contribute nothing and positions are counted from
-        the attention mask. Returns the trimmed rows and ``t``.
-        """
-        p = max(int(self.prompt_mask.sum(-1).max()), 1) if len(self) else 1
-        valid = self.mask.bool()
-        last = (valid * torch.arange(1, valid.shape[1] + 1)).max() if valid.numel() else torch.tensor(0)
-        t = max(int(last), 1)
-        out = {}
-        for key, value in vars(self).items():
-            if value is None:
-                out[key] = None
-            elif key in ("prompt_ids", "prompt_mask"):
-                out[key] = value[:, value.shape[1] - p:]
-            else:
-                out[key] = value[:, :t]
-        return LearnerShard(**out), t
-
-    def __len__(self) -> int:
-        return self.response_ids.shape[0]
+from entropo.trainer.batch import LearnerShard
 
 
 class LearnerRank:
@@ -158,26 +107,10 @@ class LearnerRank:
 
     # ---- π_old / π_ref ------------------------------------------------------------------
     def _extras(self, names: set[str] | frozenset[str]) -> dict:
-        """Per-token functions of the logits that the selected methods need."""
-        from functools import partial
+        """Per-token functions of the logits that the selected methods need (``TOKEN_EXTRAS``)."""
+        from entropo.algorithms.stateful import extra_fn
 
-        a, temperature = self.cfg.algorithm, self.cfg.rollout.temperature
-        out = {}
-        if "proxy_logp" in names:
-            from entropo.algorithms.losses.lp_reg import minp_proxy_logprobs
-
-            out["proxy_logp"] = partial(minp_proxy_logprobs, kappa=a.lp_reg.kappa, temperature=temperature)
-        if "topp_entropy" in names:
-            from entropo.algorithms.siren import top_p_entropy
-
-            s = a.siren
-            out["topp_entropy"] = lambda logits, _labels: top_p_entropy(
-                logits, p_top=s.p_top, top_k=s.top_k, temperature=temperature, rule=s.top_p_rule)
-        if "topk_entropy" in names:
-            from entropo.algorithms.ares import topk_entropy
-
-            out["topk_entropy"] = partial(topk_entropy, k=a.ares.top_k, temperature=temperature)
-        return out
+        return {name: extra_fn(name, self.cfg.algorithm, self.cfg.rollout.temperature) for name in sorted(names)}
 
     def forward(self, shard: LearnerShard, extras: frozenset[str] = frozenset()) -> LearnerShard:
         """π_old log-probs and entropies (π_ref log-probs, and requested ``extras`` such as
@@ -193,7 +126,7 @@ class LearnerRank:
         module = self.strategy.module
         was_training = module.training
         module.eval()
-        fns = {} if policy_only else self._extras(extras | (self.objective.needs & {"proxy_logp"}))
+        fns = {} if policy_only else self._extras(extras | self.objective.old_extras)
         parts = RowParts(shard.response_ids.shape[1])
         for rows in self._micro_batches(shard):
             s, _ = shard.rows(rows).trimmed()
@@ -228,7 +161,8 @@ class LearnerRank:
         if fused and (self.cfg.learner.ppo_epochs != 1 or len(minibatches) != 1 or obj.needs_policy_prepass):
             raise ValueError("a fused π_old pass needs one epoch of one mini-batch and no global pre-pass")
         self.threads.reset()
-        fns = self._extras(obj.needs & {"topp_entropy"})
+        fns = self._extras(obj.grad_extras)
+        shares = obj.share_metrics
         outputs = RowParts(minibatches[0].response_ids.shape[1]) if fused else None
         seed = ctx.step
         module = self.strategy.module
@@ -273,7 +207,7 @@ class LearnerRank:
                             self.strategy.backward(loss, boundary=last)
                         tokens = float(s.mask.sum())
                         for key, v in metrics.items():
-                            if key in SHARE_METRICS:
+                            if key in shares:
                                 _acc(sums, weights, key, float(v), 0.0)
                             else:
                                 _acc(sums, weights, key, float(v) * tokens, tokens)
@@ -286,7 +220,7 @@ class LearnerRank:
                             self.strategy.micro_step()
                     self.threads.grow()
                 n_updates += 1
-        out = self._reduce_metrics(sums, weights, n_updates)
+        out = self._reduce_metrics(sums, weights, n_updates, shares)
         # ranks whose parameters hold NaN/inf after the update (every rank takes part): the
         # controller stops the run before such weights are synced or checkpointed
         bad = torch.tensor([float(self.strategy.nonfinite_params() > 0)], dtype=torch.float64)
@@ -318,13 +252,14 @@ class LearnerRank:
         inp = self._inputs(mb, self._dev(logp), self._dev(entropy), ctx, reducer=self.reducer, generator=gen)
         return prepare_minibatch(inp, obj)
 
-    def _reduce_metrics(self, sums: dict[str, float], weights: dict[str, float], n_updates: int) -> dict[str, float]:
+    def _reduce_metrics(self, sums: dict[str, float], weights: dict[str, float], n_updates: int,
+                        shares: frozenset[str]) -> dict[str, float]:
         keys = sorted(sums)
         packed = torch.tensor([[sums[k], weights[k]] for k in keys], dtype=torch.float64).reshape(-1, 2)
         packed = self.reducer.sum(packed)
         out = {}
         for key, (total, weight) in zip(keys, packed.tolist()):
-            if key in SHARE_METRICS:
+            if key in shares:
                 out[key] = total / max(n_updates, 1)
             else:
                 out[key] = total / weight if weight > 0 else float("nan")

@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Protocol
 
 import torch
@@ -38,9 +39,9 @@ class SamplingParams:
     max_new_tokens: int
     stop: tuple[str, ...] = ()
     seed: int = 0
-    hapo_temperature: tuple[float, bool, float, float, float, float] | None = None
-    """HAPO's adaptive temperature: ``(τ, code_compat, μ, σ, s⁺, s⁻)`` of the previous step; None
-    samples at T."""
+    logit_scale: Callable[[torch.Tensor, float], torch.Tensor] | None = None
+    """``(scores [n, V], T) -> scores``: replaces ``z / T`` at each decode step (a sampling
+    method's per-token temperature, entropo.algorithms.stateful.LogitScale); None samples at T."""
 
 
 @dataclass
@@ -127,9 +128,8 @@ class HFEngine:
             response_ids, rollout_logp = self._generate_with_stop(prompt_ids, prompt_mask, params, on_step)
         else:
             scale = None
-            if params.hapo_temperature is not None and params.temperature != 0:
-                hapo = AdaptiveTemperature(params)
-                scale = lambda z: hapo(None, z)  # noqa: E731
+            if params.logit_scale is not None and params.temperature != 0:
+                scale = partial(params.logit_scale, temperature=params.temperature)
             out = decode.sample(self.model, prompt_ids, prompt_mask, params.n, params.temperature, params.top_p,
                                 params.max_new_tokens, tok.eos_token_id, tok.pad_token_id, scale, on_step)
             response_ids, rollout_logp = out.response_ids, out.logp
@@ -142,9 +142,9 @@ class HFEngine:
         tok = self.tokenizer
         greedy = params.temperature == 0
         sampling = {} if greedy else {"temperature": params.temperature, "top_p": params.top_p, "top_k": 0}
-        if params.hapo_temperature is not None and not greedy:
+        if params.logit_scale is not None and not greedy:
             # the processor applies T_t itself (base T included), so generate's own T is 1
-            sampling.update(temperature=1.0, logits_processor=[AdaptiveTemperature(params)])
+            sampling.update(temperature=1.0, logits_processor=[LogitScaleProcessor(params)])
         out = self.model.generate(
             input_ids=prompt_ids,
             attention_mask=prompt_mask,
@@ -179,24 +179,14 @@ class EveryStep(StoppingCriteria):
         return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
 
 
-class AdaptiveTemperature:
-    """HAPO's per-token temperature (docs/algorithms.md §11.1) as a ``transformers`` logits processor:
-    ``T_t = T·(1 + τ·clip(ĥ_t, −1, 1))`` from the entropy of the raw decode-step logits."""
+class LogitScaleProcessor:
+    """``SamplingParams.logit_scale`` as a ``transformers`` logits processor."""
 
     def __init__(self, params: SamplingParams) -> None:
-        from entropo.algorithms.hapo import HapoStats
-
-        tau, code_compat, mu, sigma, s_pos, s_neg = params.hapo_temperature
-        self.base_T, self.tau, self.code_compat = params.temperature, tau, code_compat
-        self.stats = HapoStats(*(torch.tensor(x, dtype=torch.float64) for x in (mu, sigma, s_pos, s_neg)))
+        self.scale, self.temperature = params.logit_scale, params.temperature
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        from entropo.algorithms.hapo import adaptive_temperature
-
-        logp = torch.log_softmax(scores.float(), dim=-1)
-        entropy = -(logp.exp() * logp.clamp(min=-1e4)).sum(-1)  # [N]
-        t = adaptive_temperature(entropy, self.stats, self.base_T, self.tau, self.code_compat)
-        return scores / t.to(scores.dtype).unsqueeze(-1)
+        return self.scale(scores, self.temperature)
 
 
 def rollout_output(tokenizer, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, response_ids: torch.Tensor,

@@ -466,16 +466,17 @@ def test_ares_step_uses_the_previous_threshold_and_reports_metrics():
 
 
 def test_state_round_trip(tmp_path):
+    from entropo.algorithms.registry import CONTROLLERS
+    from entropo.algorithms.stateful import Active, StepInfo, from_state_dicts, state_dicts
+
     cfg = AresConfig(enable=True)
     entropy, mask, correct, groups, seq_kl = _step_inputs(5)
     state = ares_step(entropy, mask, correct, groups, AresState.initial(cfg), cfg, seq_kl=seq_kl).state
-    torch.save({"ares": state.as_dict()}, tmp_path / "s.pt")
-    back = AresState.from_dict(torch.load(tmp_path / "s.pt", weights_only=False)["ares"])
-    assert back == state
-    from entropo.trainer.controller import ControllerState
-
-    saved = dataclasses.asdict(ControllerState(ares=state.as_dict()))
-    assert AresState.from_dict(ControllerState(**saved).ares) == state
+    assert state.kl_ema[0] is not None and state.threshold is not None  # a state with every field set
+    torch.save(state_dicts({"ares": state}), tmp_path / "s.pt")
+    methods = [Active("ares", CONTROLLERS.get("ares").fn, cfg)]
+    back = from_state_dicts(methods, torch.load(tmp_path / "s.pt", weights_only=False), StepInfo(0, 4, 2, 1.0))
+    assert back == {"ares": state}
 
 
 @pytest.mark.parametrize(

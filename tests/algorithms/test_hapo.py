@@ -13,12 +13,12 @@ from entropo.algorithms.hapo import (
     HapoAdvantageConfig,
     HapoClipConfig,
     adaptive_bounds_and_advantage,
-    adaptive_temperature,
     entropy_h_hat,
     hapo_advantage,
     hapo_clip_loss,
     hapo_clip_select,
 )
+from entropo.algorithms.hapo_temperature import adaptive_temperature
 from entropo.algorithms.losses.base import TokenLossInputs
 from entropo.algorithms.losses.ppo_clip import PPOClipConfig, ppo_clip_loss
 from entropo.algorithms.reduce import LOCAL

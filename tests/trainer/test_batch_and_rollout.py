@@ -1,6 +1,7 @@
 import torch
 
-from entropo.trainer.batch import StepBatch, model_inputs
+from entropo.models.forward import model_inputs
+from entropo.trainer.batch import StepBatch
 from entropo.trainer.rollout import left_pad, response_mask
 
 EOS, PAD = 1, 0
@@ -49,7 +50,7 @@ def test_select_and_concat_keep_every_field_aligned():
 
 
 def test_learner_rows_trim_only_columns_no_row_needs():
-    from entropo.trainer.learner import LearnerShard
+    from entropo.trainer.batch import LearnerShard
 
     shard = LearnerShard(
         prompt_ids=torch.tensor([[0, 0, 5, 6], [0, 7, 8, 9]]), prompt_mask=torch.tensor([[0, 0, 1, 1], [0, 1, 1, 1]]),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 import pytest
@@ -11,6 +12,7 @@ from entropo.config import load_config
 from entropo.data.loading import PromptRow
 from entropo.trainer.batch import StepBatch
 from entropo.trainer.controller import Controller, Timer
+from entropo.trainer.step_metrics import probe_of
 
 
 class FakeCluster:
@@ -126,12 +128,12 @@ def test_adaptive_entropy_bonus_only_below_target():
     ctl, _ = _controller("algorithm.adaptive_entropy=true", "algorithm.entropy_coef=0.01",
                          "algorithm.entropy_adaptive.target=0.05")
     batch, _ = ctl.collect(1, Timer())  # entropy 0.1 > target 0.05
-    assert ctl.entropy_coef_now(batch) == 0.0
-    out = ctl.adapt({"entropy/mean": 0.1})
-    assert out["actor/entropy_bonus_active"] == 0.0
-    assert ctl.state.entropy_coef == pytest.approx(0.01 - 0.005)  # decreased by δ
+    assert ctl.step_context(batch, 1).entropy_coef == 0.0
+    out = ctl.observe({"entropy/mean": 0.1}, 1)
+    assert out["actor/entropy_bonus_active"] == 0.0 and out["actor/entropy_coef"] == 0.01
+    assert ctl.state.methods["adaptive_entropy"].coef == pytest.approx(0.01 - 0.005)  # decreased by δ
     batch.entropy.fill_(0.01)
-    assert ctl.entropy_coef_now(batch) == pytest.approx(0.005)
+    assert ctl.step_context(batch, 2).entropy_coef == pytest.approx(0.005)
 
 
 def test_aepo_injects_positive_high_temperature_samples_into_the_first_rows():
@@ -140,7 +142,7 @@ def test_aepo_injects_positive_high_temperature_samples_into_the_first_rows():
     ctl.sampler = ListSampler([r for r in ROWS if r.index % 3 == 2], 8)  # only mixed prompts
     batch, _ = ctl.collect(1, Timer())
     batch, _ = ctl.advantages(batch)
-    mixed, metrics = ctl.aepo_inject(batch, step=1)
+    mixed, metrics = ctl.inject(batch, 1, Timer())
     assert metrics["aepo/temperature"] == 1.2
     # 2 re-generated prompts x 2 samples, one correct per group -> 2 positives, n_s = min(60, 2) = 2
     assert metrics["aepo/n_injected"] == 2.0
@@ -157,27 +159,30 @@ def test_step_context_carries_siren_anchor_and_epo_reference():
     ctx = ctl.step_context(batch, 1)
     # all top-p entropies 0.05: H_sel of the per-sequence top 20% is 0.05... except that strict
     # ">" the 0.8-quantile of equal values selects nothing, so every sequence contributes 0
-    assert ctx.siren_anchor == pytest.approx(0.0)
+    assert ctx.values["siren_anchor"] == pytest.approx(0.0)
     assert ctx.step_entropy == pytest.approx(0.1)
+    assert ctl.forward_extras() == frozenset()  # measured once: no more top-p entropies
     ctl2, _ = _controller("algorithm.regularizer=[epo]")
     batch, _ = ctl2.collect(1, Timer())
-    assert ctl2.step_context(batch, 1).epo_reference == pytest.approx(0.1)
+    assert ctl2.step_context(batch, 1).values["epo_reference"] == pytest.approx(0.1)
     batch.entropy.fill_(0.3)
-    assert ctl2.step_context(batch, 2).epo_reference == pytest.approx(0.2)  # cumulative mean
+    assert ctl2.step_context(batch, 2).values["epo_reference"] == pytest.approx(0.2)  # cumulative mean
 
 
 def test_hapo_temperature_statistics_feed_the_next_rollout():
     ctl, _ = _controller("algorithm.sampling=[hapo_temperature]")
-    assert ctl.sampling(1, 1).hapo_temperature is None  # step 1: no statistics yet
+    assert ctl.sampling(1, 1).logit_scale is None  # step 1: no statistics yet
     batch, _ = ctl.collect(1, Timer())
     batch.entropy = torch.tensor([0.01, 0.05, 0.2, 0.5, 1.0, 2.0]).repeat(8, 1)[:, :3]
     ctl.step_context(batch, 1)
-    params = ctl.sampling(2, 1)
-    assert params.hapo_temperature[0] == 0.05 and params.hapo_temperature[1] is False
+    scale = ctl.sampling(2, 1).logit_scale
+    assert scale.tau == 0.05 and scale.code_compat is False
+    # μ is the nearest-rank 0.8-quantile of log H over the 24 valid tokens (8 × [0.01, 0.05, 0.2])
+    assert scale.mu == pytest.approx(math.log(0.2), abs=1e-6)
 
 
 def test_think_phase_split_excludes_the_close_token():
-    from entropo.trainer.controller import think_phase
+    from entropo.trainer.step_metrics import think_phase
 
     close = 9
     ids = torch.tensor([[1, 2, close, 4, 0], [1, 2, 3, 4, 5]])
@@ -221,7 +226,7 @@ def test_forking_token_analysis():
     ctl.sinks = Capture()
     batch, _ = ctl.collect(1, Timer())
     batch.entropy = torch.rand_like(batch.mask)
-    ctl.keep_probe(batch)
+    ctl.state.probe = probe_of(batch, 32)
     out = ctl.forking_tokens(10, batch)
     # FakeCluster.forward sets every probe entropy to 0.1: ties break by position, so the
     # "current" top-20% are the first positions; the overlap with the random initial ranking
@@ -235,11 +240,15 @@ def test_forking_token_analysis():
 
 
 def test_old_pass_is_fused_only_where_it_equals_the_update_forward():
+    from entropo.rewards import registry
     from entropo.trainer.controller import old_pass_fused
+
+    POLICY_FREE = {n for n in registry.names() if not registry.get(n).reads_policy}
+    assert {"math", "countdown", "embedded", "format", "code", "random"} == POLICY_FREE
 
     def fused(*overrides, rewards=("embedded",)):
         cfg = load_config(overrides=["trainer.prompts_per_step=4", *overrides])
-        return old_pass_fused(cfg, list(rewards))
+        return old_pass_fused(cfg, any(r not in POLICY_FREE for r in rewards))
 
     assert fused()
     assert fused("algorithm.token_weight=[tis]", "algorithm.token_mask=[high_entropy]",
@@ -250,7 +259,9 @@ def test_old_pass_is_fused_only_where_it_equals_the_update_forward():
     assert not fused("algorithm.kl_coef=0.01")
     assert not fused("algorithm.token_weight=[steer]")  # reads π_old entropies
     assert not fused("algorithm.loss=kl_cov", "algorithm.kl_cov.stat_scope=global")  # global pre-pass
-    assert not fused("algorithm.advantage=hapo")
+    assert not fused("algorithm.advantage=canon")  # reads π_old entropies
+    assert fused("algorithm.advantage=hapo")  # reads the lengths only
+    assert not fused("algorithm.regularizer=[epo]")  # a stateful method reads π_old before the update
     assert not fused("algorithm.token_mask=[dmmpt]", "algorithm.dmmpt.sigma=0.5")
     assert not fused(rewards=("pear",))
     assert not fused(rewards=("my_rewards.py:score",))  # may read Sample.entropy

@@ -62,8 +62,8 @@ def _fixed_batch(cfg, cluster, reward):
 @pytest.mark.parametrize(("dtype", "tol"), [("float32", 1e-5), ("bfloat16", 1e-2)])
 def test_weight_sync_makes_rollout_logprobs_equal_learner(ray_session, tiny_model_dir, tmp_path, digits_reward,
                                                           dtype, tol):
+    from entropo.trainer.batch import LearnerShard
     from entropo.trainer.cluster import Cluster
-    from entropo.trainer.learner import LearnerShard
 
     cfg = _cfg(tiny_model_dir, tmp_path, "learner.ranks=1", "rollout.workers=2", f"reward.fns=[{digits_reward}]",
                f"model.dtype={dtype}")

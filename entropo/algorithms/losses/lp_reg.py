@@ -48,7 +48,7 @@ import torch
 from entropo.algorithms.entropy import DEFAULT_CHUNK_SIZE, _chunks
 from entropo.algorithms.losses.base import TokenLossInputs, clipped_surrogate, valid_frac
 from entropo.algorithms.reduce import STAT_SCOPES
-from entropo.algorithms.registry import TOKEN_LOSSES
+from entropo.algorithms.registry import TOKEN_EXTRAS, TOKEN_LOSSES
 from entropo.algorithms.regularizers import kl_penalty
 from entropo.algorithms.select import top_k_mask
 
@@ -95,6 +95,7 @@ def minp_proxy_logprobs(
             yc = y[s : s + z.shape[0], None]
             out[s : s + z.shape[0]] = (z.gather(-1, yc) - torch.logsumexp(z, dim=-1, keepdim=True)).squeeze(-1)
     return out.view(labels.shape)
+
 
 
 @dataclass(frozen=True)
@@ -180,3 +181,8 @@ def lp_reg_loss(inp: TokenLossInputs, cfg: LpRegConfig) -> tuple[torch.Tensor, d
     })
     return loss, metrics
 
+
+@TOKEN_EXTRAS.register("proxy_logp", section="lp_reg")
+def proxy_logp_fn(cfg: LpRegConfig, temperature: float):
+    """:func:`minp_proxy_logprobs` per token, ``(logits [n, V], labels [n]) -> [n]``."""
+    return lambda logits, labels: minp_proxy_logprobs(logits, labels, kappa=cfg.kappa, temperature=temperature)
