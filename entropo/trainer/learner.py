@@ -20,9 +20,9 @@ mini-batches × epochs × micro-batches of the composed token objective
 
 from __future__ import annotations
 
-import math
 import os
 import warnings
+from dataclasses import dataclass
 
 import torch
 
@@ -155,72 +155,16 @@ class LearnerRank:
         detached (exact for one epoch of one mini-batch: the parameters have not moved yet), and
         its ``old_logp`` and ``entropy`` come back as the second value, in row order.
         """
-        from entropo.models.forward import response_outputs
-
         obj = self.objective
         if fused and (self.cfg.learner.ppo_epochs != 1 or len(minibatches) != 1 or obj.needs_policy_prepass):
             raise ValueError("a fused π_old pass needs one epoch of one mini-batch and no global pre-pass")
         self.threads.reset()
-        fns = self._extras(obj.grad_extras)
-        shares = obj.share_metrics
-        outputs = RowParts(minibatches[0].response_ids.shape[1]) if fused else None
-        seed = ctx.step
-        module = self.strategy.module
-        module.train()
-        sums: dict[str, float] = {}
-        weights: dict[str, float] = {}
-        grad_norms = []
-        n_updates = 0
-        for epoch in range(self.cfg.learner.ppo_epochs):
-            for k, mb in enumerate(minibatches):
-                # same seed on every rank: the global random draws (Clip-Cov) must agree
-                gen = torch.Generator().manual_seed(
-                    (self.cfg.trainer.seed * 1_000_003 + seed) * 100_003 + epoch * 1009 + k
-                )
-                prepared = self._prepare(mb, obj, ctx, gen, reuse_old=(epoch == 0 and k == 0))
-                for key, v in prepared.metrics.items():
-                    _acc(sums, weights, key, float(v), 1.0)
-                plan = self._plan(mb, obj, ctx, prepared)
-                trained = [m for m in plan if m.backward]
-                for m in plan:
-                    s, t = mb.rows(m.rows).trimmed()
-                    dev = [self._dev(x) for x in (s.prompt_ids, s.prompt_mask, s.response_ids, s.mask)]
-                    model = self.strategy.train_model if m.backward else module
-                    with torch.set_grad_enabled(m.backward), self._compute():
-                        out = response_outputs(model, *dev, self.cfg.rollout.temperature,
-                                               with_entropy=obj.needs_entropy or fused, extras=fns)
-                    last = m is trained[-1]
-                    if m.filler:  # matches the other ranks' collectives; adds nothing
-                        if m.backward:
-                            self.strategy.backward(out.logp.sum() * 0.0, boundary=last)
-                    else:
-                        if fused:
-                            s.old_logp, s.entropy = out.logp.detach(), out.entropy.detach()
-                            outputs.add(m.rows, {"old_logp": s.old_logp, "entropy": s.entropy}, dev[3])
-                        inp = self._inputs(s, out.logp, out.entropy if obj.needs_entropy else None, ctx,
-                                           generator=gen, extras=out.extras)
-                        ref = self._dev(s.ref_logp) if s.ref_logp is not None else None
-                        with torch.set_grad_enabled(m.backward):
-                            loss, metrics = micro_objective(inp, obj, prepared.rows(m.rows, width=t),
-                                                            ref_logp=ref, ctx=ctx)
-                        if m.backward:
-                            self.strategy.backward(loss, boundary=last)
-                        tokens = float(s.mask.sum())
-                        for key, v in metrics.items():
-                            if key in shares:
-                                _acc(sums, weights, key, float(v), 0.0)
-                            else:
-                                _acc(sums, weights, key, float(v) * tokens, tokens)
-                        rows = float(len(m.rows))
-                        _acc(sums, weights, "perf/backward_rows_frac", rows * m.backward, rows)
-                    if m.backward:
-                        if last:
-                            grad_norms.append(self.strategy.step())
-                        else:
-                            self.strategy.micro_step()
-                    self.threads.grow()
-                n_updates += 1
-        out = self._reduce_metrics(sums, weights, n_updates, shares)
+        run = _Update(obj, ctx, self._extras(obj.grad_extras), MetricSums(obj.share_metrics, self.device),
+                      RowParts(minibatches[0].response_ids.shape[1]) if fused else None)
+        self.strategy.module.train()
+        grad_norms = [self._train_minibatch(run, mb, epoch, k)
+                      for epoch in range(self.cfg.learner.ppo_epochs) for k, mb in enumerate(minibatches)]
+        out = run.sums.reduce(self.reducer, self.cfg.learner.ppo_epochs * len(minibatches))
         # ranks whose parameters hold NaN/inf after the update (every rank takes part): the
         # controller stops the run before such weights are synced or checkpointed
         bad = torch.tensor([float(self.strategy.nonfinite_params() > 0)], dtype=torch.float64)
@@ -229,7 +173,59 @@ class LearnerRank:
         out["actor/lr"] = self.strategy.lr()
         out["actor/optimizer_steps"] = float(len(grad_norms))
         out["perf/learner_threads"] = float(self.threads.threads)
-        return out, None if outputs is None else outputs.result()
+        return out, None if run.outputs is None else run.outputs.result()
+
+    def _train_minibatch(self, run: _Update, mb: LearnerShard, epoch: int, k: int) -> float:
+        """Mini-batch ``k`` of epoch ``epoch``: its global statistics, its micro-batches and one
+        optimizer step; returns the step's gradient norm."""
+        # same seed on every rank: the global random draws (Clip-Cov) must agree
+        gen = torch.Generator().manual_seed(
+            (self.cfg.trainer.seed * 1_000_003 + run.ctx.step) * 100_003 + epoch * 1009 + k)
+        prepared = self._prepare(mb, run.obj, run.ctx, gen, reuse_old=(epoch == 0 and k == 0))
+        run.sums.add(prepared.metrics, 1.0)
+        plan = self._plan(mb, run.obj, run.ctx, prepared)
+        last = [m for m in plan if m.backward][-1]
+        norm = float("nan")
+        for m in plan:
+            self._train_micro(run, mb, m, prepared, gen, boundary=m is last)
+            if m is last:
+                norm = self.strategy.step()
+            elif m.backward:
+                self.strategy.micro_step()
+            self.threads.grow()
+        return norm
+
+    def _train_micro(self, run: _Update, mb: LearnerShard, m: micro_batches.MicroBatch, prepared: Prepared,
+                     gen: torch.Generator, boundary: bool) -> None:
+        """One micro-batch of the update: its forward, its share of the objective and its backward
+        (a filler micro-batch runs the forward and a zero backward only, to match the other ranks'
+        collectives); its metrics go into ``run.sums``."""
+        from entropo.models.forward import response_outputs
+
+        obj, ctx = run.obj, run.ctx
+        s, t = mb.rows(m.rows).trimmed()
+        dev = [self._dev(x) for x in (s.prompt_ids, s.prompt_mask, s.response_ids, s.mask)]
+        model = self.strategy.train_model if m.backward else self.strategy.module
+        with torch.set_grad_enabled(m.backward), self._compute():
+            out = response_outputs(model, *dev, self.cfg.rollout.temperature,
+                                   with_entropy=obj.needs_entropy or run.outputs is not None, extras=run.extras)
+        if m.filler:
+            if m.backward:
+                self.strategy.backward(out.logp.sum() * 0.0, boundary=boundary)
+            return
+        if run.outputs is not None:  # fused π_old: this forward is π_old's
+            s.old_logp, s.entropy = out.logp.detach(), out.entropy.detach()
+            run.outputs.add(m.rows, {"old_logp": s.old_logp, "entropy": s.entropy}, dev[3])
+        inp = self._inputs(s, out.logp, out.entropy if obj.needs_entropy else None, ctx, generator=gen,
+                           extras=out.extras)
+        ref = self._dev(s.ref_logp) if s.ref_logp is not None else None
+        with torch.set_grad_enabled(m.backward):
+            loss, metrics = micro_objective(inp, obj, prepared.rows(m.rows, width=t), ref_logp=ref, ctx=ctx)
+        if m.backward:
+            self.strategy.backward(loss, boundary=boundary)
+        run.sums.add(metrics, float(s.mask.sum()))
+        rows = float(len(m.rows))
+        run.sums.add({"perf/backward_rows_frac": torch.tensor(float(m.backward))}, rows)
 
     def _inputs(self, s: LearnerShard, logp: torch.Tensor, entropy: torch.Tensor | None, ctx: StepContext,
                 **kwargs) -> TokenLossInputs:
@@ -251,19 +247,6 @@ class LearnerRank:
             logp, entropy = fresh.old_logp, fresh.entropy
         inp = self._inputs(mb, self._dev(logp), self._dev(entropy), ctx, reducer=self.reducer, generator=gen)
         return prepare_minibatch(inp, obj)
-
-    def _reduce_metrics(self, sums: dict[str, float], weights: dict[str, float], n_updates: int,
-                        shares: frozenset[str]) -> dict[str, float]:
-        keys = sorted(sums)
-        packed = torch.tensor([[sums[k], weights[k]] for k in keys], dtype=torch.float64).reshape(-1, 2)
-        packed = self.reducer.sum(packed)
-        out = {}
-        for key, (total, weight) in zip(keys, packed.tolist()):
-            if key in shares:
-                out[key] = total / max(n_updates, 1)
-            else:
-                out[key] = total / weight if weight > 0 else float("nan")
-        return out
 
     # ---- weights ------------------------------------------------------------------------
     def sync_specs(self) -> list[weight_sync.ParamSpec]:
@@ -354,10 +337,55 @@ class RowParts:
         return {k: torch.cat(v)[back] for k, v in self.parts.items()}
 
 
-def _acc(sums: dict[str, float], weights: dict[str, float], key: str, value: float, weight: float) -> None:
-    # Every rank must hold the same keys for the one all-reduce of metrics: a non-finite
-    # value (e.g. the threshold of an empty selection) enters with zero weight.
-    if not math.isfinite(value):
-        value, weight = 0.0, 0.0
-    sums[key] = sums.get(key, 0.0) + value
-    weights[key] = weights.get(key, 0.0) + weight
+@dataclass
+class _Update:
+    """What every micro-batch of one update shares."""
+
+    obj: Objective
+    ctx: StepContext
+    extras: dict  # per-token functions of the logits, computed with gradient
+    sums: MetricSums
+    outputs: RowParts | None  # the fused π_old pass's outputs, in row order
+
+
+class MetricSums:
+    """Weighted sums of metric tensors over the micro-batches of an update, kept as tensors so
+    that reading them costs one device sync per update (:meth:`reduce`), not one per metric.
+
+    A metric in ``shares`` is each micro-batch's share of the mini-batch value: its shares are
+    summed (then averaged over optimizer steps). Any other metric is a mean weighted by the
+    given weight (valid tokens, rows). Every rank must hold the same keys for the one
+    all-reduce: a non-finite value (e.g. the threshold of an empty selection) enters with zero
+    weight.
+    """
+
+    def __init__(self, shares: frozenset[str], device: torch.device) -> None:
+        self.shares = shares
+        self.device = device
+        self.sums: dict[str, torch.Tensor] = {}
+        self.weights: dict[str, torch.Tensor] = {}
+
+    def add(self, metrics: dict[str, torch.Tensor], weight: float) -> None:
+        """Add each metric ``v`` as ``v·weight`` (a share: ``v``, weight 0)."""
+        for key, v in metrics.items():
+            v = torch.as_tensor(v).detach().to(self.device, torch.float64).reshape(())
+            finite = torch.isfinite(v)
+            share = key in self.shares
+            value = torch.where(finite, v if share else v * weight, torch.zeros_like(v))
+            self.sums[key] = self.sums.get(key, 0.0) + value
+            self.weights[key] = self.weights.get(key, 0.0) + finite.to(torch.float64) * (0.0 if share else weight)
+
+    def reduce(self, reducer, n_updates: int) -> dict[str, float]:
+        """Every metric over all ranks: one all-reduce and one read of the results."""
+        keys = sorted(self.sums)
+        if not keys:
+            return {}
+        packed = torch.stack([torch.stack([self.sums[k], self.weights[k]]) for k in keys])  # [K, 2]
+        totals = reducer.sum(packed).tolist()
+        out = {}
+        for key, (total, weight) in zip(keys, totals):
+            if key in self.shares:
+                out[key] = total / max(n_updates, 1)
+            else:
+                out[key] = total / weight if weight > 0 else float("nan")
+        return out

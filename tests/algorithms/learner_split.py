@@ -14,7 +14,7 @@ from entropo.algorithms.losses.base import TokenLossInputs
 from entropo.algorithms.objective import Objective, micro_objective, prepare_minibatch
 from tests.fake_ranks import run_split
 
-SHARE_METRICS = ("actor/pg_loss",)  # summed shares, not token means (learner.SHARE_METRICS)
+SHARE_METRICS = ("actor/pg_loss",)  # summed shares, not token means (Objective.share_metrics)
 
 
 def split_update(obj: Objective, logp, old, adv, mask, shards, micro: int):
