@@ -24,7 +24,7 @@ _EXPORTS = {
     "ConfigError": ("entropo.config", "ConfigError"),
     "TrainConfig": ("entropo.config", "TrainConfig"),
     "load_config": ("entropo.config", "load_config"),
-    "RunError": ("entropo.trainer.run", "RunError"),
+    "RunError": ("entropo.trainer.errors", "RunError"),
     "train": ("entropo.trainer.run", "train"),
     "evaluate": ("entropo.trainer.run", "evaluate_only"),
 }

@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if ns.command == "train":
         from entropo.config import ConfigError, load_config
-        from entropo.trainer.run import RunError
+        from entropo.trainer.errors import RunError
         from entropo.trainer.run import train as run_train
 
         config, overrides = _split(ns.args)
@@ -115,7 +115,8 @@ def _config(args: list[str], debug: bool = False) -> int:
 
 def _eval(args: list[str], debug: bool = False) -> int:
     from entropo.config import ConfigError, load_config
-    from entropo.trainer.run import RunError, evaluate_only
+    from entropo.trainer.errors import RunError
+    from entropo.trainer.run import evaluate_only
 
     config, overrides = _split(args)
     try:

@@ -196,9 +196,9 @@ def test_reward_failure_settings_are_checked(overrides, key):
 def test_python_api_names():
     import entropo
     from entropo.config import load_config as direct
-    from entropo.trainer import run
+    from entropo.trainer import errors, run
 
     assert entropo.load_config is direct and entropo.train is run.train and entropo.evaluate is run.evaluate_only
-    assert entropo.RunError is run.RunError
+    assert entropo.RunError is errors.RunError
     with pytest.raises(AttributeError, match="no attribute 'trian'"):
         entropo.trian  # noqa: B018

@@ -45,9 +45,9 @@ from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
 from entropo.config import TrainConfig
 from entropo.trainer.batch import OLD_PASS_FIELDS, SEQUENCE_FIELDS, LearnerShard, StepBatch
+from entropo.trainer.errors import RunError
 from entropo.trainer.learner import LearnerRank
 from entropo.trainer.rollout import RolloutOutput, RolloutWorker, SamplingParams
-from entropo.trainer.run import RunError
 from entropo.trainer.weight_sync import DEFAULT_BUCKET_BYTES, check_receiver
 
 STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")

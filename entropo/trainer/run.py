@@ -9,10 +9,7 @@ import time
 from pathlib import Path
 
 from entropo.config import TrainConfig, as_dict
-
-
-class RunError(RuntimeError):
-    """A run that cannot start (bad model path, empty dataset, ...); the message says why."""
+from entropo.trainer.errors import RunError
 
 
 def train(cfg: TrainConfig) -> dict:

@@ -21,7 +21,8 @@ pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 ])
 def test_a_runaway_learning_rate_stops_in_one_line(ray_session, tiny_model_dir, tmp_path, lr, ranks, message,
                                                    completed):
-    from entropo.trainer.run import RunError, train
+    from entropo.trainer.errors import RunError
+    from entropo.trainer.run import train
 
     cfg = load_config(overrides=[
         f"model.path={tiny_model_dir}", f"trainer.output_dir={tmp_path}", "trainer.prompts_per_step=4",

@@ -411,7 +411,7 @@ def test_a_reward_failing_on_every_sample_stops_with_one_line(ray_session, tiny_
     """Exit 2 and one line naming the function, the fraction and the error (not exit 0 with a
     run scored by the fallback); --debug shows the traceback instead."""
     from entropo.cli import main
-    from entropo.trainer.run import RunError
+    from entropo.trainer.errors import RunError
 
     broken = tmp_path / "broken.py"
     broken.write_text("def score(sample):\n    return {'score': float(sample.extra_info['missing'])}\n")
