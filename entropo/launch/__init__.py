@@ -6,8 +6,8 @@
   on the allocated nodes and runs ``entropo train`` on it.
 - ``configs/kuberay/rayjob.yaml``: a KubeRay ``RayJob`` manifest.
 
-Placement of the actors once training runs is :mod:`entropo.trainer.cluster`'s; the
-commands are in docs/multinode.md.
+Placement of the actors once training runs is :mod:`entropo.trainer.placement`'s (planned)
+and :mod:`entropo.trainer.cluster`'s (created); the commands are in docs/multinode.md.
 """
 
 from __future__ import annotations

@@ -6,8 +6,9 @@ from __future__ import annotations
 import pytest
 
 from entropo.config import load_config
-from entropo.trainer.cluster import Slot, actor_max_threads
+from entropo.trainer.cluster import actor_max_threads
 from entropo.trainer.elastic_threads import ElasticThreads, proc_stat_reader
+from entropo.trainer.placement import Slot
 
 
 class Ticks:

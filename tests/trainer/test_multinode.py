@@ -19,13 +19,12 @@ import time
 import pytest
 
 from entropo.config import load_config
-from entropo.trainer.cluster import (
+from entropo.trainer.cluster import CPU_MALLOC_KEEP_BYTES, actor_env
+from entropo.trainer.placement import (
     CONFIG_FIELDS,
-    CPU_MALLOC_KEEP_BYTES,
     Placement,
     PlacementError,
     Slot,
-    actor_env,
     check_capacity,
     plan_placement,
 )

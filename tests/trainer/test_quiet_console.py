@@ -9,7 +9,8 @@ import pytest
 
 from entropo.config import load_config
 from entropo.trainer import cluster
-from entropo.trainer.cluster import PROGRESS_BAR_ENV, RAY_AUTH_LOGGER, Slot, actor_env
+from entropo.trainer.cluster import PROGRESS_BAR_ENV, RAY_AUTH_LOGGER, actor_env
+from entropo.trainer.placement import Slot
 from tests.log_capture import LogMessages
 
 

@@ -269,7 +269,7 @@ def test_a_model_vllm_cannot_run_is_refused_in_one_line(tiny_model_dir):
 
 
 def test_tensor_parallel_on_cpu_is_refused_naming_the_key(model_dir):
-    from entropo.trainer.cluster import Placement, PlacementError
+    from entropo.trainer.placement import Placement, PlacementError
     from entropo.trainer.vllm_engine import EngineLoadError, VllmEngine
 
     with pytest.raises(PlacementError, match=r"rollout\.vllm\.tensor_parallel_size=2 .*no GPUs"):
