@@ -63,7 +63,7 @@ class WorkerLostError(RuntimeError):
 # Ray: connect, create placement groups
 
 
-def connect(cfg: TrainConfig, placement: Placement | None = None) -> None:
+def connect(cfg: TrainConfig) -> None:
     """Attach to ``trainer.ray_address`` (else ``RAY_ADDRESS``) when set; otherwise start a
     local Ray sized for the actors. A no-op when Ray is already initialised."""
     if ray.is_initialized():
@@ -72,7 +72,7 @@ def connect(cfg: TrainConfig, placement: Placement | None = None) -> None:
     if address:
         ray.init(address=address, log_to_driver=True)
         return
-    p = placement or Placement.from_config(cfg)
+    p = Placement.from_config(cfg)
     need = cfg.learner.ranks * p.learner_cpus + cfg.rollout.workers * p.rollout_cpus  # colocated or not
     if cfg.reward.mode == "ray":
         need += cfg.reward.workers * cfg.reward.worker_cpus
@@ -197,17 +197,15 @@ class Cluster:
 
     Args:
         cfg: the run's configuration.
-        placement: overrides the placement read from ``cfg`` (tests; programmatic use).
         learners: start the learner ranks; without them (``entropo eval``) the rollout workers
             generate with the weights of ``model.path`` and nothing syncs or updates.
     """
 
-    def __init__(self, cfg: TrainConfig, placement: Placement | None = None, learners: bool = True) -> None:
+    def __init__(self, cfg: TrainConfig, learners: bool = True) -> None:
         self.cfg = cfg
-        connect(cfg, placement)
+        connect(cfg)
         total = ray.cluster_resources()
-        p = (placement or Placement.from_config(cfg)).validated()
-        self.placement = p.resolved(cluster_has_gpus=total.get("GPU", 0.0) > 0)
+        self.placement = Placement.from_config(cfg).resolved(cluster_has_gpus=total.get("GPU", 0.0) > 0)
         self.max_restarts = cfg.rollout.max_restarts
         self.restarts = 0  # rollout workers recreated over this run
         self._version = 0  # weight version the workers hold (the last sync)

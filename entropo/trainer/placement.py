@@ -50,18 +50,19 @@ class PlacementError(RunError):
 class Placement:
     """Resources per actor and how the actors are laid out over nodes.
 
-    Each field mirrors a configuration field (named in its comment); ``from_config`` reads them.
+    Each field mirrors a configuration field (named in its comment) and has no default of its
+    own: ``from_config`` reads them, so the config's defaults are the only ones.
     """
 
-    strategy: str = "PACK"  # trainer.placement
-    colocate: bool = False  # trainer.colocate
-    nodes: int = 1  # trainer.nodes
-    timeout_s: float = 300.0  # trainer.placement_timeout_s
-    learner_cpus: float = 1.0  # learner.cpus_per_rank
-    learner_gpus: float | None = None  # learner.gpus_per_rank (None: 1 if the cluster has GPUs)
-    rollout_cpus: float = 1.0  # rollout.cpus_per_worker
-    rollout_gpus: float | None = None  # rollout.gpus_per_worker (None: rollout_shards if the cluster has GPUs)
-    rollout_shards: int = 1  # rollout.vllm.tensor_parallel_size with rollout.engine=vllm, else 1
+    strategy: str  # trainer.placement, upper case
+    colocate: bool  # trainer.colocate
+    nodes: int  # trainer.nodes
+    timeout_s: float  # trainer.placement_timeout_s
+    learner_cpus: float  # learner.cpus_per_rank
+    learner_gpus: float | None  # learner.gpus_per_rank (None: 1 if the cluster has GPUs)
+    rollout_cpus: float  # rollout.cpus_per_worker
+    rollout_gpus: float | None  # rollout.gpus_per_worker (None: rollout_shards if the cluster has GPUs)
+    rollout_shards: int  # rollout.vllm.tensor_parallel_size with rollout.engine=vllm, else 1
 
     @classmethod
     def from_config(cls, cfg: TrainConfig) -> Placement:
@@ -70,8 +71,7 @@ class Placement:
             section, field_name = key.split(".")
             values[name] = getattr(getattr(cfg, section), field_name)
         values["strategy"] = str(values["strategy"]).upper()
-        if cfg.rollout.engine == "vllm":
-            values["rollout_shards"] = cfg.rollout.vllm.tensor_parallel_size
+        values["rollout_shards"] = cfg.rollout.vllm.tensor_parallel_size if cfg.rollout.engine == "vllm" else 1
         return cls(**values).validated()
 
     def validated(self) -> Placement:
@@ -173,7 +173,7 @@ def plan_placement(ranks: int, workers: int, p: Placement) -> Plan:
 
 
 def check_capacity(plan: Plan, total: dict[str, float], available: dict[str, float],
-                   nodes: Sequence[dict[str, float]], min_nodes: int = 1) -> list[str]:
+                   nodes: Sequence[dict[str, float]], min_nodes: int) -> list[str]:
     """Raise :class:`PlacementError` when ``plan`` can never fit; return notes otherwise.
 
     Args:

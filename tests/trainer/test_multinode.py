@@ -75,7 +75,7 @@ def _cfg(model_dir, out, *overrides):
     ])
 
 
-def _train(cfg, placement, kill_worker_after_step=None):
+def _train(cfg, kill_worker_after_step=None):
     """``STEPS`` controller steps; optionally kills a rollout worker after a step.
 
     Returns (per-step metrics, node ids of the actors, the cluster's restart count).
@@ -91,7 +91,7 @@ def _train(cfg, placement, kill_worker_after_step=None):
 
     tokenizer = load_tokenizer(cfg.model.path)
     rewards = RewardManager(cfg.reward, tokenizer)
-    cluster = Cluster(cfg, placement)
+    cluster = Cluster(cfg)
     try:
         ctl = Controller(cfg, cluster, PromptSampler(load_rows("embedded:addition"), 4, cfg.trainer.seed),
                          tokenizer, rewards, sinks=None)
@@ -109,9 +109,9 @@ def _train(cfg, placement, kill_worker_after_step=None):
 @pytest.fixture(scope="module")
 def single_node_run(sim_cluster, tiny_model_dir, tmp_path_factory):
     """Every actor on one node: colocated bundles (learner i + worker i), STRICT_PACK."""
-    cfg = _cfg(tiny_model_dir, tmp_path_factory.mktemp("single"))
-    one = Placement(strategy="STRICT_PACK", colocate=True, learner_cpus=0.5, rollout_cpus=0.5)
-    return _train(cfg, one)
+    cfg = _cfg(tiny_model_dir, tmp_path_factory.mktemp("single"), "trainer.placement=STRICT_PACK",
+               "trainer.colocate=true", "learner.cpus_per_rank=0.5", "rollout.cpus_per_worker=0.5")
+    return _train(cfg)
 
 
 def _assert_same_numbers(steps, reference):
@@ -136,8 +136,8 @@ def test_single_node_reference_is_on_one_node(single_node_run):
 @distributed
 def test_spread_learners_land_on_different_nodes_and_match_one_node(sim_cluster, single_node_run, tiny_model_dir,
                                                                     tmp_path):
-    cfg = _cfg(tiny_model_dir, tmp_path)
-    steps, nodes, restarts = _train(cfg, Placement(strategy="SPREAD"))
+    cfg = _cfg(tiny_model_dir, tmp_path, "trainer.placement=SPREAD")
+    steps, nodes, restarts = _train(cfg)
     assert len(set(nodes["learner"])) == 2, nodes
     assert len(set(nodes["rollout"])) == 2, nodes
     assert restarts == 0
@@ -149,8 +149,8 @@ def test_spread_learners_land_on_different_nodes_and_match_one_node(sim_cluster,
 @distributed
 def test_lost_rollout_worker_is_restarted_and_the_step_retried(sim_cluster, single_node_run, tiny_model_dir,
                                                                tmp_path, capsys):
-    cfg = _cfg(tiny_model_dir, tmp_path)
-    steps, nodes, restarts = _train(cfg, Placement(strategy="SPREAD"), kill_worker_after_step=1)
+    cfg = _cfg(tiny_model_dir, tmp_path, "trainer.placement=SPREAD")
+    steps, nodes, restarts = _train(cfg, kill_worker_after_step=1)
     assert restarts == 1
     assert [s["rollout/worker_restarts"] for s in steps] == [0, 1]
     assert "rollout worker 0 lost" in capsys.readouterr().out
@@ -167,25 +167,23 @@ def test_too_large_requests_fail_fast_naming_the_shortfall(sim_cluster, tiny_mod
 
     from entropo.trainer.cluster import Cluster
 
-    cfg = _cfg(tiny_model_dir, tmp_path)
     cases = [
-        (Placement(learner_gpus=1, rollout_gpus=1),
+        (["learner.gpus_per_rank=1", "rollout.gpus_per_worker=1"],
          r"needs 4 GPUs for learner.ranks=2 × learner.gpus_per_rank=1 \+ rollout.workers=2 × "
          r"rollout.gpus_per_worker=1, cluster has 0"),
-        (Placement(learner_cpus=4),
+        (["learner.cpus_per_rank=4"],
          r"needs 10 CPUs for learner.ranks=2 × learner.cpus_per_rank=4 \+ rollout.workers=2 × "
          r"rollout.cpus_per_worker=1, cluster has 6"),
-        (Placement(learner_cpus=2.5, rollout_cpus=0.5),
+        (["learner.cpus_per_rank=2.5", "rollout.cpus_per_worker=0.5"],
          r"a learner bundle needs 2.5 CPU on one node .*largest node has 2 CPU"),
-        (Placement(strategy="STRICT_PACK", learner_cpus=1.5), r"STRICT_PACK needs 3 CPU on one node"),
-        (Placement(nodes=4), r"trainer.nodes=4, but the Ray cluster has 3 alive node"),
+        (["trainer.placement=STRICT_PACK", "learner.cpus_per_rank=1.5"], r"STRICT_PACK needs 3 CPU on one node"),
+        (["trainer.nodes=4"], r"trainer.nodes=4, but the Ray cluster has 3 alive node"),
+        (["learner.ranks=4", "rollout.workers=1", "trainer.placement=STRICT_SPREAD", "rollout.cpus_per_worker=0.5"],
+         r"STRICT_SPREAD needs 4 distinct nodes .* only 3 node"),
     ]
-    for placement, message in cases:
+    for overrides, message in cases:
         with pytest.raises(PlacementError, match=message):
-            Cluster(cfg, placement)
-    cfg4 = _cfg(tiny_model_dir, tmp_path, "learner.ranks=4", "rollout.workers=1")
-    with pytest.raises(PlacementError, match=r"STRICT_SPREAD needs 4 distinct nodes .* only 3 node"):
-        Cluster(cfg4, Placement(strategy="STRICT_SPREAD", rollout_cpus=0.5))
+            Cluster(_cfg(tiny_model_dir, tmp_path, *overrides))
     # nothing was left reserved (the resource view lags by up to a heartbeat)
     deadline = time.time() + 10
     while ray.available_resources().get("CPU") != 6 and time.time() < deadline:
@@ -207,7 +205,7 @@ def test_placement_timeout_names_what_is_missing(sim_cluster, tiny_model_dir, tm
     try:
         with pytest.raises(PlacementError, match=r"not ready after trainer.placement_timeout_s=2 s.*"
                                                  r"needs 4 CPUs .* available/total now: 1/6 CPU"):
-            Cluster(_cfg(tiny_model_dir, tmp_path), Placement(timeout_s=2))
+            Cluster(_cfg(tiny_model_dir, tmp_path, "trainer.placement_timeout_s=2"))
     finally:
         remove_placement_group(other)
 
@@ -218,13 +216,19 @@ NODES = [{"CPU": 2.0}, {"CPU": 2.0, "node_1": 1.0}, {"CPU": 2.0, "node_2": 1.0}]
 GPU_NODES = [{"CPU": 8.0}, {"CPU": 32.0, "GPU": 4.0}, {"CPU": 32.0, "GPU": 4.0}]
 
 
-def _plan(ranks, workers, **kw):
-    return plan_placement(ranks, workers, Placement(**kw).validated().resolved(cluster_has_gpus=False))
+def _placement(*overrides):
+    """The placement of the default config with these overrides (validated, GPUs not resolved)."""
+    return Placement.from_config(load_config(overrides=list(overrides)))
+
+
+def _plan(ranks, workers, *overrides):
+    return plan_placement(ranks, workers, _placement(*overrides).resolved(cluster_has_gpus=False))
 
 
 def test_separate_roles_get_one_group_each_and_one_bundle_per_actor():
-    plan = plan_placement(2, 3, Placement(strategy="SPREAD", learner_cpus=4, learner_gpus=1, rollout_cpus=2,
-                                          rollout_gpus=1).validated())
+    plan = plan_placement(2, 3, _placement("trainer.placement=SPREAD", "learner.cpus_per_rank=4",
+                                           "learner.gpus_per_rank=1", "rollout.cpus_per_worker=2",
+                                           "rollout.gpus_per_worker=1"))
     assert plan.names == ("learner", "rollout") and plan.strategy == "SPREAD"
     assert plan.groups == (({"CPU": 4.0, "GPU": 1.0},) * 2, ({"CPU": 2.0, "GPU": 1.0},) * 3)
     assert [(s.group, s.bundle, s.gpus) for s in plan.learners] == [(0, 0, 1.0), (0, 1, 1.0)]
@@ -233,8 +237,9 @@ def test_separate_roles_get_one_group_each_and_one_bundle_per_actor():
 
 
 def test_colocated_pairs_share_a_bundle_and_its_gpu():
-    plan = plan_placement(2, 3, Placement(colocate=True, learner_cpus=4, learner_gpus=1, rollout_cpus=2,
-                                          rollout_gpus=1).validated())
+    plan = plan_placement(2, 3, _placement("trainer.colocate=true", "learner.cpus_per_rank=4",
+                                           "learner.gpus_per_rank=1", "rollout.cpus_per_worker=2",
+                                           "rollout.gpus_per_worker=1"))
     # bundle i = learner i + worker i; worker 2 alone in bundle 2
     assert plan.groups == (({"CPU": 6.0, "GPU": 1.0},) * 2 + ({"CPU": 2.0, "GPU": 1.0},),)
     assert [(s.bundle, s.cpus, s.gpus) for s in plan.learners] == [(0, 4.0, 0.5), (1, 4.0, 0.5)]
@@ -243,48 +248,51 @@ def test_colocated_pairs_share_a_bundle_and_its_gpu():
 
 
 def test_gpus_default_to_one_per_actor_on_a_gpu_cluster():
-    p = Placement().resolved(cluster_has_gpus=True)
+    p = _placement().resolved(cluster_has_gpus=True)
     assert (p.learner_gpus, p.rollout_gpus) == (1.0, 1.0)
-    assert Placement(learner_gpus=0).resolved(cluster_has_gpus=True).learner_gpus == 0.0
-    assert Placement().resolved(cluster_has_gpus=False).rollout_gpus == 0.0
+    assert _placement("learner.gpus_per_rank=0").resolved(cluster_has_gpus=True).learner_gpus == 0.0
+    assert _placement().resolved(cluster_has_gpus=False).rollout_gpus == 0.0
     assert "GPU" not in _plan(1, 1).groups[0][0]
 
 
 def test_capacity_messages_name_the_fields_and_the_shortfall():
-    gpu = plan_placement(4, 4, Placement(learner_gpus=1, rollout_gpus=1).validated())
+    gpu = plan_placement(4, 4, _placement("learner.gpus_per_rank=1", "rollout.gpus_per_worker=1"))
     with pytest.raises(PlacementError, match=r"needs 8 GPUs for learner.ranks=4 × learner.gpus_per_rank=1 "
                                              r"\+ rollout.workers=4 × rollout.gpus_per_worker=1, cluster has 0"):
-        check_capacity(gpu, {"CPU": 72.0}, {"CPU": 72.0}, NODES)
+        check_capacity(gpu, {"CPU": 72.0}, {"CPU": 72.0}, NODES, min_nodes=1)
     with pytest.raises(PlacementError, match=r"needs 8 CPUs for .* cluster has 6; needs 8 GPUs .* cluster has 0$"):
-        check_capacity(gpu, {"CPU": 6.0}, {"CPU": 6.0}, NODES)
+        check_capacity(gpu, {"CPU": 6.0}, {"CPU": 6.0}, NODES, min_nodes=1)
     with pytest.raises(PlacementError, match=r"needs 8 GPUs .* cluster has 4"):
-        check_capacity(gpu, {"CPU": 72.0, "GPU": 4.0}, {}, GPU_NODES[:2])
-    big = plan_placement(1, 1, Placement(learner_gpus=8, rollout_gpus=0).validated())
+        check_capacity(gpu, {"CPU": 72.0, "GPU": 4.0}, {}, GPU_NODES[:2], min_nodes=1)
+    big = plan_placement(1, 1, _placement("learner.gpus_per_rank=8", "rollout.gpus_per_worker=0"))
     with pytest.raises(PlacementError, match=r"a learner bundle needs 1 CPU, 8 GPU on one node .*largest node has 32 CPU, 4 GPU"):
-        check_capacity(big, {"CPU": 72.0, "GPU": 8.0}, {}, GPU_NODES)
-    colo = plan_placement(2, 2, Placement(colocate=True, learner_gpus=1, rollout_gpus=1).validated())
+        check_capacity(big, {"CPU": 72.0, "GPU": 8.0}, {}, GPU_NODES, min_nodes=1)
+    colo = plan_placement(2, 2, _placement("trainer.colocate=true", "learner.gpus_per_rank=1",
+                                           "rollout.gpus_per_worker=1"))
     with pytest.raises(PlacementError, match=r"needs 2 GPUs for max\(learner.ranks=2, rollout.workers=2\) colocated"):
-        check_capacity(colo, {"CPU": 8.0, "GPU": 1.0}, {}, [{"CPU": 8.0, "GPU": 1.0}])
+        check_capacity(colo, {"CPU": 8.0, "GPU": 1.0}, {}, [{"CPU": 8.0, "GPU": 1.0}], min_nodes=1)
     with pytest.raises(PlacementError, match=r"trainer.nodes=4, but the Ray cluster has 3"):
         check_capacity(_plan(1, 1), {"CPU": 6.0}, {"CPU": 6.0}, NODES, min_nodes=4)
 
 
 def test_strict_strategies_are_checked_per_node():
-    pack = _plan(3, 1, strategy="STRICT_PACK")
+    pack = _plan(3, 1, "trainer.placement=STRICT_PACK")
     with pytest.raises(PlacementError, match=r"STRICT_PACK needs 3 CPU on one node for the 3 learner bundles"):
-        check_capacity(pack, {"CPU": 6.0}, {"CPU": 6.0}, NODES)
-    assert check_capacity(_plan(2, 2, strategy="STRICT_PACK"), {"CPU": 6.0}, {"CPU": 6.0}, NODES) == []
-    spread = _plan(4, 1, strategy="STRICT_SPREAD", rollout_cpus=0.5)
+        check_capacity(pack, {"CPU": 6.0}, {"CPU": 6.0}, NODES, min_nodes=1)
+    assert check_capacity(_plan(2, 2, "trainer.placement=STRICT_PACK"), {"CPU": 6.0}, {"CPU": 6.0}, NODES,
+                          min_nodes=1) == []
+    spread = _plan(4, 1, "trainer.placement=STRICT_SPREAD", "rollout.cpus_per_worker=0.5")
     with pytest.raises(PlacementError, match=r"STRICT_SPREAD needs 4 distinct nodes .* only 3 node"):
-        check_capacity(spread, {"CPU": 6.0}, {"CPU": 6.0}, NODES)
+        check_capacity(spread, {"CPU": 6.0}, {"CPU": 6.0}, NODES, min_nodes=1)
     # only the two GPU nodes can hold a GPU bundle: the CPU head does not count
-    gpu_spread = plan_placement(3, 1, Placement(strategy="STRICT_SPREAD", learner_gpus=1, rollout_gpus=0).validated())
+    gpu_spread = plan_placement(3, 1, _placement("trainer.placement=STRICT_SPREAD", "learner.gpus_per_rank=1",
+                                                 "rollout.gpus_per_worker=0"))
     with pytest.raises(PlacementError, match=r"needs 3 distinct nodes .* only 2 node"):
-        check_capacity(gpu_spread, {"CPU": 72.0, "GPU": 8.0}, {"CPU": 72.0, "GPU": 8.0}, GPU_NODES)
+        check_capacity(gpu_spread, {"CPU": 72.0, "GPU": 8.0}, {"CPU": 72.0, "GPU": 8.0}, GPU_NODES, min_nodes=1)
 
 
 def test_a_shortfall_of_free_resources_only_delays():
-    notes = check_capacity(_plan(2, 2), {"CPU": 6.0}, {"CPU": 1.0}, NODES)
+    notes = check_capacity(_plan(2, 2), {"CPU": 6.0}, {"CPU": 1.0}, NODES, min_nodes=1)
     assert notes == ["needs 4 CPUs, 1 available now: waiting for other work to release them"]
 
 
@@ -302,20 +310,27 @@ def test_cpu_actors_keep_freed_memory_unless_the_driver_says_otherwise(monkeypat
 
 
 def test_bad_placement_values_name_the_field():
-    for kw, key in [({"strategy": "RANDOM"}, "trainer.placement"), ({"learner_cpus": 0}, "learner.cpus_per_rank"),
-                    ({"rollout_gpus": -1}, "rollout.gpus_per_worker"), ({"nodes": 0}, "trainer.nodes"),
-                    ({"timeout_s": 0}, "trainer.placement_timeout_s")]:
-        with pytest.raises(PlacementError, match=key):
-            Placement(**kw).validated()
+    for override in ["trainer.placement=RANDOM", "learner.cpus_per_rank=0", "rollout.gpus_per_worker=-1",
+                     "trainer.nodes=0", "trainer.placement_timeout_s=0"]:
+        with pytest.raises(PlacementError, match=override.split("=")[0]):
+            _placement(override)
 
 
-def test_placement_is_read_from_the_config_with_defaults_for_missing_fields(tiny_model_dir, tmp_path):
-    cfg = _cfg(tiny_model_dir, tmp_path)
+def test_placement_is_read_from_the_config():
+    overrides = ["trainer.placement=spread", "trainer.colocate=true", "trainer.nodes=3",
+                 "trainer.placement_timeout_s=12.5", "learner.cpus_per_rank=2", "learner.gpus_per_rank=0.5",
+                 "rollout.cpus_per_worker=3", "rollout.gpus_per_worker=0.25"]
+    assert sorted(o.split("=")[0] for o in overrides) == sorted(CONFIG_FIELDS)
+    cfg, default = load_config(overrides=overrides), load_config()
     p = Placement.from_config(cfg)
     for key, name in CONFIG_FIELDS.items():
         section, field_name = key.split(".")
         want = getattr(getattr(cfg, section), field_name)  # every placement field is a config field
+        assert want != getattr(getattr(default, section), field_name), key  # not the default by chance
         assert getattr(p, name) == (want.upper() if name == "strategy" else want), key
+    assert p.rollout_shards == 1  # the hf engine: one shard per worker
+    vllm = _placement("rollout.engine=vllm", "rollout.vllm.tensor_parallel_size=2", "rollout.gpus_per_worker=2")
+    assert vllm.rollout_shards == 2
 
 
 @slow

@@ -272,9 +272,10 @@ def test_tensor_parallel_on_cpu_is_refused_naming_the_key(model_dir):
     from entropo.trainer.placement import Placement, PlacementError
     from entropo.trainer.vllm_engine import EngineLoadError, VllmEngine
 
+    sharded = Placement.from_config(load_config(overrides=["rollout.engine=vllm", "rollout.vllm.tensor_parallel_size=2"]))
     with pytest.raises(PlacementError, match=r"rollout\.vllm\.tensor_parallel_size=2 .*no GPUs"):
-        Placement(rollout_shards=2).resolved(cluster_has_gpus=False)
-    assert Placement(rollout_shards=2).resolved(cluster_has_gpus=True).rollout_gpus == 2.0
+        sharded.resolved(cluster_has_gpus=False)
+    assert sharded.resolved(cluster_has_gpus=True).rollout_gpus == 2.0
     with pytest.raises(EngineLoadError, match=r"rollout\.vllm\.tensor_parallel_size=2"):
         VllmEngine(model_dir, _settings(model_dir, "rollout.vllm.tensor_parallel_size=2"))
 
