@@ -2,8 +2,9 @@
 
 Every default lives in exactly one place: the dataclass field below (or, for a method's
 hyperparameters, the method's own config dataclass in ``entropo/algorithms``). YAML recipes
-in ``configs/`` hold only what differs. Each field is documented once, by the docstring
-under it; ``entropo config --help-fields`` and ``docs/config.md`` are generated from those.
+in ``configs/`` hold only what differs, save a few pinned paper values (tests/test_config.py
+checks both). Each field is documented once, by the docstring under it;
+``entropo config --help-fields`` and ``docs/config.md`` are generated from those.
 
 Loading (:func:`load_config`) merges, in order: the defaults, the YAML file, the dotted
 ``key=value`` overrides. Unknown keys, wrong types, bad values and impossible method

@@ -47,6 +47,53 @@ def test_recipes_select_their_methods():
     assert by_name["ares"].algorithm.ares.enable and by_name["ares"].algorithm.kl_coef == 0.01
 
 
+# Recipe keys allowed to equal their default: values a recipe must keep even if the default
+# changes, because its paper defines the method by them and the default is not that paper's.
+PINNED = {
+    ("grpo", "algorithm.advantage"): "GRPO's group-normalised advantage is what this recipe is "
+                                     "(DeepSeekMath Eq. 3); the base default could change",
+    ("grpo", "algorithm.loss"): "GRPO's objective is PPO's clipped surrogate (DeepSeekMath Eq. 3); "
+                                "the base default could change",
+    ("dapo", "algorithm.loss_agg_mode"): "the token-level loss is one of DAPO's four techniques "
+                                         "(arXiv 2503.14476 Eq. 12), not a trainer-wide choice",
+    ("dapo", "algorithm.ppo_clip.eps_low"): "clip-higher is the decoupled pair eps_low = 0.2, eps_high = 0.28 "
+                                            "(DAPO Eq. 10); 0.2 is PPO's default only by coincidence",
+}
+
+
+def _leaves(node, prefix=""):
+    """(dotted key, value) of every non-mapping value in an OmegaConf mapping; lists as lists."""
+    from omegaconf import OmegaConf
+
+    for key, value in node.items():
+        if OmegaConf.is_dict(value):
+            yield from _leaves(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", OmegaConf.to_container(value) if OmegaConf.is_list(value) else value
+
+
+def _keys_equal_to_defaults(path):
+    from omegaconf import OmegaConf
+
+    defaults = dict(_leaves(OmegaConf.structured(TrainConfig())))
+    return [key for key, value in _leaves(OmegaConf.load(path)) if key in defaults and value == defaults[key]]
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
+def test_recipes_hold_only_what_differs_from_the_defaults(path):
+    """STYLE 14: the default lives in its dataclass field; a recipe repeating it would keep the
+    old value when the default changes, or look like a choice when it is none."""
+    same = [key for key in _keys_equal_to_defaults(path) if (path.stem, key) not in PINNED]
+    assert not same, (f"{path.name}: {', '.join(same)} equal their defaults (entropo/config.py): remove "
+                      "them, or pin them in PINNED with the reason")
+
+
+def test_every_pin_is_a_recipe_key_equal_to_its_default():
+    by_stem = {p.stem: p for p in CONFIGS}
+    for (stem, key), why in PINNED.items():
+        assert why and key in _keys_equal_to_defaults(by_stem[stem]), (stem, key)
+
+
 def test_defaults_live_in_the_dataclasses():
     cfg = load_config()
     assert cfg == TrainConfig()
