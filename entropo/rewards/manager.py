@@ -95,7 +95,8 @@ class RewardManager:
     """Scores step batches with the configured reward functions (module docstring).
 
     Args:
-        cfg: a ``RewardConfig`` (or any object with its fields; see the module docstring).
+        cfg: ``reward``, a ``RewardConfig``: each built-in's options are its section
+            (``reward.math``, ...), which every built-in with options has.
         tokenizer: the policy's tokenizer; PEAR needs it to find ``</think>``.
 
     Raises:
@@ -125,7 +126,7 @@ class RewardManager:
             b = registry.get(name)
             if b.options is not None:
                 try:
-                    options[name] = registry.make_options(b, getattr(cfg, name, None))
+                    options[name] = registry.make_options(b, getattr(cfg, name))
                 except (TypeError, ValueError) as e:
                     raise ValueError(f"reward.{name}: {e}") from None
         ctx = make_context(tokenizer)

@@ -32,3 +32,15 @@ def test_bad_option_values_name_the_field():
         _load("empo.answer=rouge")
     with pytest.raises(ValueError, match="reward.math.check_timeout_s"):
         _load("math.check_timeout_s=-1")
+
+
+def test_every_builtin_with_options_has_its_section():
+    """RewardManager reads ``reward.<name>`` for each such built-in, with no fallback: its
+    defaults are the section's."""
+    from entropo.rewards import registry
+
+    cfg = RewardConfig()
+    for name in registry.names():
+        options = registry.get(name).options
+        if options is not None:
+            assert isinstance(getattr(cfg, name, None), options), name
