@@ -11,8 +11,8 @@ Layout of ``<run_dir>/checkpoints/``::
 
 A save writes everything into ``step_N.tmp``, then ``COMPLETE``, then renames the directory
 to ``step_N``; a crash at any point leaves the previous complete checkpoint as the newest
-usable one. Only the last ``keep`` complete checkpoints are kept. On several nodes the run
-directory must be on a filesystem all learner nodes share.
+usable one. Each save keeps the newest ``trainer.keep_checkpoints`` complete checkpoints. On
+several nodes the run directory must be on a filesystem all learner nodes share.
 """
 
 from __future__ import annotations
@@ -35,9 +35,8 @@ class CheckpointError(RuntimeError):
 class Checkpoints:
     """The checkpoints of one run directory."""
 
-    def __init__(self, root: str | Path, keep: int = 2) -> None:
+    def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
-        self.keep = keep
 
     def begin(self, step: int) -> Path:
         """A fresh temporary directory for the checkpoint of ``step``."""
@@ -47,8 +46,9 @@ class Checkpoints:
         tmp.mkdir(parents=True)
         return tmp
 
-    def commit(self, tmp: Path, step: int) -> Path:
-        """Mark ``tmp`` complete, move it into place, and prune old checkpoints."""
+    def commit(self, tmp: Path, step: int, keep: int) -> Path:
+        """Mark ``tmp`` complete, move it into place, and prune all but the newest ``keep``
+        complete checkpoints (``trainer.keep_checkpoints``; 0 prunes none)."""
         (tmp / MARKER).write_text(f"{step}\n")
         _fsync_dir(tmp)
         final = self.root / f"step_{step:06d}"
@@ -56,7 +56,7 @@ class Checkpoints:
             shutil.rmtree(final)
         os.replace(tmp, final)
         _fsync_dir(self.root)
-        for old in self.complete()[: -self.keep] if self.keep > 0 else []:
+        for old in self.complete()[:-keep] if keep > 0 else []:
             shutil.rmtree(old, ignore_errors=True)
         return final
 

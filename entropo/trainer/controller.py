@@ -152,7 +152,7 @@ class Controller:
         self.methods = stateful.active(cfg.algorithm)
         self.state = ControllerState(methods=stateful.initial_states(self.methods, self.info(0)))
         self.run_dir = Path(cfg.trainer.output_dir)
-        self.checkpoints = Checkpoints(self.run_dir / "checkpoints", cfg.trainer.keep_checkpoints)
+        self.checkpoints = Checkpoints(self.run_dir / "checkpoints")
         self.eval_rows = eval_rows or []
         self.fused = rewards is not None and old_pass_fused(cfg, rewards.reads_policy)
         self.close_id = step_metrics.think_close_id(tokenizer)
@@ -461,7 +461,7 @@ class Controller:
         sampler = self._ahead_sampler_state if self._ahead is not None else self.sampler.state_dict()
         state = {**dataclasses.asdict(self.state), "methods": stateful.state_dicts(self.state.methods)}
         save_controller(tmp, {"state": state, "sampler": sampler})
-        return self.checkpoints.commit(tmp, self.state.step)
+        return self.checkpoints.commit(tmp, self.state.step, self.cfg.trainer.keep_checkpoints)
 
     def restore(self, path: Path) -> None:
         """Continue from a checkpoint: learner state, controller state, data position, and

@@ -11,24 +11,24 @@ import pytest
 from entropo.trainer.checkpoint import MARKER, CheckpointError, Checkpoints
 
 
-def _fake_save(ckpts, step):
+def _fake_save(ckpts, step, keep):
     tmp = ckpts.begin(step)
     (tmp / "payload").write_text(str(step))
-    return ckpts.commit(tmp, step)
+    return ckpts.commit(tmp, step, keep)
 
 
 def test_commit_is_atomic_and_keeps_the_last_k(tmp_path):
-    ckpts = Checkpoints(tmp_path, keep=2)
+    ckpts = Checkpoints(tmp_path)
     for step in (1, 2, 3):
-        _fake_save(ckpts, step)
+        _fake_save(ckpts, step, keep=2)
     assert [p.name for p in ckpts.complete()] == ["step_000002", "step_000003"]
     assert ckpts.resolve("auto").name == "step_000003"
     assert ckpts.resolve("") is None
 
 
 def test_interrupted_saves_are_ignored(tmp_path):
-    ckpts = Checkpoints(tmp_path, keep=3)
-    _fake_save(ckpts, 2)
+    ckpts = Checkpoints(tmp_path)
+    _fake_save(ckpts, 2, keep=3)
     # a crash mid-save: the temporary directory of step 4 is half written
     tmp = ckpts.begin(4)
     (tmp / "payload").write_text("half")
@@ -38,7 +38,7 @@ def test_interrupted_saves_are_ignored(tmp_path):
     with pytest.raises(CheckpointError, match="step_000006.*COMPLETE"):
         ckpts.resolve(str(tmp_path / "step_000006"))
     # the next save of step 4 replaces the debris
-    _fake_save(ckpts, 4)
+    _fake_save(ckpts, 4, keep=3)
     assert ckpts.resolve("auto").name == "step_000004"
     assert not (tmp_path / "step_000004.tmp").exists()
 
