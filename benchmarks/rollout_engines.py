@@ -93,7 +93,7 @@ def child(engine: str, path: str, args: argparse.Namespace) -> dict:
     prompts = [encode_prompt(r, tok) for r in rows]
     start = time.perf_counter()
     if engine == "hf":
-        eng = HFEngine(path)
+        eng = HFEngine(path, "float32")
     else:
         from entropo.trainer.vllm_engine import VllmEngine
 

@@ -82,7 +82,7 @@ class GenerationEngine(Protocol):
 class HFEngine:
     """``transformers`` generation (CPU or GPU)."""
 
-    def __init__(self, model_path: str, dtype: str = "float32", device: str = "cpu") -> None:
+    def __init__(self, model_path: str, dtype: str, device: str = "cpu") -> None:
         from entropo.models.loading import load_model, load_tokenizer
 
         self.device = torch.device(device)
@@ -259,7 +259,7 @@ class RolloutWorker:
         vllm_engine: what the vLLM engine needs to know of this worker's place.
     """
 
-    def __init__(self, model_path: str, engine: str = "hf", dtype: str = "float32", device: str = "cpu",
+    def __init__(self, model_path: str, engine: str, dtype: str, device: str = "cpu",
                  threads: int | None = None, max_threads: int | None = None, vllm=None, vllm_engine=None) -> None:
         if threads:
             torch.set_num_threads(threads)

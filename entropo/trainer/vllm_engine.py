@@ -219,7 +219,7 @@ class VllmEngine:
         engine: where this worker runs and what it must do besides generating.
     """
 
-    def __init__(self, model_path: str, settings: VllmEngineConfig, dtype: str = "auto",
+    def __init__(self, model_path: str, settings: VllmEngineConfig, dtype: str,
                  engine: EngineSettings = EngineSettings()) -> None:
         from entropo.models.loading import load_tokenizer, resolve_model_path, torch_dtype
 

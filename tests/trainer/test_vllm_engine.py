@@ -277,7 +277,7 @@ def test_tensor_parallel_on_cpu_is_refused_naming_the_key(model_dir):
         sharded.resolved(cluster_has_gpus=False)
     assert sharded.resolved(cluster_has_gpus=True).rollout_gpus == 2.0
     with pytest.raises(EngineLoadError, match=r"rollout\.vllm\.tensor_parallel_size=2"):
-        VllmEngine(model_dir, _settings(model_dir, "rollout.vllm.tensor_parallel_size=2"))
+        VllmEngine(model_dir, _settings(model_dir, "rollout.vllm.tensor_parallel_size=2"), "auto")
 
 
 def test_an_architecture_vllm_does_not_know_is_one_line(ray_session, model_dir, tmp_path):
@@ -383,7 +383,7 @@ def test_default_job_on_vllm_evaluates_like_the_hf_engine(ray_session, tmp_path)
 
     eval_rows = list(load_rows(cfg.data.train, split="eval"))[:50]  # data.eval=auto: its eval split
     tok = load_tokenizer(cfg.model.path)
-    hf = HFEngine(cfg.model.path).generate(
+    hf = HFEngine(cfg.model.path, "float32").generate(
         [encode_prompt(r, tok) for r in eval_rows],
         SamplingParams(n=1, temperature=0.0, top_p=1.0, max_new_tokens=cfg.rollout.max_new_tokens))
     correct = [embedded.score(text, row.ground_truth) for text, row in zip(hf.response_text, eval_rows)]
