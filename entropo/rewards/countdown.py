@@ -102,7 +102,7 @@ def _eval(node: ast.AST) -> Fraction:
     raise ValueError(f"not allowed in a countdown equation: {ast.dump(node)[:60]}")
 
 
-def check(equation: str, target: Fraction, numbers: list[int], use_all_numbers: bool = True) -> bool:
+def check(equation: str, target: Fraction, numbers: list[int], use_all_numbers: bool) -> bool:
     """Whether ``equation`` follows the rules and evaluates to ``target``.
 
     Args:

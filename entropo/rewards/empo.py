@@ -109,7 +109,7 @@ def cluster(answers: list[str], same: Callable[[str, str], bool]) -> list[int]:
     return ids
 
 
-def math_equivalence(timeout_s: int = 5) -> Callable[[str, str], bool]:
+def math_equivalence(timeout_s: int) -> Callable[[str, str], bool]:
     """``same(a, b)`` for math answers: normalised equality, else math_verify (parses cached)."""
     parsed: dict[str, list] = {}
 
@@ -128,7 +128,7 @@ def math_equivalence(timeout_s: int = 5) -> Callable[[str, str], bool]:
     return same
 
 
-def empo_rewards(cluster_ids: list[int], empty: list[bool], empty_score: float = 0.0
+def empo_rewards(cluster_ids: list[int], empty: list[bool], empty_score: float
                  ) -> tuple[list[float], float, bool, float]:
     """EMPO rewards of one group from its cluster ids (the formula in the module docstring).
 
@@ -218,7 +218,7 @@ def build_empo(cfg: EMPOConfig, ctx: RewardContext):
     return empo
 
 
-def build_clusters(ctx: RewardContext, answer: str = "auto", check_timeout_s: int = 5):
+def build_clusters(ctx: RewardContext, answer: str, check_timeout_s: int):
     """A group scorer that only clusters answers (``reward.cluster_answers`` without EMPO):
     per response ``{"score": 0, "cluster": id}``."""
 

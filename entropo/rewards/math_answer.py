@@ -262,12 +262,13 @@ def _quiet() -> None:
     logging.getLogger("math_verify").setLevel(logging.ERROR)
 
 
-def parse_answer(answer: str, timeout_s: int = 5) -> list[Any]:
+def parse_answer(answer: str, timeout_s: int) -> list[Any]:
     """``math_verify.parse`` of one extracted answer (LaTeX first, then plain expressions).
 
     Args:
         answer: an extracted answer (without ``$``; they are added here).
-        timeout_s: math_verify's parsing time limit in whole seconds (main thread only).
+        timeout_s: math_verify's parsing time limit in whole seconds (main thread only;
+            ``reward.math.check_timeout_s`` or ``reward.empo.check_timeout_s``).
 
     Returns:
         The parsed forms (empty when nothing parses).
@@ -282,7 +283,7 @@ def parse_answer(answer: str, timeout_s: int = 5) -> list[Any]:
                  parsing_timeout=_timeout(timeout_s))
 
 
-def verify_parsed(gold: list[Any], pred: list[Any], timeout_s: int = 5) -> bool:
+def verify_parsed(gold: list[Any], pred: list[Any], timeout_s: int) -> bool:
     """``math_verify.verify`` of two parsed answers; False when either is empty.
 
     Args:
@@ -301,7 +302,7 @@ def verify_parsed(gold: list[Any], pred: list[Any], timeout_s: int = 5) -> bool:
     return bool(verify(gold, pred, timeout_seconds=_timeout(timeout_s)))
 
 
-def equivalent(pred: str | None, gold: str, timeout_s: int = 5) -> bool:
+def equivalent(pred: str | None, gold: str, timeout_s: int) -> bool:
     """Whether an extracted answer equals a reference answer (fast path, then math_verify).
 
     Args:

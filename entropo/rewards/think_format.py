@@ -30,7 +30,7 @@ class FormatConfig:
     """Require the answer to be wrapped in ``<answer>…</answer>``."""
 
 
-def well_formed(response: str, prompt: str = "", answer_tag: bool = False) -> bool:
+def well_formed(response: str, prompt: str, answer_tag: bool) -> bool:
     """Whether a response has the think/answer structure.
 
     Args:

@@ -12,22 +12,22 @@ from tests.rewards.helpers import reward_cfg, sample
 
 
 def test_spec_numbers():
-    rewards, se, gated, majority = empo_rewards([0, 0, 0, 1, 1, 2, 3], [False] * 7)
+    rewards, se, gated, majority = empo_rewards([0, 0, 0, 1, 1, 2, 3], [False] * 7, empty_score=0.0)
     assert rewards == pytest.approx([3 / 7, 3 / 7, 3 / 7, 2 / 7, 2 / 7, 1 / 7, 1 / 7], abs=1e-12)
     # SE = -(3/7 ln 3/7 + 2/7 ln 2/7 + 2 * 1/7 ln 1/7) = 1.27703 < ln 7 = 1.94591
     assert se == pytest.approx(1.27703, abs=1e-5) and not gated and majority == pytest.approx(3 / 7)
 
 
 def test_all_distinct_and_single_response_are_gated_off():
-    rewards, se, gated, _ = empo_rewards(list(range(7)), [False] * 7)
+    rewards, se, gated, _ = empo_rewards(list(range(7)), [False] * 7, empty_score=0.0)
     assert rewards == [0.0] * 7 and gated and se == pytest.approx(math.log(7))
-    rewards, se, gated, _ = empo_rewards([0], [False])  # G = 1: SE = 0 is not < ln 1 = 0
+    rewards, se, gated, _ = empo_rewards([0], [False], empty_score=0.0)  # G = 1: SE = 0 is not < ln 1 = 0
     assert rewards == [0.0] and gated and se == 0.0
 
 
 def test_empty_answers_form_a_cluster_and_get_zero():
     # clusters {a, a, a} {'' ''} {b}; G = 6; the empty ones count in G but are rewarded 0
-    rewards, _, gated, majority = empo_rewards([0, 0, 0, 1, 1, 2], [False, False, False, True, True, False])
+    rewards, _, gated, majority = empo_rewards([0, 0, 0, 1, 1, 2], [False, False, False, True, True, False], empty_score=0.0)
     assert not gated and majority == 0.5
     assert rewards == pytest.approx([0.5, 0.5, 0.5, 0.0, 0.0, 1 / 6])
     rewards, _, _, _ = empo_rewards([0, 0, 1], [True, True, False], empty_score=-0.5)
@@ -35,7 +35,7 @@ def test_empty_answers_form_a_cluster_and_get_zero():
 
 
 def test_math_clustering():
-    same = math_equivalence()
+    same = math_equivalence(timeout_s=5)
     answers = ["\\frac{1}{2}", "0.5", "3", "1/2", "", "3.0", ""]
     assert cluster(answers, same) == [0, 0, 1, 0, 2, 1, 2]
 

@@ -41,13 +41,13 @@ GT = json.dumps({"target": 24, "numbers": [3, 5, 7, 9]})
 )
 def test_countdown_rules(equation, ok):
     target, numbers = parse_ground_truth(GT)
-    assert check(equation, target, numbers) is ok
+    assert check(equation, target, numbers, use_all_numbers=True) is ok
 
 
 def test_countdown_exact_fractions_and_subsets():
     # 8 / (3 - 8/3) = 24 only in exact arithmetic
-    assert check("8 / (3 - 8 / 3)", Fraction(24), [8, 3, 8, 3])
-    assert not check("9 + 7 + 5", Fraction(21), [3, 5, 7, 9])  # 3 unused
+    assert check("8 / (3 - 8 / 3)", Fraction(24), [8, 3, 8, 3], use_all_numbers=True)
+    assert not check("9 + 7 + 5", Fraction(21), [3, 5, 7, 9], use_all_numbers=True)  # 3 unused
     assert check("9 + 7 + 5", Fraction(21), [3, 5, 7, 9], use_all_numbers=False)
     assert not check("9 + 9 + 3", Fraction(21), [3, 5, 7, 9], use_all_numbers=False)  # 9 twice
 
