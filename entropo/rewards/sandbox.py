@@ -66,19 +66,32 @@ KILL_GRACE_S = 1.0
 
 @dataclass(frozen=True)
 class SandboxLimits:
-    """Limits of one sandboxed run."""
+    """Limits of one sandboxed run.
 
-    timeout_s: float = 10.0
+    The fields without a default are ``reward.code``'s (``CodeConfig.limits``), whose
+    defaults are the only ones; the rest are the sandbox's own.
+    """
+
+    timeout_s: float
     """Wall-clock limit of the whole run (all cases), after start-up; then SIGKILL."""
 
-    case_timeout_s: float = 4.0
+    case_timeout_s: float
     """Wall-clock limit of one test case (SIGALRM inside the sandbox)."""
 
-    cpu_s: int = 10
+    cpu_s: int
     """RLIMIT_CPU, CPU seconds of the process."""
 
-    memory_mb: int = 512
+    memory_mb: int
     """RLIMIT_AS, address space in MiB (Python itself needs about 30)."""
+
+    isolation: str
+    """auto (namespace when it works, else plain), namespace (required), plain."""
+
+    seccomp: bool
+    """Install the seccomp filter (see the module docstring)."""
+
+    audit_hook: bool
+    """Install the interpreter-level audit hook (see the module docstring)."""
 
     fsize_mb: int = 16
     """RLIMIT_FSIZE, the largest file it may write, in MiB."""
@@ -94,15 +107,6 @@ class SandboxLimits:
 
     max_output_bytes: int = 1 << 20
     """Captured stdout per case is cut to this many bytes."""
-
-    isolation: str = "auto"
-    """auto (namespace when it works, else plain), namespace (required), plain."""
-
-    seccomp: bool = True
-    """Install the seccomp filter (see the module docstring)."""
-
-    audit_hook: bool = True
-    """Install the interpreter-level audit hook (see the module docstring)."""
 
     def __post_init__(self) -> None:
         if self.isolation not in ISOLATIONS:
@@ -133,6 +137,10 @@ class SandboxResult:
 
 _PROBE_LOCK = threading.Lock()
 _NAMESPACE_OK: bool | None = None
+PROBE_LIMITS = SandboxLimits(timeout_s=20, case_timeout_s=4.0, cpu_s=10, memory_mb=512, isolation="namespace",
+                             seccomp=True, audit_hook=True)
+"""Limits of the namespace probe, an empty program run once per process: its own, not those of
+the run that triggers it (``reward.code``'s)."""
 _UNSHARE = ["unshare", "--user", "--map-root-user", "--net", "--pid", "--fork", "--kill-child",
             "--mount", "--mount-proc"]
 
@@ -145,7 +153,7 @@ def namespaces_available() -> bool:
             if shutil.which("unshare") is None or not sys.platform.startswith("linux"):
                 _NAMESPACE_OK = False
             else:
-                res = _run_once("", "assert", [], None, SandboxLimits(timeout_s=20), "namespace")
+                res = _run_once("", "assert", [], None, PROBE_LIMITS, "namespace")
                 _NAMESPACE_OK = res.status == "ok"
                 if not _NAMESPACE_OK:
                     warnings.warn(f"sandbox: user namespaces unavailable ({res.detail.strip()[-300:]}); "
@@ -163,8 +171,7 @@ def resolve_isolation(limits: SandboxLimits) -> str:
     return "namespace" if ok else "plain"
 
 
-def run(code: str, kind: str, cases: list[dict], fn_name: str | None = None,
-        limits: SandboxLimits | None = None) -> SandboxResult:
+def run(code: str, kind: str, cases: list[dict], fn_name: str | None, limits: SandboxLimits) -> SandboxResult:
     """Run ``code`` against test cases in the sandbox.
 
     Args:
@@ -175,12 +182,11 @@ def run(code: str, kind: str, cases: list[dict], fn_name: str | None = None,
             run after the code, in its namespace).
         cases: the test cases (inputs only; expected outputs stay with the caller).
         fn_name: the function to call for ``kind="call"``.
-        limits: the limits (defaults when None).
+        limits: the limits (``reward.code``'s: ``CodeConfig.limits``).
 
     Returns:
         A :class:`SandboxResult`.
     """
-    limits = limits or SandboxLimits()
     return _run_once(code, kind, cases, fn_name, limits, resolve_isolation(limits))
 
 

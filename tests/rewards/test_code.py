@@ -135,8 +135,8 @@ def test_whole_run_timeout_kills_and_keeps_earlier_cases():
     # three cases; the second never ends and a wall limit shorter than its case limit kills it all
     gt = json.dumps({"inputs": ["1\n", "2\n", "3\n"], "outputs": ["1\n", "2\n", "3\n"]})
     code = "x = int(input())\nwhile x == 2:\n    pass\nprint(x)\n"
-    res = sandbox.run(code, "stdio", parse_tests(gt).cases,
-                      limits=sandbox.SandboxLimits(timeout_s=0.5, case_timeout_s=30, cpu_s=30))
+    res = sandbox.run(code, "stdio", parse_tests(gt).cases, None,
+                      CodeConfig(timeout_s=0.5, case_timeout_s=30, cpu_s=30).limits())
     assert res.status == "timeout"
     assert [r.get("stdout") for r in res.records] == ["1\n"]
 
@@ -146,4 +146,4 @@ def test_isolation_required_but_unavailable(monkeypatch):
     with pytest.raises(RuntimeError, match="namespace"):
         build_code(CodeConfig(isolation="namespace"), RewardContext())
     with pytest.raises(ValueError, match="isolation"):
-        sandbox.SandboxLimits(isolation="docker")
+        CodeConfig(isolation="docker").limits()
