@@ -34,6 +34,9 @@ EVAL_MODULUS = 10
 """One problem in ``EVAL_MODULUS`` (by prompt hash) is an eval problem."""
 
 SPLITS = ("train", "eval")
+DIGITS = 3
+"""Operand digits of the task as shipped: ``embedded:addition`` and the warm-started model
+(``embedded:tiny-qwen2-addition``); ``embedded:addition?digits=N`` asks for others."""
 
 
 def split_of(prompt: str) -> str:
@@ -49,7 +52,7 @@ def split_of(prompt: str) -> str:
     return "eval" if h % EVAL_MODULUS == 0 else "train"
 
 
-def make_problem(rng: random.Random, digits: int = 3) -> dict:
+def make_problem(rng: random.Random, digits: int = DIGITS) -> dict:
     """Draw one addition problem with operands uniform in ``[0, 10**digits)``.
 
     Args:
@@ -119,7 +122,7 @@ def score(response: str, ground_truth: str) -> float:
     return 1.0 if extract_answer(response) == ground_truth else 0.0
 
 
-def make_split(n: int, seed: int, digits: int = 3, split: str = "train") -> list[dict]:
+def make_split(n: int, seed: int, digits: int = DIGITS, split: str = "train") -> list[dict]:
     """Draw ``n`` distinct problems of one split, deterministically.
 
     Args:

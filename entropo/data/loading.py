@@ -65,7 +65,8 @@ DEFAULT_FIELD_MAP = {
 }
 NOT_COLUMNS = ("completion", "completion_ids")
 """Columns TRL never passes to reward functions (besides the prompt)."""
-EMBEDDED_DEFAULTS = {"train": {"n": 2000, "seed": 0, "digits": 3}, "eval": {"n": 200, "seed": 1, "digits": 3}}
+EMBEDDED_DEFAULTS = {"train": {"n": 2000, "seed": 0, "digits": embedded.DIGITS},
+                     "eval": {"n": 200, "seed": 1, "digits": embedded.DIGITS}}
 _MISSING = object()
 
 

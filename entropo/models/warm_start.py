@@ -49,7 +49,7 @@ from pathlib import Path
 import torch
 from transformers.utils import logging as hf_logging
 
-from entropo.data.embedded import make_split, score, solution_text
+from entropo.data.embedded import DIGITS, make_split, score, solution_text
 from entropo.models.loading import register_embedded_model
 from entropo.models.tiny import build_char_tokenizer, build_tiny_model
 
@@ -59,7 +59,7 @@ STEPS_ENV = "ENTROPO_WARM_START_STEPS"
 MODEL_KWARGS = {"hidden_size": 128, "num_layers": 2, "num_heads": 4, "intermediate_size": 512}
 """Size of the warm-started model (arguments of :func:`entropo.models.tiny.build_tiny_model`)."""
 
-DEFAULTS = {"steps": 400, "batch_size": 64, "lr": 2e-3, "digits": 3, "seed": 0, "stop_at": 0.2}
+DEFAULTS = {"steps": 400, "batch_size": 64, "lr": 2e-3, "digits": DIGITS, "seed": 0, "stop_at": 0.2}
 """Settings of the registered build (see :func:`sft_warm_start`)."""
 
 MONITOR_N = 128
