@@ -87,7 +87,7 @@ def _check_entropy(H_hat: float) -> None:
         raise ValueError(f"AEPO's entropy estimate Ĥ must be finite, got {H_hat}")
 
 
-def aepo_temperature(H_hat: float, H_target: float, T_high: float = 1.2, T_low: float = 0.8) -> float:
+def aepo_temperature(H_hat: float, H_target: float, T_high: float, T_low: float) -> float:
     """T' for this step's extra rollouts: ``T_high`` if ``Ĥ ≤ H_target`` else ``T_low``.
 
     Args:
@@ -100,7 +100,7 @@ def aepo_temperature(H_hat: float, H_target: float, T_high: float = 1.2, T_low: 
     return T_high if H_hat <= H_target else T_low
 
 
-def aepo_num_prompts(num_prompts: int, prompt_fraction: float = 0.25) -> int:
+def aepo_num_prompts(num_prompts: int, prompt_fraction: float) -> int:
     """How many of the step's first prompts are re-generated: ``⌊num_prompts·f⌋`` (code: ``//4``).
 
     Args:
@@ -140,7 +140,7 @@ class AepoMix(NamedTuple):
 
 
 def aepo_mix(
-    batch_size: int, injected_adv: torch.Tensor, n_s: int, positive_threshold: float = 0.05
+    batch_size: int, injected_adv: torch.Tensor, n_s: int, positive_threshold: float
 ) -> tuple[AepoMix, dict[str, torch.Tensor]]:
     """The replacement plan: the first ``n_s`` positives overwrite rows ``0..n_s−1`` with A ≡ 1.
 

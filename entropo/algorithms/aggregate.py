@@ -59,7 +59,7 @@ def loss_norm(mask: torch.Tensor, reducer: Reducer = LOCAL) -> LossNorm:
 def aggregate(
     loss: torch.Tensor,
     mask: torch.Tensor,
-    mode: str = "token-mean",
+    mode: str,
     norm: LossNorm | None = None,
     l_norm: float | None = None,
 ) -> torch.Tensor:

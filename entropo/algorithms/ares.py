@@ -254,7 +254,7 @@ class AresState:
 # ---------------------------------------------------------------- HWE tokens
 
 
-def topk_entropy(logits: torch.Tensor, labels: torch.Tensor, k: int = 10, temperature: float = 1.0,
+def topk_entropy(logits: torch.Tensor, labels: torch.Tensor, k: int, temperature: float = 1.0,
                  tail: bool = True, chunk_size: int = DEFAULT_CHUNK_SIZE) -> torch.Tensor:
     """The code's entropy from top-k log-probs: ``−Σ_{v∈S} p_v log p_v − q log q`` (no gradient).
 
@@ -292,8 +292,8 @@ def topk_entropy(logits: torch.Tensor, labels: torch.Tensor, k: int = 10, temper
     return out.view(logits.shape[:-1])
 
 
-def window_entropy(entropy: torch.Tensor, mask: torch.Tensor, window_size: int = 4,
-                   start: str = "next") -> tuple[torch.Tensor, torch.Tensor]:
+def window_entropy(entropy: torch.Tensor, mask: torch.Tensor, window_size: int,
+                   start: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Window means ``m [N, T]`` (float64, 0 where not full) and ``full [N, T]`` (bool).
 
     Args:
@@ -327,7 +327,7 @@ def _row_quantile(x: torch.Tensor, valid: torch.Tensor, q: float) -> torch.Tenso
 
 
 def hwe_threshold(window_mean: torch.Tensor, full: torch.Tensor, entropy: torch.Tensor, mask: torch.Tensor,
-                  percentile: float = 95.0, scope: str = "sequence", reducer: Reducer = LOCAL) -> torch.Tensor:
+                  percentile: float, scope: str, reducer: Reducer = LOCAL) -> torch.Tensor:
     """τ̂ of this batch (float64 scalar; NaN when the scope holds no value).
 
     Args:
@@ -353,7 +353,7 @@ def hwe_threshold(window_mean: torch.Tensor, full: torch.Tensor, entropy: torch.
     return quantile(per_seq, 0.5) if per_seq.numel() else torch.tensor(float("nan"), dtype=torch.float64)
 
 
-def threshold_update(threshold: float | None, tau_batch: float, ema: float = 0.99) -> tuple[float, float | None]:
+def threshold_update(threshold: float | None, tau_batch: float, ema: float) -> tuple[float, float | None]:
     """``(τ this step counts with, τ after it)``: the previous τ (τ̂ at the first step), then its EMA.
 
     Args:
@@ -398,8 +398,8 @@ def _group_mean(x: torch.Tensor, inv: torch.Tensor, size: torch.Tensor) -> torch
     return torch.zeros_like(size).index_add_(0, inv, x.detach().double().cpu()) / size
 
 
-def difficulty_buckets(correct: torch.Tensor, group_ids: torch.Tensor, easy_min_acc: float = 2 / 3,
-                       medium_min_acc: float = 1 / 3) -> torch.Tensor:
+def difficulty_buckets(correct: torch.Tensor, group_ids: torch.Tensor, easy_min_acc: float,
+                       medium_min_acc: float) -> torch.Tensor:
     """Bucket ``[N]`` (``EASY``/``MEDIUM``/``HARD``) of each response from its group's accuracy.
 
     Args:
@@ -497,7 +497,7 @@ def shaping_term(count: torch.Tensor, bucket: torch.Tensor, correct: torch.Tenso
 # ---------------------------------------------------------------- adaptive KL
 
 
-def sequence_kl(logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor, estimator: str = "k3") -> torch.Tensor:
+def sequence_kl(logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor, estimator: str) -> torch.Tensor:
     """Per-sequence mean KL estimate ``[N]`` (float64) over valid tokens (0 with none).
 
     Args:

@@ -100,7 +100,7 @@ class EpoConfig:
             raise ValueError(f"algorithm.epo.phase_K must be >= 1, got {self.phase_K}")
 
 
-def epo_phase_weight(k: int, K: int = 150) -> float:
+def epo_phase_weight(k: int, K: int) -> float:
     """β_k, the code's two-phase decay of the penalty over training iterations.
 
     Args:
@@ -152,7 +152,7 @@ def epo_term(
     turn_mean_H: float | torch.Tensor | None,
     cfg: EpoConfig,
     step: int,
-    agg_mode: str = "token-mean",
+    agg_mode: str,
     norm: LossNorm | None = None,
     l_norm: float | None = None,
     smooth: bool = True,

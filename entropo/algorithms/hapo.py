@@ -112,8 +112,8 @@ def apply_scales(h: torch.Tensor, s_pos: torch.Tensor, s_neg: torch.Tensor, code
 def entropy_h_hat(
     entropy: torch.Tensor,
     mask: torch.Tensor,
-    pivot_quantile: float = 0.8,
-    code_compat: bool = False,
+    pivot_quantile: float,
+    code_compat: bool,
     reducer: Reducer = LOCAL,
 ) -> tuple[torch.Tensor, HapoStats]:
     """ĥ ``[n, T]`` (0 on masked positions) and the scope's :class:`HapoStats`; no gradient.

@@ -56,9 +56,9 @@ class HapoTemperatureConfig:
 def adaptive_temperature(
     decode_entropy: torch.Tensor,
     stats: HapoStats | None,
-    base_T: float = 1.0,
-    tau: float = 0.05,
-    code_compat: bool = False,
+    base_T: float,
+    tau: float,
+    code_compat: bool,
 ) -> torch.Tensor:
     """Per-token sampling temperature ``T_t`` (shape of ``decode_entropy``).
 

@@ -125,7 +125,7 @@ def _quantile(t: _Table, k: float, interpolation: str) -> torch.Tensor:
 
 
 def group_quantile(
-    rewards: torch.Tensor, group_ids: torch.Tensor, k: float, interpolation: str = "linear"
+    rewards: torch.Tensor, group_ids: torch.Tensor, k: float, interpolation: str
 ) -> torch.Tensor:
     """Q_K of each response's group ``[N]`` (``interpolation``: one of :data:`QAE_INTERPOLATIONS`)."""
     t = _table(rewards, group_ids)

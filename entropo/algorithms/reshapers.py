@@ -141,7 +141,7 @@ def _group_semantic_entropy(
 
 
 def semantic_entropy(
-    group_ids: torch.Tensor, cluster_ids: torch.Tensor, se_form: str = "mc"
+    group_ids: torch.Tensor, cluster_ids: torch.Tensor, se_form: str
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Semantic entropy of each response's group, from count shares of its answer clusters.
 

@@ -162,11 +162,12 @@ class _TopPEntropy(torch.autograd.Function):
 
 def top_p_entropy(
     logits: torch.Tensor,
-    p_top: float = 0.8,
-    top_k: int = 10000,
+    p_top: float,
+    top_k: int,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     temperature: float = 1.0,
-    rule: str = "below",
+    *,
+    rule: str,
 ) -> torch.Tensor:
     """Top-p entropy Ĥ of each position, with gradient through the kept probabilities.
 
@@ -196,7 +197,7 @@ def top_p_entropy(
     return _TopPEntropy.apply(logits, float(p_top), k, float(temperature), rule, int(chunk_size))
 
 
-def siren_select(h_hat: torch.Tensor, mask: torch.Tensor, quantile: float = 0.8) -> torch.Tensor:
+def siren_select(h_hat: torch.Tensor, mask: torch.Tensor, quantile: float) -> torch.Tensor:
     """Tokens whose Ĥ is strictly above their sequence's ``quantile`` (no gradient).
 
     The quantile interpolates linearly between order statistics over the sequence's valid
@@ -235,7 +236,7 @@ def _selected_seq_sum(
 
 
 def siren_anchor(
-    h_hat: torch.Tensor, mask: torch.Tensor, quantile: float = 0.8, reducer: Reducer = LOCAL
+    h_hat: torch.Tensor, mask: torch.Tensor, quantile: float, reducer: Reducer = LOCAL
 ) -> torch.Tensor:
     """H_anc: H_sel of π_old's top-p entropies over the step batch (run once, at step 1).
 
@@ -258,7 +259,7 @@ def siren_term(
     mask: torch.Tensor,
     anchor: float | torch.Tensor,
     coef: float,
-    quantile: float = 0.8,
+    quantile: float,
     reducer: Reducer = LOCAL,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """This shard's share of ``λ·(H_sel − H_anc)²``; gradient flows through ``h_hat``.

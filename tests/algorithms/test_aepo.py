@@ -19,13 +19,13 @@ from tests.fake_ranks import run_split
 
 def test_temperature_spec_cases():
     # Ĥ = 0.4 ≤ 0.5 → T' = 1.2; Ĥ = 0.6 > 0.5 → T' = 0.8; Ĥ = H_tgt counts as low (code: <=).
-    assert aepo_temperature(0.4, 0.5) == 1.2
-    assert aepo_temperature(0.6, 0.5) == 0.8
-    assert aepo_temperature(0.5, 0.5) == 1.2
+    assert aepo_temperature(0.4, 0.5, T_high=1.2, T_low=0.8) == 1.2
+    assert aepo_temperature(0.6, 0.5, T_high=1.2, T_low=0.8) == 0.8
+    assert aepo_temperature(0.5, 0.5, T_high=1.2, T_low=0.8) == 1.2
     # Before the first update the code's Ĥ is 0: T_high.
-    assert aepo_temperature(AEPO_INITIAL_ENTROPY, 0.5, T_high=1.5) == 1.5
+    assert aepo_temperature(AEPO_INITIAL_ENTROPY, 0.5, T_high=1.5, T_low=0.8) == 1.5
     with pytest.raises(ValueError, match="finite"):
-        aepo_temperature(float("nan"), 0.5)
+        aepo_temperature(float("nan"), 0.5, T_high=1.2, T_low=0.8)
 
 
 def test_num_injected():
@@ -46,7 +46,7 @@ def test_spec_mix_512_rows():
     adv[1] = 0.05
     n_s = aepo_num_injected(0.6, 0.5, 60, int((adv > 0.05).sum()))
     assert n_s == 30
-    plan, m = aepo_mix(512, adv, n_s)
+    plan, m = aepo_mix(512, adv, n_s, positive_threshold=0.05)
     assert torch.equal(plan.target_rows, torch.arange(30))  # rows 0–29 are replaced
     assert torch.equal(plan.source_rows, positive_rows[:30])  # by the first 30 positives
     assert torch.equal(plan.advantages, torch.ones(30))  # with A ≡ 1
@@ -55,17 +55,17 @@ def test_spec_mix_512_rows():
 
 
 def test_mix_edge_cases():
-    plan, _ = aepo_mix(8, torch.zeros(5), 0)  # no positives: nothing replaced
+    plan, _ = aepo_mix(8, torch.zeros(5), 0, positive_threshold=0.05)  # no positives: nothing replaced
     assert plan.target_rows.numel() == 0 and plan.source_rows.numel() == 0
     with pytest.raises(ValueError, match="n_s"):
-        aepo_mix(8, torch.tensor([1.0, 1.0]), 3)  # more than the positives
+        aepo_mix(8, torch.tensor([1.0, 1.0]), 3, positive_threshold=0.05)  # more than the positives
     with pytest.raises(ValueError, match="n_s"):
-        aepo_mix(2, torch.ones(5), 3)  # more than the batch
+        aepo_mix(2, torch.ones(5), 3, positive_threshold=0.05)  # more than the batch
 
 
 def test_num_prompts():
-    assert aepo_num_prompts(128) == 32
-    assert aepo_num_prompts(130) == 32  # the code's len // 4
+    assert aepo_num_prompts(128, 0.25) == 32
+    assert aepo_num_prompts(130, 0.25) == 32  # the code's len // 4
     assert aepo_num_prompts(10, 1.0) == 10
 
 

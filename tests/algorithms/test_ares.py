@@ -58,16 +58,16 @@ def test_window_entropy_by_hand_with_padding():
 
 
 def test_window_longer_than_every_response_and_all_masked():
-    m, full = window_entropy(H, MASK, window_size=6)
+    m, full = window_entropy(H, MASK, window_size=6, start="next")
     assert not full.any() and hwe_count(m, full, 0.0).tolist() == [0.0, 0.0, 0.0]
-    m, full = window_entropy(H, torch.zeros_like(MASK), window_size=1)
+    m, full = window_entropy(H, torch.zeros_like(MASK), window_size=1, start="next")
     assert not full.any()
-    assert math.isnan(float(hwe_threshold(m, full, H, torch.zeros_like(MASK))))
-    assert math.isnan(float(hwe_threshold(m, full, H, torch.zeros_like(MASK), scope="global")))
+    assert math.isnan(float(hwe_threshold(m, full, H, torch.zeros_like(MASK), 95.0, "sequence")))
+    assert math.isnan(float(hwe_threshold(m, full, H, torch.zeros_like(MASK), 95.0, "global")))
 
 
 def test_hwe_count_is_inclusive_and_takes_a_trigger():
-    m, full = window_entropy(H, MASK, window_size=2)
+    m, full = window_entropy(H, MASK, window_size=2, start="next")
     # row 0: 0.45 and 0.55 are >= 0.45; row 1: 2.5; row 2: none.
     assert hwe_count(m, full, 0.45).tolist() == [2.0, 1.0, 0.0]
     trigger = torch.zeros(3, 6, dtype=torch.bool)
@@ -77,13 +77,13 @@ def test_hwe_count_is_inclusive_and_takes_a_trigger():
 
 
 def test_threshold_by_hand():
-    m, full = window_entropy(H, MASK, window_size=2)
+    m, full = window_entropy(H, MASK, window_size=2, start="next")
     # sequence scope: per row the full windows, then the code's fill (the mean of the full windows,
     # or H_0 with none). Row 0: [0.25, 0.35, 0.45, 0.55, 0.4, 0.4]; row 1: [2.5, 2.5, 2.5];
     # row 2: [0.7, 0.7]. p = 50: 0.4, 2.5, 0.7, median 0.7. p = 95 on row 0: position
     # 5·0.95 = 4.75 between 0.45 and 0.55: 0.525.
-    assert float(hwe_threshold(m, full, H, MASK, percentile=50)) == pytest.approx(0.7, abs=1e-15)
-    assert float(hwe_threshold(m[:1], full[:1], H[:1], MASK[:1], percentile=95)) == pytest.approx(0.525, abs=1e-15)
+    assert float(hwe_threshold(m, full, H, MASK, percentile=50, scope="sequence")) == pytest.approx(0.7, abs=1e-15)
+    assert float(hwe_threshold(m[:1], full[:1], H[:1], MASK[:1], percentile=95, scope="sequence")) == pytest.approx(0.525, abs=1e-15)
     # global scope: the full windows [0.25, 0.35, 0.45, 0.55, 2.5]; p = 50 is 0.45, p = 95 sits at
     # 4·0.95 = 3.8: 0.55 + 0.8·(2.5 − 0.55) = 2.11.
     assert float(hwe_threshold(m, full, H, MASK, percentile=50, scope="global")) == pytest.approx(0.45, abs=1e-15)
@@ -106,7 +106,7 @@ def test_threshold_rank_split_equals_whole_batch(scope, seed):
     gen = torch.Generator().manual_seed(seed)
     h = torch.rand(10, 9, generator=gen, dtype=torch.float64) * 2
     mask = (torch.arange(9)[None, :] < torch.randint(1, 10, (10, 1), generator=gen)).float()
-    m, full = window_entropy(h, mask)
+    m, full = window_entropy(h, mask, 4, "next")
     whole = hwe_threshold(m, full, h, mask, 95.0, scope)
     parts = run_split(lambda rows, r: hwe_threshold(m[rows], full[rows], h[rows], mask[rows], 95.0, scope, r),
                       [slice(0, 3), slice(3, 10)])
@@ -120,12 +120,12 @@ def test_bucket_edges():
     # groups of 3 at accuracy 3/3, 2/3, 1/3, 0/3, and groups of 6 at 4/6 and 2/6 (the same edges)
     correct = torch.tensor([1, 1, 1, 1, 1, 0, 1, 0, 0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 1, 1, 0, 0, 0, 0.0])
     groups = torch.arange(6).repeat_interleave(torch.tensor([3, 3, 3, 3, 6, 6]))
-    bucket = difficulty_buckets(correct, groups)
+    bucket = difficulty_buckets(correct, groups, 2 / 3, 1 / 3)
     per_group = [int(bucket[groups == g][0]) for g in range(6)]
     assert per_group == [EASY, EASY, MEDIUM, HARD, EASY, MEDIUM]
     # just below the edges: 0.6 and 0.3 of 10
     c = torch.tensor([1.0] * 6 + [0.0] * 4 + [1.0] * 3 + [0.0] * 7)
-    assert difficulty_buckets(c, torch.arange(2).repeat_interleave(10)).unique().tolist() == [MEDIUM, HARD]
+    assert difficulty_buckets(c, torch.arange(2).repeat_interleave(10), 2 / 3, 1 / 3).unique().tolist() == [MEDIUM, HARD]
 
 
 def test_bucket_targets_round_half_to_even():
@@ -373,12 +373,12 @@ def test_parity_with_the_official_formulas(seed):
         np.testing.assert_allclose(h_tail[i, :lengths[i]].numpy(), _official_entropies(d, True), rtol=0, atol=1e-12)
         np.testing.assert_allclose(h_raw[i, :lengths[i]].numpy(), _official_entropies(d, False), rtol=0, atol=1e-12)
     # threshold: median of per-response 95th percentiles (of the uncorrected entropies)
-    m_raw, full_raw = window_entropy(h_raw, mask, w)
+    m_raw, full_raw = window_entropy(h_raw, mask, w, "next")
     official_tau = float(np.median([_official_percentile(_official_entropies(d, False), p, w) for d in dicts]))
-    assert float(hwe_threshold(m_raw, full_raw, h_raw, mask, p)) == pytest.approx(official_tau, abs=1e-12)
+    assert float(hwe_threshold(m_raw, full_raw, h_raw, mask, p, "sequence")) == pytest.approx(official_tau, abs=1e-12)
     # counts over a random trigger set, with the tail-corrected entropies
     trigger = torch.rand(mask.shape, generator=torch.Generator().manual_seed(seed + 9)) < 0.5
-    m, full = window_entropy(h_tail, mask, w)
+    m, full = window_entropy(h_tail, mask, w, "next")
     count = hwe_count(m, full, official_tau, trigger)
     official_count = [_official_count(_official_entropies(d, True), official_tau, w, trigger[i].tolist())
                       for i, d in enumerate(dicts)]
@@ -386,7 +386,7 @@ def test_parity_with_the_official_formulas(seed):
     # buckets, targets, α, and the term
     diff, target, alpha = _official_buckets(groups.tolist(), correct.tolist(), count.tolist(),
                                             {"easy": 0.5, "medium": 0.5, "hard": 0.5})
-    bucket = difficulty_buckets(correct, groups)
+    bucket = difficulty_buckets(correct, groups, 2 / 3, 1 / 3)
     names = ("easy", "medium", "hard")
     assert [names[b] for b in bucket.tolist()] == [diff[g] for g in groups.tolist()]
     mean, ours_target = bucket_targets(count, bucket, groups)
@@ -452,14 +452,14 @@ def test_ares_step_uses_the_previous_threshold_and_reports_metrics():
     entropy, mask, correct, groups, seq_kl = _step_inputs(4)
     first = ares_step(entropy, mask, correct, groups, AresState.initial(cfg), cfg)
     assert first.beta is None and first.state.kl_updates == 0
-    m, full = window_entropy(entropy, mask)
-    tau_1 = float(hwe_threshold(m, full, entropy, mask))
+    m, full = window_entropy(entropy, mask, cfg.window_size, cfg.window_start)
+    tau_1 = float(hwe_threshold(m, full, entropy, mask, cfg.percentile, cfg.threshold_scope))
     assert first.state.threshold == tau_1 and float(first.metrics["ares/threshold"]) == tau_1
     second = ares_step(entropy * 1.5, mask, correct, groups, first.state, cfg, seq_kl=seq_kl)
     assert float(second.metrics["ares/threshold"]) == tau_1  # counts with τ_1
     assert second.state.threshold == pytest.approx(0.99 * tau_1 + 0.01 * tau_1 * 1.5, rel=1e-12)
     assert float(second.metrics["ares/hwe_count_mean"]) == pytest.approx(
-        float(hwe_count(*window_entropy(entropy * 1.5, mask), tau_1).mean()), abs=1e-15)
+        float(hwe_count(*window_entropy(entropy * 1.5, mask, cfg.window_size, cfg.window_start), tau_1).mean()), abs=1e-15)
     fracs = [float(second.metrics[f"ares/frac_{b}"]) for b in ("easy", "medium", "hard")]
     assert sum(fracs) == pytest.approx(1.0) and second.state.kl_updates == 1
     assert float(second.metrics["ares/term_mean"]) == pytest.approx(float(second.term.mean()), abs=1e-15)

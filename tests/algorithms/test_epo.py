@@ -32,7 +32,7 @@ def _h():
 
 def test_faithful_spec_numbers():
     h = _h()
-    term, m = epo_term(h, MASK, 1.0, SPEC_CFG, step=0)
+    term, m = epo_term(h, MASK, 1.0, SPEC_CFG, step=0, agg_mode="token-mean")
     # In range: 0 < 0.5 < 2 yes, 3.0 no: P = [0, 0.05], agg(P) = 0.025.
     torch.testing.assert_close(m["epo/penalty_agg"], torch.tensor(0.025, dtype=torch.float64))
     torch.testing.assert_close(m["epo/in_range_frac"], torch.tensor(0.5))
@@ -41,7 +41,7 @@ def test_faithful_spec_numbers():
     (grad,) = torch.autograd.grad(term, h)
 
     h0 = _h()
-    plain, _ = epo_term(h0, MASK, 1.0, SPEC_CFG, step=0, smooth=False)
+    plain, _ = epo_term(h0, MASK, 1.0, SPEC_CFG, step=0, smooth=False, agg_mode="token-mean")
     # The corridor shifts the loss by +λ·c_s·agg(P) = 0.001·0.025 = 2.5e-5 ...
     torch.testing.assert_close(term - plain, torch.tensor(2.5e-5, dtype=torch.float64), rtol=0, atol=1e-15)
     # ... and leaves the gradient exactly that of the plain bonus: −λ/2 per token.
@@ -63,8 +63,8 @@ def test_without_history_is_the_plain_bonus():
 def test_per_token_reference_equals_scalar():
     h = torch.rand(2, 5, dtype=torch.float64) * 3
     mask = torch.ones(2, 5)
-    a, _ = epo_term(h, mask, 1.2, EpoConfig(), step=40)
-    b, _ = epo_term(h, mask, torch.full((2, 5), 1.2, dtype=torch.float64), EpoConfig(), step=40)
+    a, _ = epo_term(h, mask, 1.2, EpoConfig(), step=40, agg_mode="token-mean")
+    b, _ = epo_term(h, mask, torch.full((2, 5), 1.2, dtype=torch.float64), EpoConfig(), step=40, agg_mode="token-mean")
     torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
@@ -74,7 +74,7 @@ def test_per_token_reference_equals_scalar():
 def test_differentiable_mode_hand_case():
     h = _h()
     cfg = EpoConfig(mode="differentiable", enable_smooth_weights=False)
-    term, _ = epo_term(h, MASK, 1.0, cfg, step=0)
+    term, _ = epo_term(h, MASK, 1.0, cfg, step=0, agg_mode="token-mean")
     # bonus = mean(H·in) = (0.5 + 0)/2 = 0.25; hinge = α·(3 − 2)² = 0.05 on token 2: agg 0.025.
     # L = −0.001·(0.25 − 0.025) = −0.000225.
     torch.testing.assert_close(term, torch.tensor(-0.000225, dtype=torch.float64), rtol=0, atol=1e-15)
@@ -86,7 +86,7 @@ def test_differentiable_mode_hand_case():
 def test_differentiable_lower_hinge_pushes_entropy_up():
     h = torch.tensor([[0.2, 1.0]], dtype=torch.float64, requires_grad=True)
     cfg = EpoConfig(mode="differentiable", kappa_l=0.5, enable_smooth_weights=False)
-    term, _ = epo_term(h, MASK, 1.0, cfg, step=0)
+    term, _ = epo_term(h, MASK, 1.0, cfg, step=0, agg_mode="token-mean")
     (grad,) = torch.autograd.grad(term, h)
     # Token 1 below κ_l·H̄ = 0.5: hinge α(0.5 − 0.2)² = 0.0045, ∂ = −2α·0.3 = −0.03 per unit;
     # ∂L/∂H_1 = −λ·(0 − c_s·(1/2)·(−0.03)) = −1.5e-5 < 0: descent raises H_1.
@@ -97,19 +97,19 @@ def test_differentiable_lower_hinge_pushes_entropy_up():
 
 
 def test_phase_weight():
-    assert epo_phase_weight(0) == 1.0
+    assert epo_phase_weight(0, K=150) == 1.0
     # k = K/2 = 75: 1 − 0.2(1 − e^{−2}) = 1 − 0.2·0.864665 = 0.827067.
-    assert abs(epo_phase_weight(75) - 0.827067) < 1e-6
+    assert abs(epo_phase_weight(75, K=150) - 0.827067) < 1e-6
     # k = 76: 0.8·e^{−3/75} = 0.8·0.960789 = 0.768631; k = 150 (and beyond): 0.8·e^{−3} = 0.039830.
-    assert abs(epo_phase_weight(76) - 0.768631) < 1e-6
-    assert abs(epo_phase_weight(150) - 0.039830) < 1e-6
-    assert epo_phase_weight(400) == epo_phase_weight(150)
-    assert epo_phase_weight(-5) == 1.0
+    assert abs(epo_phase_weight(76, K=150) - 0.768631) < 1e-6
+    assert abs(epo_phase_weight(150, K=150) - 0.039830) < 1e-6
+    assert epo_phase_weight(400, K=150) == epo_phase_weight(150, K=150)
+    assert epo_phase_weight(-5, K=150) == 1.0
     assert epo_phase_weight(1, K=1) == 0.8 * math.exp(-3.0)
     # β_k multiplies the penalty only.
     h = _h()
-    _, m = epo_term(h, MASK, 1.0, EpoConfig(), step=76)
-    torch.testing.assert_close(m["epo/penalty_agg"], torch.tensor(0.025 * epo_phase_weight(76), dtype=torch.float64))
+    _, m = epo_term(h, MASK, 1.0, EpoConfig(), step=76, agg_mode="token-mean")
+    torch.testing.assert_close(m["epo/penalty_agg"], torch.tensor(0.025 * epo_phase_weight(76, K=150), dtype=torch.float64))
 
 
 def test_history_cumulative_mean():
@@ -162,7 +162,7 @@ def test_config():
 
 
 def test_meta_wrong_value_fails():
-    term, _ = epo_term(_h(), MASK, 1.0, SPEC_CFG, step=0)
+    term, _ = epo_term(_h(), MASK, 1.0, SPEC_CFG, step=0, agg_mode="token-mean")
     # Without the corridor shift (−0.00175) and with a sign error on it (−0.001775): both must fail.
     for wrong in (-0.00175, -0.001775):
         with pytest.raises(AssertionError):

@@ -43,7 +43,7 @@ def _h(values=SPEC_H, dtype=torch.float64):
 
 
 def test_spec_s2_statistics_and_h_hat():
-    h_hat, stats = entropy_h_hat(_h(), torch.ones(1, 6))
+    h_hat, stats = entropy_h_hat(_h(), torch.ones(1, 6), pivot_quantile=0.8, code_compat=False)
     assert stats.mu.item() == 0.0
     assert stats.sigma.item() == pytest.approx(SIGMA, abs=1e-12)
     assert stats.sigma.item() == pytest.approx(2.371118, abs=1e-6)
@@ -58,14 +58,14 @@ def test_spec_s2_statistics_and_h_hat():
 
 
 def test_spec_s2_code_compat_is_non_negative():
-    h_hat, _ = entropy_h_hat(_h(), torch.ones(1, 6), code_compat=True)
+    h_hat, _ = entropy_h_hat(_h(), torch.ones(1, 6), code_compat=True, pivot_quantile=0.8)
     expected = torch.tensor([abs(v) for v in H_HAT_SIGNED], dtype=torch.float64)
     torch.testing.assert_close(h_hat[0], expected, atol=1e-12, rtol=0)
 
 
 def test_spec_s2_temperature():
-    _, stats = entropy_h_hat(_h(), torch.ones(1, 6))
-    signed = adaptive_temperature(_h()[0], stats, base_T=1.0, tau=0.05)
+    _, stats = entropy_h_hat(_h(), torch.ones(1, 6), pivot_quantile=0.8, code_compat=False)
+    signed = adaptive_temperature(_h()[0], stats, base_T=1.0, tau=0.05, code_compat=False)
     compat = adaptive_temperature(_h()[0], stats, base_T=1.0, tau=0.05, code_compat=True)
     # h_t = log H/(σ + 1e-6) differs from h by a factor σ/(σ + 1e-6) = 1 − 4.2e-7, so T_t is
     # 1 ± 0.05·ĥ up to 2.1e-8.
@@ -76,12 +76,12 @@ def test_spec_s2_temperature():
     assert compat[0].item() == pytest.approx(1.05, abs=1e-7)  # ĥ = +1 (code-compatible)
     assert (compat >= 1.0).all()
     # Step 1: no statistics yet, T_t = T.
-    assert torch.equal(adaptive_temperature(_h()[0], None, base_T=0.7), torch.full((6,), 0.7, dtype=torch.float64))
+    assert torch.equal(adaptive_temperature(_h()[0], None, base_T=0.7, tau=0.05, code_compat=False), torch.full((6,), 0.7, dtype=torch.float64))
 
 
 def test_s2_clips_h_hat_to_unit_interval():
-    _, stats = entropy_h_hat(_h(), torch.ones(1, 6))
-    t = adaptive_temperature(torch.tensor([50.0, 1e-9], dtype=torch.float64), stats, base_T=2.0, tau=0.1)
+    _, stats = entropy_h_hat(_h(), torch.ones(1, 6), pivot_quantile=0.8, code_compat=False)
+    t = adaptive_temperature(torch.tensor([50.0, 1e-9], dtype=torch.float64), stats, base_T=2.0, tau=0.1, code_compat=False)
     torch.testing.assert_close(t, torch.tensor([2.2, 1.8], dtype=torch.float64), atol=1e-12, rtol=0)
 
 
@@ -89,7 +89,7 @@ def test_h_hat_ignores_masked_tokens_and_zeroes_them():
     # A masked 1000.0 would move the quantile and σ; it must not.
     h = torch.tensor([[*SPEC_H, 1000.0]], dtype=torch.float64)
     mask = torch.tensor([[1, 1, 1, 1, 1, 1, 0.0]])
-    h_hat, stats = entropy_h_hat(h, mask)
+    h_hat, stats = entropy_h_hat(h, mask, pivot_quantile=0.8, code_compat=False)
     assert stats.sigma.item() == pytest.approx(SIGMA, abs=1e-12)
     assert h_hat[0, 6].item() == 0.0
     torch.testing.assert_close(h_hat[0, :6], torch.tensor(H_HAT_SIGNED, dtype=torch.float64), atol=1e-12, rtol=0)
@@ -97,26 +97,26 @@ def test_h_hat_ignores_masked_tokens_and_zeroes_them():
 
 def test_h_hat_edge_cases():
     # All masked: μ = 0, ĥ = 0 everywhere, all finite.
-    h_hat, stats = entropy_h_hat(_h(), torch.zeros(1, 6))
+    h_hat, stats = entropy_h_hat(_h(), torch.zeros(1, 6), pivot_quantile=0.8, code_compat=False)
     assert torch.equal(h_hat, torch.zeros(1, 6, dtype=torch.float64))
     assert stats.mu.item() == 0.0 and torch.isfinite(stats.s_pos) and torch.isfinite(stats.s_neg)
     # Ties: every entropy equal → h = 0 → ĥ = 0.
-    h_hat, _ = entropy_h_hat(torch.full((2, 3), 0.7), torch.ones(2, 3))
+    h_hat, _ = entropy_h_hat(torch.full((2, 3), 0.7), torch.ones(2, 3), pivot_quantile=0.8, code_compat=False)
     assert torch.equal(h_hat, torch.zeros(2, 3))
     # No token above the pivot (q = 1: μ is the maximum): pos_max is clamped to 1e-8, every
     # ĥ ≤ 0, and the minimum is −1.
-    h_hat, stats = entropy_h_hat(_h(), torch.ones(1, 6), pivot_quantile=1.0)
+    h_hat, stats = entropy_h_hat(_h(), torch.ones(1, 6), pivot_quantile=1.0, code_compat=False)
     assert (h_hat <= 0).all() and h_hat.min().item() == pytest.approx(-1.0)
     assert stats.s_pos.item() == pytest.approx(1e8)
     # H = 0 is floored at 1e-8 before the log: finite.
-    h_hat, _ = entropy_h_hat(torch.tensor([[0.0, 1.0, 2.0]]), torch.ones(1, 3))
+    h_hat, _ = entropy_h_hat(torch.tensor([[0.0, 1.0, 2.0]]), torch.ones(1, 3), pivot_quantile=0.8, code_compat=False)
     assert torch.isfinite(h_hat).all()
 
 
 def test_quantile_index_rounds_half_to_even():
     # N = 6, q = 0.5: position 0.5·5 = 2.5 → Python round → 2 (the code's torch_quantile
     # "nearest"), so μ = log(0.2), the third smallest.
-    _, stats = entropy_h_hat(_h(), torch.ones(1, 6), pivot_quantile=0.5)
+    _, stats = entropy_h_hat(_h(), torch.ones(1, 6), pivot_quantile=0.5, code_compat=False)
     assert stats.mu.item() == pytest.approx(math.log(0.2))
 
 
@@ -124,10 +124,10 @@ def test_h_hat_rank_split_equals_whole_batch():
     torch.manual_seed(0)
     h = torch.rand(6, 20, dtype=torch.float64) * 3
     mask = (torch.rand(6, 20) > 0.3).double()
-    whole, stats = entropy_h_hat(h, mask)
+    whole, stats = entropy_h_hat(h, mask, pivot_quantile=0.8, code_compat=False)
 
     def shard(rows, reducer):
-        return entropy_h_hat(h[rows], mask[rows], reducer=reducer)
+        return entropy_h_hat(h[rows], mask[rows], pivot_quantile=0.8, code_compat=False, reducer=reducer)
 
     parts = run_split(shard, [slice(0, 1), slice(1, 4), slice(4, 6)])
     torch.testing.assert_close(torch.cat([p[0] for p in parts]), whole, atol=1e-12, rtol=0)
@@ -374,7 +374,7 @@ def test_a3_is_registered():
 
 
 def test_meta_a_wrong_value_fails():
-    h_hat, _ = entropy_h_hat(_h(), torch.ones(1, 6))
+    h_hat, _ = entropy_h_hat(_h(), torch.ones(1, 6), pivot_quantile=0.8, code_compat=False)
     wrong = torch.tensor(H_HAT_SIGNED, dtype=torch.float64)
     wrong[1] = -0.6495  # off by 1e-3
     with pytest.raises(AssertionError):

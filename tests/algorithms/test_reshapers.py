@@ -72,10 +72,10 @@ def test_seed_cluster_numbering_and_row_order_do_not_matter():
     ids = torch.tensor([0, 0, 0, 1, 1, 1, 1])
     per_group = torch.tensor([0, 0, 1, 0, 1, 1, 2])
     global_ids = torch.tensor([10, 10, 11, 20, 21, 21, 22])
-    a, _ = semantic_entropy(ids, per_group)
-    b, _ = semantic_entropy(ids, global_ids)
+    a, _ = semantic_entropy(ids, per_group, "mc")
+    b, _ = semantic_entropy(ids, global_ids, "mc")
     perm = torch.tensor([6, 2, 0, 4, 1, 5, 3])
-    c, _ = semantic_entropy(ids[perm], per_group[perm])
+    c, _ = semantic_entropy(ids[perm], per_group[perm], "mc")
     torch.testing.assert_close(a, b, rtol=0, atol=0)
     torch.testing.assert_close(c, a[perm], rtol=0, atol=0)
 
