@@ -82,6 +82,8 @@ Series = Sequence[float] | torch.Tensor
 # A law fit needs e^H to vary by more than float64 rounding (eps ≈ 2.2e-16, amplified by the
 # sums): below this relative spread the slope a is rounding noise, so H counts as constant.
 LAW_MIN_REL_SPREAD = 1e-12
+FIT_WINDOW = 20
+"""Spec D2: the trailing window of the ΔH-vs-Ĉ fit (:func:`fit_entropy_change`), in steps."""
 NUM_QUINTILES = 5
 
 
@@ -254,7 +256,7 @@ def sampled_token_delta(
 # ---------------------------------------------------------------- covariance: trailing-window fit
 
 
-def fit_entropy_change(cov_history: Series, entropy_history: Series, window: int = 20) -> Metrics:
+def fit_entropy_change(cov_history: Series, entropy_history: Series, window: int = FIT_WINDOW) -> Metrics:
     """Estimate η_eff in ``ΔH[k] = −η_eff·Ĉ[k]`` over the trailing ``window`` steps.
 
     ``cov_history[k]`` (Ĉ) and ``entropy_history[k]`` (``entropy/mean``) are logged at the same

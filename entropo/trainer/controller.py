@@ -64,9 +64,6 @@ from entropo.trainer.checkpoint import (
 from entropo.trainer.evaluation import answer_key
 from entropo.trainer.rollout import SamplingParams
 
-FIT_WINDOW = 20  # trailing window of the ΔH-vs-Ĉ fit (docs/algorithms.md §12)
-
-
 # The update's metrics that must be finite, in the order they are reported; a NaN loss makes
 # NaN gradients, and NaN gradients make NaN weights.
 FINITE_UPDATE_METRICS = ("actor/pg_loss", "actor/grad_norm")
@@ -426,8 +423,9 @@ class Controller:
         h["cov"].append(metrics.get("cov/mean", float("nan")))
         h["entropy"].append(metrics["entropy/mean"])
         for key in h:  # the fit reads the last FIT_WINDOW steps; older ones are never used
-            del h[key][:-FIT_WINDOW - 1]
-        out = {k: float(v) for k, v in diagnostics.fit_entropy_change(h["cov"], h["entropy"], window=FIT_WINDOW).items()}
+            del h[key][:-diagnostics.FIT_WINDOW - 1]
+        fit = diagnostics.fit_entropy_change(h["cov"], h["entropy"], window=diagnostics.FIT_WINDOW)
+        out = {k: float(v) for k, v in fit.items()}
         for m in self.methods:
             if m.step.observe is not None:
                 self.state.methods[m.name], more = m.step.observe(m.cfg, self.state.methods[m.name], metrics,
