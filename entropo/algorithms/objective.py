@@ -54,6 +54,9 @@ BASE_SHARE_METRICS = frozenset({"actor/pg_loss", "actor/entropy_bonus"})
 class Objective:
     """Which methods make up the token objective, with their own configs.
 
+    No field has a default: :meth:`entropo.config.TrainConfig.objective` sets each from the
+    configuration, whose fields hold the defaults.
+
     Attributes:
         loss: registered token-loss name.
         loss_cfg: that loss's config dataclass.
@@ -69,14 +72,14 @@ class Objective:
 
     loss: str
     loss_cfg: Any
-    masks: tuple[tuple[str, Any], ...] = ()
-    agg_mode: str = "token-mean"
-    l_norm: float | None = None
-    entropy_coef: float = 0.0
-    kl_coef: float = 0.0
-    kl_estimator: str = "k3"
-    weights: tuple[tuple[str, Any], ...] = ()
-    regularizers: tuple[tuple[str, Any], ...] = ()
+    masks: tuple[tuple[str, Any], ...]
+    agg_mode: str
+    l_norm: float | None
+    entropy_coef: float
+    kl_coef: float
+    kl_estimator: str
+    weights: tuple[tuple[str, Any], ...]
+    regularizers: tuple[tuple[str, Any], ...]
 
     @property
     def needs(self) -> frozenset[str]:

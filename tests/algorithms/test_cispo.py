@@ -7,10 +7,11 @@ import torch
 
 from entropo.algorithms.losses.base import TokenLossInputs
 from entropo.algorithms.losses.cispo import CispoConfig, cispo_loss
-from entropo.algorithms.objective import Objective, micro_objective
+from entropo.algorithms.objective import micro_objective
 from entropo.algorithms.registry import TOKEN_LOSSES
 from tests.algorithms.learner_split import random_tokens, split_update
 from tests.metrics_doc import undocumented
+from tests.objectives import objective
 
 # π_θ/π_old per token: 0.5, 1, 2, 6 (old_logp = 0, so log π_θ = log r)
 RATIO = [0.5, 1.0, 2.0, 6.0]
@@ -78,7 +79,7 @@ def test_zero_advantage_gives_zero_loss_and_gradient():
 def test_masked_tokens_count_nowhere():
     # token 3 (r = 6, clipped) masked out: no gradient through the objective, not in the metrics
     inp = _inp(mask=[1, 1, 1, 0])
-    loss, m = micro_objective(inp, Objective("cispo", CispoConfig(eps_low=0.2, eps_high=0.2)))
+    loss, m = micro_objective(inp, objective("cispo", CispoConfig(eps_low=0.2, eps_high=0.2)))
     loss.backward()
     # token-mean over 3 tokens: −r̂·A/3
     assert inp.logp.grad[0].tolist() == pytest.approx([-0.8 / 3, 1 / 3, -2.4 / 3, 0.0], abs=1e-12)
@@ -133,7 +134,7 @@ def test_parity_with_the_official_formula(low, high):
 def test_rank_split_equals_whole_batch():
     n, t = 7, 11
     old, logp, adv, mask = random_tokens(3, n, t, spread=0.5)
-    obj = Objective("cispo", CispoConfig(eps_low=0.2, eps_high=0.2))
+    obj = objective("cispo", CispoConfig(eps_low=0.2, eps_high=0.2))
     whole = split_update(obj, logp, old, adv, mask, [slice(0, n)], micro=n)
     split = split_update(obj, logp, old, adv, mask, [slice(0, 3), slice(3, n)], micro=2)
     torch.testing.assert_close(split[0], whole[0], atol=1e-12, rtol=0)

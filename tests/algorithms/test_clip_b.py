@@ -7,9 +7,10 @@ from entropo.algorithms.aggregate import aggregate, loss_norm
 from entropo.algorithms.clip_b import ClipBConfig, clip_b_mask
 from entropo.algorithms.losses.base import TokenLossInputs
 from entropo.algorithms.losses.ppo_clip import PPOClipConfig
-from entropo.algorithms.objective import Objective, micro_objective, prepare_minibatch
+from entropo.algorithms.objective import micro_objective, prepare_minibatch
 from entropo.algorithms.reduce import LOCAL
 from tests.fake_ranks import run_split
+from tests.objectives import objective
 
 E2 = math.exp(-2.0)
 
@@ -175,7 +176,7 @@ def test_parity_with_the_official_formula(seed):
 
 def test_objective_masks_and_the_micro_shares_add_up():
     logp, h, adv, mask = _random_batch(5, n=8, t=20)
-    obj = Objective(loss="ppo_clip", loss_cfg=PPOClipConfig(), masks=(("clip_b", ClipBConfig(mu=1.0)),))
+    obj = objective(loss="ppo_clip", loss_cfg=PPOClipConfig(), masks=(("clip_b", ClipBConfig(mu=1.0)),))
     theta = (logp + 0.1 * torch.randn(8, 20)).requires_grad_()
     inp = TokenLossInputs(logp=theta, old_logp=logp, advantages=adv, mask=mask, old_entropy=h)
     whole, metrics = micro_objective(inp, obj)
@@ -210,8 +211,8 @@ def test_config_wiring():
 def test_clip_b_reads_only_pi_old_so_needs_no_policy_prepass():
     from entropo.algorithms.masks import EntropyMaskConfig
 
-    only_clip_b = Objective(loss="ppo_clip", loss_cfg=PPOClipConfig(), masks=(("clip_b", ClipBConfig()),))
+    only_clip_b = objective(loss="ppo_clip", loss_cfg=PPOClipConfig(), masks=(("clip_b", ClipBConfig()),))
     assert not only_clip_b.needs_policy_prepass  # S̄, σ_S come from π_old: no π_θ pass per mini-batch
-    with_80_20 = Objective(loss="ppo_clip", loss_cfg=PPOClipConfig(),
+    with_80_20 = objective(loss="ppo_clip", loss_cfg=PPOClipConfig(),
                            masks=(("clip_b", ClipBConfig()), ("high_entropy", EntropyMaskConfig())))
     assert with_80_20.needs_policy_prepass  # the 80/20 mask ranks π_θ's entropies

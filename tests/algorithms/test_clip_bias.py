@@ -9,9 +9,9 @@ from entropo.algorithms.losses.base import TokenLossInputs
 from entropo.algorithms.losses.cispo import CispoConfig
 from entropo.algorithms.losses.clip_bias import clip_bias_metrics
 from entropo.algorithms.losses.ppo_clip import PPOClipConfig, ppo_clip_loss
-from entropo.algorithms.objective import Objective
 from tests.algorithms.learner_split import random_tokens, split_update
 from tests.metrics_doc import undocumented
+from tests.objectives import objective
 
 # r per token and A: (1.5, +1) clipped above; (0.5, −2) clipped below; (1.5, −1) unclipped
 # (A < 0 above the region keeps −A·r); (0.5, +1) unclipped; (5, −1) dual-clipped at c = 3
@@ -76,8 +76,8 @@ def test_masked_and_zero_advantage_tokens_are_not_counted():
     assert all(float(v) == 0.0 for v in m.values())  # A = 0: clipped, but on neither side
 
 
-@pytest.mark.parametrize("obj", [Objective("ppo_clip", PPOClipConfig(eps_high=0.28, dual_clip_c=3.0)),
-                                 Objective("cispo", CispoConfig(eps_high=0.2))], ids=["ppo_clip", "cispo"])
+@pytest.mark.parametrize("obj", [objective("ppo_clip", PPOClipConfig(eps_high=0.28, dual_clip_c=3.0)),
+                                 objective("cispo", CispoConfig(eps_high=0.2))], ids=["ppo_clip", "cispo"])
 def test_rank_split_equals_whole_batch(obj):
     """The learner's reduction (token-weighted over micro-batches, summed over ranks) of the
     clip-bias metrics equals their whole-batch value."""

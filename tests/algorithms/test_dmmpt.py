@@ -11,8 +11,9 @@ from entropo.algorithms.aggregate import aggregate, loss_norm
 from entropo.algorithms.losses.base import TokenLossInputs
 from entropo.algorithms.losses.dmmpt import DmmptConfig, dmmpt_mask
 from entropo.algorithms.losses.ppo_clip import PPOClipConfig
-from entropo.algorithms.objective import Objective, micro_objective
+from entropo.algorithms.objective import micro_objective
 from entropo.algorithms.registry import TOKEN_MASKS
+from tests.objectives import objective
 
 
 def _inp(p, adv, step_entropy, mask=None):
@@ -84,7 +85,7 @@ def test_composes_in_the_objective():
     # ppo_clip at r = 1: ℓ = −A = [−1, −1, 1]; DMMPT drops token 0 from numerator and
     # denominator: L = (−1 + 1)/2 = 0 (without the mask: (−1 − 1 + 1)/3 = −1/3).
     inp = _inp(SPEC_P, SPEC_A, 0.25)
-    obj = Objective(loss="ppo_clip", loss_cfg=PPOClipConfig(), masks=(("dmmpt", CFG),))
+    obj = objective(loss="ppo_clip", loss_cfg=PPOClipConfig(), masks=(("dmmpt", CFG),))
     loss, _ = micro_objective(inp, obj)  # global scope: the mask's metrics stay in Prepared
     assert loss.item() == pytest.approx(0.0, abs=1e-12)
     off, _ = micro_objective(_inp(SPEC_P, SPEC_A, 0.35), obj)

@@ -11,9 +11,10 @@ from entropo.algorithms.masks import (
     per_response_top_mask,
     top_count,
 )
-from entropo.algorithms.objective import Objective, micro_objective, prepare_minibatch
+from entropo.algorithms.objective import micro_objective, prepare_minibatch
 from entropo.algorithms.reduce import LOCAL
 from tests.fake_ranks import run_split
+from tests.objectives import objective
 
 PAD = 99.0  # padding holds a huge entropy: selecting it would be visible
 
@@ -113,7 +114,7 @@ def test_prepared_once_per_minibatch_with_global_denominators():
     theta = (old + 0.1 * torch.randn(n, t)).requires_grad_()
     adv = torch.randn(n, 1).expand(n, t)
     h = torch.rand(n, t)
-    obj = Objective(loss="ppo_clip", loss_cfg=PPOClipConfig(),
+    obj = objective(loss="ppo_clip", loss_cfg=PPOClipConfig(),
                     masks=(("high_entropy", EntropyMaskConfig(stat_scope="sequence")),))
     assert obj.needs_policy_prepass and obj.inert_at_zero_advantage
     inp = TokenLossInputs(logp=theta, old_logp=old, advantages=adv, mask=mask, entropy=h)

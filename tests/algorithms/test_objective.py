@@ -8,7 +8,8 @@ from entropo.algorithms.losses.clip_cov import ClipCovConfig
 from entropo.algorithms.losses.kl_cov import KLCovConfig
 from entropo.algorithms.losses.ppo_clip import PPOClipConfig
 from entropo.algorithms.masks import EntropyMaskConfig
-from entropo.algorithms.objective import Objective, micro_objective, prepare_minibatch
+from entropo.algorithms.objective import micro_objective, prepare_minibatch
+from tests.objectives import objective
 
 
 def _batch(seed=0, n=8, t=16):
@@ -38,15 +39,15 @@ def _loss_and_grad(obj, micro_rows, seed=0):
 
 
 OBJECTIVES = {
-    "grpo": Objective("ppo_clip", PPOClipConfig()),
-    "clip_cov": Objective("clip_cov", ClipCovConfig(clip_ratio=0.05, cov_low=0.1, cov_high=5.0)),
-    "kl_cov": Objective("kl_cov", KLCovConfig(k=0.05)),
-    "entropy_mask": Objective("ppo_clip", PPOClipConfig(), masks=(("high_entropy", EntropyMaskConfig()),)),
-    "entropy_mask_all_valid+bonus": Objective(
+    "grpo": objective("ppo_clip", PPOClipConfig()),
+    "clip_cov": objective("clip_cov", ClipCovConfig(clip_ratio=0.05, cov_low=0.1, cov_high=5.0)),
+    "kl_cov": objective("kl_cov", KLCovConfig(k=0.05)),
+    "entropy_mask": objective("ppo_clip", PPOClipConfig(), masks=(("high_entropy", EntropyMaskConfig()),)),
+    "entropy_mask_all_valid+bonus": objective(
         "ppo_clip", PPOClipConfig(), masks=(("high_entropy", EntropyMaskConfig(norm="all_valid")),),
         entropy_coef=0.01,
     ),
-    "kl_cov+mask+seq_mean": Objective(
+    "kl_cov+mask+seq_mean": objective(
         "kl_cov", KLCovConfig(k=0.1), masks=(("high_entropy", EntropyMaskConfig(rho=0.5)),),
         agg_mode="seq-mean-token-mean",
     ),
@@ -65,7 +66,7 @@ def test_global_scope_is_independent_of_micro_batch_size(name):
 
 
 def test_micro_scope_reproduces_the_official_dependence_on_micro_batch_size():
-    obj = Objective("kl_cov", KLCovConfig(k=0.05, stat_scope="micro"))
+    obj = objective("kl_cov", KLCovConfig(k=0.05, stat_scope="micro"))
     _, g_one = _loss_and_grad(obj, [slice(0, 8)])
     _, g_four = _loss_and_grad(obj, [slice(i, i + 2) for i in range(0, 8, 2)])
     assert not torch.allclose(g_four, g_one, atol=1e-4)
@@ -76,7 +77,7 @@ def test_entropy_bonus_value_and_gradient():
     h = torch.tensor([[torch.log(torch.tensor(2.0)), torch.log(torch.tensor(4.0))]], requires_grad=True)
     zeros = torch.zeros(1, 2)
     inp = TokenLossInputs(zeros, zeros, zeros, torch.ones(1, 2), entropy=h)
-    loss, _ = micro_objective(inp, Objective("ppo_clip", PPOClipConfig(), entropy_coef=0.01))
+    loss, _ = micro_objective(inp, objective("ppo_clip", PPOClipConfig(), entropy_coef=0.01))
     assert loss.item() == pytest.approx(-0.010397, abs=1e-6)
     loss.backward()
     torch.testing.assert_close(h.grad, torch.full((1, 2), -0.005))
@@ -86,8 +87,8 @@ def test_kl_term_requires_reference():
     zeros = torch.zeros(1, 2)
     inp = TokenLossInputs(zeros, zeros, zeros, torch.ones(1, 2))
     with pytest.raises(ValueError, match="ref_logp"):
-        micro_objective(inp, Objective("ppo_clip", PPOClipConfig(), kl_coef=0.04))
-    loss, _ = micro_objective(inp, Objective("ppo_clip", PPOClipConfig(), kl_coef=0.04), ref_logp=zeros - 0.5)
+        micro_objective(inp, objective("ppo_clip", PPOClipConfig(), kl_coef=0.04))
+    loss, _ = micro_objective(inp, objective("ppo_clip", PPOClipConfig(), kl_coef=0.04), ref_logp=zeros - 0.5)
     # k3 with Δ = log π_ref − log π_θ = −0.5: e^−0.5 + 0.5 − 1 = 0.106531; × 0.04 = 0.004261
     assert loss.item() == pytest.approx(0.04 * 0.106531, abs=1e-6)
 
@@ -103,30 +104,30 @@ def _inert_objectives():
     tis = (("tis", TisConfig(cap=1.02)),)  # a cap inside the ratios below: some weights truncate
     return {
         # name: (objective, rows with A = 0 may be left out)
-        "grpo": (Objective("ppo_clip", PPOClipConfig()), True),
-        "grpo+tis": (Objective("ppo_clip", PPOClipConfig(), weights=tis), True),
-        "dual_clip+seq_mean": (Objective("ppo_clip", PPOClipConfig(dual_clip_c=3.0),
+        "grpo": (objective("ppo_clip", PPOClipConfig()), True),
+        "grpo+tis": (objective("ppo_clip", PPOClipConfig(), weights=tis), True),
+        "dual_clip+seq_mean": (objective("ppo_clip", PPOClipConfig(dual_clip_c=3.0),
                                          agg_mode="seq-mean-token-mean"), True),
-        "clip_cov": (Objective("clip_cov", ClipCovConfig(clip_ratio=0.05, cov_low=0.1, cov_high=5.0)), True),
-        "hapo_clip": (Objective("hapo_clip", HapoClipConfig()), True),
-        "entropy_mask": (Objective("ppo_clip", PPOClipConfig(), masks=(("high_entropy", EntropyMaskConfig()),)),
+        "clip_cov": (objective("clip_cov", ClipCovConfig(clip_ratio=0.05, cov_low=0.1, cov_high=5.0)), True),
+        "hapo_clip": (objective("hapo_clip", HapoClipConfig()), True),
+        "entropy_mask": (objective("ppo_clip", PPOClipConfig(), masks=(("high_entropy", EntropyMaskConfig()),)),
                          True),
-        "steer": (Objective("ppo_clip", PPOClipConfig(), weights=(("steer", SteerConfig(stat_scope="global")),)),
+        "steer": (objective("ppo_clip", PPOClipConfig(), weights=(("steer", SteerConfig(stat_scope="global")),)),
                   True),
-        "dmmpt": (Objective("ppo_clip", PPOClipConfig(), masks=(("dmmpt", DmmptConfig(tau=0.3, sigma=10.0)),)),
+        "dmmpt": (objective("ppo_clip", PPOClipConfig(), masks=(("dmmpt", DmmptConfig(tau=0.3, sigma=10.0)),)),
                   True),
         # not inert: a term without A, or a statistic over the micro-batch's other rows
-        "kl_cov": (Objective("kl_cov", KLCovConfig(k=0.2)), False),
-        "bonus": (Objective("ppo_clip", PPOClipConfig(), entropy_coef=0.01), False),
-        "kl_ref": (Objective("ppo_clip", PPOClipConfig(), kl_coef=0.04), False),
-        "clip_cov_micro": (Objective("clip_cov", ClipCovConfig(clip_ratio=0.2, cov_low=-5.0, cov_high=5.0,
+        "kl_cov": (objective("kl_cov", KLCovConfig(k=0.2)), False),
+        "bonus": (objective("ppo_clip", PPOClipConfig(), entropy_coef=0.01), False),
+        "kl_ref": (objective("ppo_clip", PPOClipConfig(), kl_coef=0.04), False),
+        "clip_cov_micro": (objective("clip_cov", ClipCovConfig(clip_ratio=0.2, cov_low=-5.0, cov_high=5.0,
                                                                 stat_scope="micro")), False),
-        "entropy_mask_micro": (Objective("ppo_clip", PPOClipConfig(),
+        "entropy_mask_micro": (objective("ppo_clip", PPOClipConfig(),
                                          masks=(("high_entropy", EntropyMaskConfig(stat_scope="micro")),)), False),
         # linear STEER reads Ω_min, which is 0 exactly when an A = 0 row shares the micro-batch
-        "steer_micro": (Objective("ppo_clip", PPOClipConfig(),
+        "steer_micro": (objective("ppo_clip", PPOClipConfig(),
                                   weights=(("steer", SteerConfig(scheme="linear", stat_scope="micro")),)), False),
-        "dmmpt_micro": (Objective("ppo_clip", PPOClipConfig(),
+        "dmmpt_micro": (objective("ppo_clip", PPOClipConfig(),
                                   masks=(("dmmpt", DmmptConfig(tau=0.3, sigma=10.0, stat_scope="micro")),)), False),
     }
 

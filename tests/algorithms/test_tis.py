@@ -7,9 +7,10 @@ import torch
 from entropo.algorithms.losses.base import TokenLossInputs
 from entropo.algorithms.losses.ppo_clip import PPOClipConfig
 from entropo.algorithms.losses.tis import TisConfig, rollout_is_weights
-from entropo.algorithms.objective import Objective, micro_objective
+from entropo.algorithms.objective import micro_objective
 from entropo.algorithms.registry import TOKEN_WEIGHTS
 from tests.fake_ranks import run_split
+from tests.objectives import objective
 
 # π_old / π_roll per token: 0.5, 1, 1.5, 3, 10 (the last one masked out)
 RATIO = [0.5, 1.0, 1.5, 3.0, 10.0]
@@ -49,7 +50,7 @@ def test_equal_policies_give_unit_weights_and_huge_ratios_stay_finite():
 
 def test_objective_multiplies_the_token_loss():
     """On-policy π_θ = π_old: ppo_clip's token loss is −A; weighted: −A·w, token-mean over 4 tokens."""
-    obj = Objective(loss="ppo_clip", loss_cfg=PPOClipConfig(), weights=(("tis", TisConfig(cap=2.0)),))
+    obj = objective(loss="ppo_clip", loss_cfg=PPOClipConfig(), weights=(("tis", TisConfig(cap=2.0)),))
     loss, metrics = micro_objective(_inp(), obj)
     assert float(loss) == pytest.approx(-(0.5 + 1.0 + 1.5 + 2.0) / 4)
     assert "tis/weight_mean" in metrics

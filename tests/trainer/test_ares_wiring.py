@@ -9,9 +9,10 @@ import torch
 
 from entropo.algorithms.ares import AresState
 from entropo.algorithms.losses.base import TokenLossInputs
-from entropo.algorithms.objective import Objective, micro_objective
+from entropo.algorithms.objective import micro_objective
 from entropo.config import load_config
 from entropo.trainer.controller import Controller, Timer, old_pass_fused
+from tests.objectives import objective
 from tests.trainer.test_controller import ROWS, FakeCluster, ListSampler
 
 
@@ -76,7 +77,7 @@ def test_objective_scales_the_reference_kl_per_row():
     ref = torch.randn(3, 4, generator=gen) - 1
     mask = torch.ones(3, 4)
     scale = torch.tensor([0.5, 1.0, 2.0])[:, None] * mask
-    obj = Objective(loss="ppo_clip", loss_cfg=load_config().algorithm.ppo_clip, kl_coef=0.1)
+    obj = objective(loss="ppo_clip", loss_cfg=load_config().algorithm.ppo_clip, kl_coef=0.1)
     base = TokenLossInputs(logp=logp, old_logp=logp, advantages=torch.zeros(3, 4), mask=mask)
     scaled = TokenLossInputs(logp=logp, old_logp=logp, advantages=torch.zeros(3, 4), mask=mask, kl_scale=scale)
     plain, _ = micro_objective(base, obj, ref_logp=ref)

@@ -19,16 +19,17 @@ from entropo.algorithms.losses.clip_cov import ClipCovConfig
 from entropo.algorithms.losses.kl_cov import KLCovConfig
 from entropo.algorithms.losses.ppo_clip import PPOClipConfig
 from entropo.algorithms.masks import EntropyMaskConfig
-from entropo.algorithms.objective import Objective, micro_objective, prepare_minibatch
+from entropo.algorithms.objective import micro_objective, prepare_minibatch
 from entropo.algorithms.reduce import LOCAL
+from tests.objectives import objective
 
 pytestmark = pytest.mark.distributed
 
 OBJECTIVES = {
-    "clip_cov": Objective("clip_cov", ClipCovConfig(clip_ratio=0.05, cov_low=0.05, cov_high=5.0)),
-    "kl_cov": Objective("kl_cov", KLCovConfig(k=0.05)),
-    "entropy_mask": Objective("ppo_clip", PPOClipConfig(), masks=(("high_entropy", EntropyMaskConfig()),)),
-    "token_mean": Objective("ppo_clip", PPOClipConfig(eps_high=0.28)),
+    "clip_cov": objective("clip_cov", ClipCovConfig(clip_ratio=0.05, cov_low=0.05, cov_high=5.0)),
+    "kl_cov": objective("kl_cov", KLCovConfig(k=0.05)),
+    "entropy_mask": objective("ppo_clip", PPOClipConfig(), masks=(("high_entropy", EntropyMaskConfig()),)),
+    "token_mean": objective("ppo_clip", PPOClipConfig(eps_high=0.28)),
 }
 SPLIT = 3  # rank 0 holds rows [0, 3), rank 1 rows [3, 8): uneven on purpose
 
@@ -112,7 +113,7 @@ def test_two_gloo_ranks_equal_one_process(two_rank_results, name):
 def test_micro_scope_differs_across_ranks(two_rank_results):
     """Meta-check: the comparison above can fail. The per-rank (micro) selection of KL-Cov
     on rank 0's shard alone is not what the whole batch selects."""
-    obj = Objective("kl_cov", KLCovConfig(k=0.05, stat_scope="global"))
+    obj = objective("kl_cov", KLCovConfig(k=0.05, stat_scope="global"))
     _, _, local_sel, _ = _run(obj, slice(0, SPLIT), LOCAL, micro_size=2)
     _, _, whole_sel, _ = _run(obj, slice(0, 8), LOCAL, micro_size=8)
     assert not torch.equal(local_sel, whole_sel[:SPLIT])
