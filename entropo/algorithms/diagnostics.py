@@ -83,7 +83,7 @@ Series = Sequence[float] | torch.Tensor
 # sums): below this relative spread the slope a is rounding noise, so H counts as constant.
 LAW_MIN_REL_SPREAD = 1e-12
 FIT_WINDOW = 20
-"""Spec D2: the trailing window of the ΔH-vs-Ĉ fit (:func:`fit_entropy_change`), in steps."""
+"""The trailing window of the ΔH-vs-Ĉ fit (:func:`fit_entropy_change`, docs/algorithms.md §12), in steps."""
 NUM_QUINTILES = 5
 
 
