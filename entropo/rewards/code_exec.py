@@ -7,7 +7,14 @@ Ground truth: JSON (a string, or the same as a dict/list), one of
 - ``{"fn_name": "add", "inputs": [[1, 2], ...], "outputs": [3, ...]}``: call-based (APPS,
   LeetCode: ``Solution().add`` also works); each input is the argument list;
 - ``{"asserts": ["assert add(1, 2) == 3", ...]}`` or a plain list of such strings (MBPP,
-  HumanEval-style), run after the program in its namespace.
+  HumanEval-style), run after the program in its namespace. An assert ``X == L`` (or
+  ``L == X``) whose ``L`` is a literal that JSON can carry is split: the sandbox returns the
+  value of ``X``, and the parent compares it with ``L`` after a JSON round trip (so tuples equal
+  lists, and dict keys compare as strings). ``L`` never enters the sandbox, so a program
+  cannot forge a pass without ``L`` (which hard-coding the answer would need as well). Any other
+  assert (``assert f(x)``, ``assert f(x) > 2``, ``assert math.isclose(...)``) runs in the
+  sandbox, whose word on it is trusted: a hostile program can forge its pass (it shares the
+  process, and so the result pipe, with the runner).
 
 The program is the last fenced code block (```python, ```py or ```) of the answer phase
 (after the last ``</think>``); none gives score 0. Outputs match after stripping trailing
@@ -23,6 +30,7 @@ error and uses the fallback score). Guarantees of the sandbox: :mod:`entropo.rew
 
 from __future__ import annotations
 
+import ast
 import json
 import math
 import re
@@ -80,7 +88,7 @@ class CodeConfig:
 class Tests:
     kind: str  # stdio | call | assert
     cases: list[dict]  # what the sandbox gets
-    expected: list[Any]  # what the parent compares with (None for asserts)
+    expected: list[Any]  # what the parent compares with (asserts: L of a split ``X == L``, else None)
     fn_name: str | None = None
 
 
@@ -100,7 +108,8 @@ def parse_tests(ground_truth: Any) -> Tests:
     if isinstance(gt, list) and all(isinstance(a, str) for a in gt):
         gt = {"asserts": gt}
     if isinstance(gt, dict) and "asserts" in gt:
-        return Tests("assert", [{"src": a} for a in gt["asserts"]], [None] * len(gt["asserts"]))
+        split = [_assert_case(a) for a in gt["asserts"]]
+        return Tests("assert", [case for case, _ in split], [value for _, value in split])
     if isinstance(gt, dict) and "inputs" in gt and "outputs" in gt:
         ins, outs = list(gt["inputs"]), list(gt["outputs"])
         if len(ins) != len(outs):
@@ -109,6 +118,24 @@ def parse_tests(ground_truth: Any) -> Tests:
             return Tests("call", [{"args": a if isinstance(a, list) else [a]} for a in ins], outs, gt["fn_name"])
         return Tests("stdio", [{"input": str(a)} for a in ins], [str(o) for o in outs])
     raise ValueError("code ground truth must be {inputs, outputs[, fn_name]}, {asserts} or a list of asserts")
+
+
+def _assert_case(src: str) -> tuple[dict, Any]:
+    """The sandbox case of one assert and the value the parent expects (module docstring)."""
+    try:
+        body = ast.parse(src).body
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return {"src": src}, None
+    test = body[0].test if len(body) == 1 and isinstance(body[0], ast.Assert) else None
+    if isinstance(test, ast.Compare) and len(test.ops) == 1 and isinstance(test.ops[0], ast.Eq):
+        for expr, literal in ((test.left, test.comparators[0]), (test.comparators[0], test.left)):
+            try:
+                value = ast.literal_eval(literal)
+                json.dumps(value)  # sets, bytes and complex numbers stay with the sandbox
+            except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+                continue
+            return {"expr": ast.unparse(expr)}, value
+    return {"src": src}, None
 
 
 def extract_code(response: str) -> str | None:
@@ -150,8 +177,10 @@ def grade(tests: Tests, records: list[dict]) -> list[bool]:
             passed[i] = stdout_matches(rec.get("stdout", ""), tests.expected[i])
         elif tests.kind == "call":
             passed[i] = "result" in rec and result_matches(rec["result"], tests.expected[i])
+        elif "expr" in tests.cases[i]:
+            passed[i] = "result" in rec and rec["result"] == json.loads(json.dumps(tests.expected[i]))
         else:
-            passed[i] = True
+            passed[i] = True  # the sandbox ran the assert
     return passed
 
 

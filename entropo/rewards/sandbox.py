@@ -29,6 +29,11 @@ process; ``auto`` falls back to ``plain`` with a warning):
   Note the process runs as the caller's uid mapped to root in the namespace: file *reads*
   are not restricted (no secrets should be readable by the trainer's user).
 
+By the runner, before the program's code can interfere with the case's record:
+- An exit (``sys.exit``, ``os._exit``) before or during a case fails it, except a stdio
+  program's ``sys.exit(0)``, after which its output is graded. (Which records a program can
+  forge: :mod:`entropo.rewards.code_exec`.)
+
 Interpreter-level only (a guard against accidents and naive code, NOT a security boundary:
 code can reach the runner's own objects and bypass it), ``audit_hook=True``:
 - a ``sys.addaudithook`` hook refusing sockets, subprocesses, ``os.fork``/``exec``/``kill``,

@@ -77,6 +77,12 @@ def test_no_code_syntax_error_and_crash():
 
 def test_parse_tests_and_extract():
     assert parse_tests(ASSERTS).kind == "assert"
+    # X == literal is split (the literal stays with the parent); other asserts run whole
+    t = parse_tests(["assert add(1, 2) == 3", "assert (4, 5) == pair(4), 'msg'", "assert add(1, 2) > 2",
+                     "assert f() == {1}", "assert add(1, 2) == add(2, 1)"])
+    assert t.cases == [{"expr": "add(1, 2)"}, {"expr": "pair(4)"}, {"src": "assert add(1, 2) > 2"},
+                       {"src": "assert f() == {1}"}, {"src": "assert add(1, 2) == add(2, 1)"}]
+    assert t.expected == [3, (4, 5), None, None, None]
     t = parse_tests({"fn_name": "f", "inputs": [1, [2, 3]], "outputs": [1, 5]})
     assert t.kind == "call" and t.cases == [{"args": [1]}, {"args": [2, 3]}]
     with pytest.raises(ValueError, match="inputs but"):
