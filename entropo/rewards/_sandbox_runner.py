@@ -1,8 +1,9 @@
 """The process that runs untrusted code for :mod:`entropo.rewards.sandbox` (stdlib only).
 
 Run as ``python -I _sandbox_runner.py RESULT_FD ISOLATION`` with a JSON job on stdin;
-writes one JSON line per test case to ``RESULT_FD``, then ``{"done": true}``. ``ISOLATION``
-is ``namespace`` (inside ``unshare``: set up mounts first) or ``plain``. The order matters:
+writes a first line (``setup``, ``setup_error`` or ``compile_error``), then one JSON line per
+test case, then ``{"done": true}``, to ``RESULT_FD``. ``ISOLATION`` is ``namespace`` (inside
+``unshare``: set up mounts first) or ``plain``. The order matters:
 read the job, set up mounts (needs the mount syscall), set resource limits, install the
 seccomp filter (blocks mount and the rest), install the audit hook, run the cases. What
 each layer guarantees is documented in :mod:`entropo.rewards.sandbox`.
@@ -205,9 +206,27 @@ def _jsonable(x):
         return {"__repr__": repr(x)[:1000]}
 
 
+class CappedOutput(io.BytesIO):
+    """Keeps the first ``cap`` bytes written and drops the rest, so that a flood of output costs
+    time, never memory; ``over`` says that something was dropped."""
+
+    def __init__(self, cap):
+        super().__init__()
+        self.cap, self.over = cap, False
+
+    def write(self, b):
+        n = len(b)
+        room = self.cap - self.tell()
+        if n > room:
+            self.over = True
+            b = memoryview(b)[:max(room, 0)]
+        super().write(b)
+        return n
+
+
 def run_case(code, kind, case, fn_name, case_timeout, max_output):
     stdin = io.TextIOWrapper(io.BytesIO(str(case.get("input", "")).encode()), encoding="utf-8")
-    out_bytes = io.BytesIO()
+    out_bytes = CappedOutput(max_output)
     stdout = io.TextIOWrapper(out_bytes, encoding="utf-8", write_through=True)
     saved = sys.stdin, sys.stdout
     sys.stdin, sys.stdout = stdin, stdout
@@ -244,7 +263,9 @@ def run_case(code, kind, case, fn_name, case_timeout, max_output):
     finally:
         sys.stdin, sys.stdout = saved
     if kind == "stdio":
-        rec["stdout"] = out_bytes.getvalue()[:max_output].decode("utf-8", "replace")
+        rec["stdout"] = out_bytes.getvalue().decode("utf-8", "replace")
+        if out_bytes.over and rec["error"] is None:  # graded on a cut output it could pass wrongly
+            rec["error"] = f"stdout over {max_output} bytes"
     return rec
 
 
@@ -255,7 +276,10 @@ def main():
     sys.stdin = io.TextIOWrapper(io.BytesIO(b""), encoding="utf-8")
 
     def emit(rec):
-        os.write(fd, (json.dumps(rec) + "\n").encode())
+        line = json.dumps(rec)  # ASCII: characters are bytes
+        if len(line) > lim["max_record_bytes"]:  # the parent stops reading at a longer line
+            line = json.dumps({"i": rec.get("i"), "error": f"record over {lim['max_record_bytes']} bytes"})
+        os.write(fd, (line + "\n").encode())
 
     lim = job["limits"]
     try:
@@ -270,7 +294,6 @@ def main():
     except Exception as e:
         emit({"setup_error": f"{type(e).__name__}: {e}"})
         os._exit(3)
-    emit({"setup": "ok", "ro_failed": failed})
     signal.signal(signal.SIGALRM, _on_alarm)
     try:
         code = compile(job["code"], "<solution>", "exec")
@@ -278,6 +301,8 @@ def main():
         emit({"compile_error": f"{type(e).__name__}: {e}"})
         emit({"done": True})
         os._exit(0)
+    # The first line, and the last one written before the program runs (and could write too).
+    emit({"setup": "ok", "ro_failed": failed})
     for i, case in enumerate(job["cases"]):
         rec = run_case(code, job["kind"], case, job.get("fn_name"), lim["case_timeout_s"], lim["max_output_bytes"])
         rec["i"] = i

@@ -2,15 +2,17 @@
 
 One call of :func:`run` starts one process (:mod:`entropo.rewards._sandbox_runner`, run with
 ``python -I``) in a fresh temporary directory, sends it the code and the test cases, reads
-one record per case back on a private pipe, then kills the whole process tree and deletes
-the directory. The parent compares outputs with the expected ones itself
+one record per case back on a pipe, then kills the whole process tree and deletes the
+directory. The parent compares outputs with the expected ones itself
 (:mod:`entropo.rewards.code_exec`); expected outputs never enter the sandbox.
 
 What is guaranteed, and by what (be precise about this when you rely on it):
 
 Kernel-enforced, always (Linux):
 - CPU time (``RLIMIT_CPU``), address space (``RLIMIT_AS``: allocations past it fail with
-  ``MemoryError``), file size (``RLIMIT_FSIZE``), open files (``RLIMIT_NOFILE``), no core dumps.
+  ``MemoryError``), file size (``RLIMIT_FSIZE``: also bounds what the program writes to
+  stderr, which the parent keeps in a temporary file), open files (``RLIMIT_NOFILE``), no
+  core dumps.
 - Wall-clock limit: past ``timeout_s`` the process group (and, with namespaces, the whole PID
   namespace) is killed with SIGKILL.
 - seccomp filter (x86_64 and aarch64; ``seccomp=True``): the syscalls ``socket`` and
@@ -29,10 +31,24 @@ process; ``auto`` falls back to ``plain`` with a warning):
   Note the process runs as the caller's uid mapped to root in the namespace: file *reads*
   are not restricted (no secrets should be readable by the trainer's user).
 
+Enforced by the parent, always:
+- The program's environment is ``PATH`` and ``LANG`` only: none of the trainer's variables
+  (API keys) reach it.
+- The program runs in the runner's process, so it can write to the result pipe too. The
+  parent reads at most one record of ``SandboxLimits.max_record_bytes`` per case and
+  ``STRAY_LINES`` lines more (past that the run is killed, status ``overflow``: the parent's
+  memory and time stay bounded); it takes the setup, setup-error and compile-error line only
+  as the first line, written before the program starts, and keeps only well-formed case
+  records, in order, one per case. A forged record can claim a pass only of a case that the
+  parent cannot check itself (an assert other than ``X == literal``: see
+  :mod:`entropo.rewards.code_exec`).
+
 By the runner, before the program's code can interfere with the case's record:
 - An exit (``sys.exit``, ``os._exit``) before or during a case fails it, except a stdio
-  program's ``sys.exit(0)``, after which its output is graded. (Which records a program can
-  forge: :mod:`entropo.rewards.code_exec`.)
+  program's ``sys.exit(0)``, after which its output is graded.
+- Output: the runner keeps ``max_output_bytes`` of a case's stdout and drops the rest as it
+  is written (a stdio case with more fails); stdout written to fd 1 directly goes to
+  ``/dev/null``.
 
 Interpreter-level only (a guard against accidents and naive code, NOT a security boundary:
 code can reach the runner's own objects and bypass it), ``audit_hook=True``:
@@ -67,6 +83,14 @@ PID_MAX_MIN = 301
 """The smallest ``pid_max`` the kernel accepts for a PID namespace (RESERVED_PIDS + 1)."""
 KILL_GRACE_S = 1.0
 """Seconds added to ``timeout_s`` for interpreter start-up and namespace set-up."""
+RECORD_BYTES_PER_OUTPUT_BYTE = 8
+"""A record carries up to ``max_output_bytes`` of output, JSON-escaped: at most 6 bytes per byte
+(``\\u00XX``), plus the rest of the record."""
+RECORD_BYTES_EXTRA = 4096
+"""Bytes of a record besides its output (keys, index, an error message of at most 200 characters)."""
+STRAY_LINES = 32
+"""Lines a program may write to the result pipe (it can) before its run is stopped as ``overflow``;
+each line costs the parent a JSON parse."""
 
 
 @dataclass(frozen=True)
@@ -111,14 +135,22 @@ class SandboxLimits:
     """RLIMIT_NOFILE, open file descriptors."""
 
     max_output_bytes: int = 1 << 20
-    """Captured stdout per case is cut to this many bytes."""
+    """Stdout kept per case; more fails a stdio case (the rest is dropped as it is written). A
+    record (stdout, or a call's result, JSON) longer than ``RECORD_BYTES_PER_OUTPUT_BYTE``
+    times this fails its case too."""
 
     def __post_init__(self) -> None:
         if self.isolation not in ISOLATIONS:
             raise ValueError(f"isolation: '{self.isolation}' is not one of {', '.join(ISOLATIONS)}")
-        for name in ("timeout_s", "case_timeout_s", "cpu_s", "memory_mb", "fsize_mb", "tmpfs_mb", "nproc", "nofile"):
+        for name in ("timeout_s", "case_timeout_s", "cpu_s", "memory_mb", "fsize_mb", "tmpfs_mb", "nproc", "nofile",
+                     "max_output_bytes"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name}: must be > 0, got {getattr(self, name)}")
+
+    @property
+    def max_record_bytes(self) -> int:
+        """The longest record line the parent reads (the runner replaces a longer one by an error)."""
+        return RECORD_BYTES_PER_OUTPUT_BYTE * self.max_output_bytes + RECORD_BYTES_EXTRA
 
 
 @dataclass
@@ -129,7 +161,8 @@ class SandboxResult:
         records: one dict per finished case, in order (``error``, and ``stdout`` or
             ``result``); cases after a kill are missing.
         status: ``ok`` (all cases ran), ``timeout`` (killed at ``timeout_s``), ``crashed``
-            (exited early, e.g. RLIMIT_CPU), ``compile_error`` or ``setup_error``.
+            (exited early, e.g. RLIMIT_CPU), ``overflow`` (wrote more on the result pipe than
+            its records can take: killed), ``compile_error`` or ``setup_error``.
         isolation: ``namespace`` or ``plain``.
         detail: an error message, or the tail of stderr, for logs.
     """
@@ -202,7 +235,8 @@ def _run_once(code, kind, cases, fn_name, limits: SandboxLimits, isolation: str)
         "seccomp": limits.seccomp, "audit_hook": limits.audit_hook,
         "limits": {"cpu_s": limits.cpu_s, "memory_mb": limits.memory_mb, "fsize_mb": limits.fsize_mb,
                    "nproc": limits.nproc, "nofile": limits.nofile, "case_timeout_s": limits.case_timeout_s,
-                   "tmpfs_mb": limits.tmpfs_mb, "pid_max": PID_MAX_MIN, "max_output_bytes": limits.max_output_bytes},
+                   "tmpfs_mb": limits.tmpfs_mb, "pid_max": PID_MAX_MIN, "max_output_bytes": limits.max_output_bytes,
+                   "max_record_bytes": limits.max_record_bytes},
     }
     with tempfile.TemporaryFile() as err:  # the runner's stderr, for the log when it fails
         return _spawn(job, isolation, limits, err)
@@ -229,7 +263,8 @@ def _spawn(job: dict, isolation: str, limits: SandboxLimits, err) -> SandboxResu
         with contextlib.suppress(BrokenPipeError):  # the runner died before reading its job
             proc.stdin.write(json.dumps(job).encode())
             proc.stdin.close()
-        result.status = _collect(r, result, time.monotonic() + limits.timeout_s + KILL_GRACE_S)
+        result.status = _collect(r, result, time.monotonic() + limits.timeout_s + KILL_GRACE_S,
+                                 len(job["cases"]), limits.max_record_bytes)
     finally:
         _kill(proc)
         os.close(r)
@@ -241,8 +276,15 @@ def _spawn(job: dict, isolation: str, limits: SandboxLimits, err) -> SandboxResu
     return result
 
 
-def _collect(fd: int, result: SandboxResult, deadline: float) -> str:
-    buf = b""
+def _collect(fd: int, result: SandboxResult, deadline: float, n_cases: int, max_record: int) -> str:
+    # The program can write to the pipe too (it runs in the runner's process and knows the fd).
+    # So the bytes and lines read are bounded (the parent's memory and time must not depend on
+    # the program), the first line (setup, setup error or compile error) is the only one
+    # written before the program starts, and case records must be well-formed and in order.
+    budget = (n_cases + 2) * (max_record + 1)  # the first line, one record per case, done
+    max_lines = n_cases + 2 + STRAY_LINES
+    pending: list[bytes] = []  # the unfinished last line, in pieces: no quadratic joins
+    pending_len = n_lines = 0
     while True:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
@@ -253,25 +295,51 @@ def _collect(fd: int, result: SandboxResult, deadline: float) -> str:
         chunk = os.read(fd, 1 << 16)
         if not chunk:
             return "crashed"
-        buf += chunk
-        *lines, buf = buf.split(b"\n")
+        budget -= len(chunk)
+        *lines, tail = chunk.split(b"\n")
+        if lines:
+            lines[0] = b"".join([*pending, lines[0]])
+            pending, pending_len = [], 0
+        pending.append(tail)
+        pending_len += len(tail)
         for line in lines:
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                continue  # not ours: the code wrote to the fd
-            if not isinstance(rec, dict):
-                continue
-            if rec.get("done"):
-                return "ok"
-            if "setup_error" in rec:
-                result.detail = rec["setup_error"]
-                return "setup_error"
-            if "compile_error" in rec:
-                result.detail = rec["compile_error"]
-                return "compile_error"
-            if "i" in rec and rec["i"] == len(result.records):
-                result.records.append(rec)
+            n_lines += 1
+            if len(line) > max_record or n_lines > max_lines:
+                result.detail = (f"line {n_lines} on the result pipe, of {len(line)} bytes (at most {max_lines} "
+                                 f"lines of at most {max_record} bytes)")
+                return "overflow"
+            status = _take(line, n_lines, result, n_cases)
+            if status is not None:
+                return status
+        if pending_len > max_record:
+            result.detail = f"a line of over {max_record} bytes on the result pipe"
+            return "overflow"
+        if budget < 0:
+            result.detail = f"more bytes on the result pipe than {n_cases} records of at most {max_record}"
+            return "overflow"
+
+
+def _take(line: bytes, n_line: int, result: SandboxResult, n_cases: int) -> str | None:
+    """Take one line of the result pipe; the run's status when it ends the run."""
+    try:
+        rec = json.loads(line)
+    except (ValueError, RecursionError):  # not a record; RecursionError: nested too deep
+        return None
+    if not isinstance(rec, dict):
+        return None
+    if n_line == 1 and isinstance(rec.get("setup_error"), str):
+        result.detail = rec["setup_error"]
+        return "setup_error"
+    elif n_line == 1 and isinstance(rec.get("compile_error"), str):
+        result.detail = rec["compile_error"]
+        return "compile_error"
+    elif rec.get("done") is True:
+        return "ok"
+    elif (type(rec.get("i")) is int and rec["i"] == len(result.records) < n_cases
+          and (rec.get("error") is None or isinstance(rec["error"], str))
+          and isinstance(rec.get("stdout", ""), str)):
+        result.records.append(rec)
+    return None
 
 
 def _kill(proc: subprocess.Popen) -> None:
