@@ -4,9 +4,9 @@ Run as ``python -I _sandbox_runner.py RESULT_FD ISOLATION`` with a JSON job on s
 writes a first line (``setup``, ``setup_error`` or ``compile_error``), then one JSON line per
 test case, then ``{"done": true}``, to ``RESULT_FD``. ``ISOLATION`` is ``namespace`` (inside
 ``unshare``: set up mounts first) or ``plain``. The order matters:
-read the job, set up mounts (needs the mount syscall), set resource limits, install the
-seccomp filter (blocks mount and the rest), install the audit hook, run the cases. What
-each layer guarantees is documented in :mod:`entropo.rewards.sandbox`.
+read the job, set up mounts (needs the mount syscall), set resource limits, enter the Landlock
+domain, install the seccomp filter (blocks mount and the rest), install the audit hook, run
+the cases. What each layer guarantees is documented in :mod:`entropo.rewards.sandbox`.
 """
 
 import builtins
@@ -91,17 +91,22 @@ RET_ALLOW, RET_ERRNO, RET_KILL_PROCESS = 0x7FFF0000, 0x00050000, 0x80000000
 EPERM, ENOSYS = 1, 38
 CLONE_THREAD = 0x00010000
 # Blocked: sockets (all families: no network, no unix sockets), new processes and programs,
-# debugging other processes, mounts and namespaces, bpf, io_uring, signals to other processes.
+# debugging other processes, mounts and namespaces, bpf, io_uring, signals to other processes
+# (every call that can send one: kill, tkill, rt_sigqueueinfo, rt_tgsigqueueinfo and
+# pidfd_send_signal; in plain mode the parent is a same-user process that these could kill)
+# and taking another process's file descriptors (pidfd_getfd).
 _ARCHES = {
     "x86_64": dict(audit=0xC000003E, x32_bit=0x40000000, block=dict(
         socket=41, socketpair=53, fork=57, vfork=58, execve=59, execveat=322, ptrace=101,
         mount=165, umount2=166, pivot_root=155, chroot=161, unshare=272, setns=308, bpf=321,
-        io_uring_setup=425, process_vm_readv=310, process_vm_writev=311, kill=62, tkill=200),
+        io_uring_setup=425, process_vm_readv=310, process_vm_writev=311, kill=62, tkill=200,
+        rt_sigqueueinfo=129, rt_tgsigqueueinfo=297, pidfd_send_signal=424, pidfd_getfd=438),
         clone=56, clone3=435, tgkill=234),
     "aarch64": dict(audit=0xC00000B7, x32_bit=None, block=dict(
         socket=198, socketpair=199, execve=221, execveat=281, ptrace=117, mount=40, umount2=39,
         pivot_root=41, chroot=51, unshare=97, setns=268, bpf=280, io_uring_setup=425,
-        process_vm_readv=270, process_vm_writev=271, kill=129, tkill=130),
+        process_vm_readv=270, process_vm_writev=271, kill=129, tkill=130,
+        rt_sigqueueinfo=138, rt_tgsigqueueinfo=240, pidfd_send_signal=424, pidfd_getfd=438),
         clone=220, clone3=435, tgkill=131),
 }
 
@@ -141,6 +146,82 @@ def install_seccomp():
         raise OSError(ctypes.get_errno(), "prctl(NO_NEW_PRIVS)")
     if libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(fprog), 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "prctl(SECCOMP)")
+
+
+# ---- Landlock ------------------------------------------------------------------------------------
+# uapi/linux/landlock.h. The syscall numbers are the same on x86_64 and aarch64.
+LANDLOCK_CREATE_RULESET, LANDLOCK_ADD_RULE, LANDLOCK_RESTRICT_SELF = 444, 445, 446
+LANDLOCK_CREATE_RULESET_VERSION, LANDLOCK_RULE_PATH_BENEATH = 1, 1
+LANDLOCK_READ_FILE = 1 << 2
+# Rights that change the file system, by the ABI version that added them: write, remove
+# dir/file, make char/dir/reg/sock/fifo/block/sym (1); refer, i.e. link or rename across
+# directories (2); truncate (3).
+_LANDLOCK_FS_WRITE = ((1, 1 << 1 | 0b111111111 << 4), (2, 1 << 13), (3, 1 << 14))
+LANDLOCK_NET_TCP = 0b11  # bind, connect (ABI 4)
+LANDLOCK_SCOPES = 0b11  # abstract unix sockets, signals: only within the domain (ABI 6)
+PROC_READABLE = ("self", "sys", "cpuinfo", "meminfo", "stat", "loadavg", "uptime", "version")
+"""What files under /proc a program may read: its own, and system-wide figures. Not the other
+processes': in plain mode ``/proc/<pid>/environ`` of the trainer holds its secrets, and
+Landlock's ptrace scoping does not cover ``environ`` (checked on Linux 6.18)."""
+
+
+def landlock_abi(libc=None):
+    """The kernel's Landlock ABI version; 0 when it has none (not built, or not enabled at boot)."""
+    libc = libc or _libc()
+    abi = libc.syscall(ctypes.c_long(LANDLOCK_CREATE_RULESET), None, ctypes.c_size_t(0),
+                       ctypes.c_uint32(LANDLOCK_CREATE_RULESET_VERSION))
+    return max(abi, 0)
+
+
+def install_landlock(workdir):
+    """Confine the process to a Landlock domain; returns its ABI version, 0 without Landlock.
+
+    The domain allows changes to the file system beneath ``workdir`` only (in plain mode too,
+    and even with the audit hook bypassed, a write elsewhere fails with EACCES); file reads
+    anywhere except under ``/proc``, where only :data:`PROC_READABLE` is; no TCP (ABI 4); no
+    signals or abstract unix sockets to processes outside the domain (ABI 6). Any domain also
+    denies ptrace-mode access (``/proc/<pid>/mem``, ``exe``, ``fd/*``) to processes outside it.
+    """
+    libc = _libc()
+    abi = landlock_abi(libc)
+    if abi == 0:
+        return 0
+    write = sum(bits for version, bits in _LANDLOCK_FS_WRITE if abi >= version)
+    attr = struct.pack("QQQ", write | LANDLOCK_READ_FILE, LANDLOCK_NET_TCP if abi >= 4 else 0,
+                       LANDLOCK_SCOPES if abi >= 6 else 0)
+    ruleset = libc.syscall(ctypes.c_long(LANDLOCK_CREATE_RULESET), ctypes.create_string_buffer(attr, len(attr)),
+                           ctypes.c_size_t(len(attr)), ctypes.c_uint32(0))
+    if ruleset < 0:
+        raise OSError(ctypes.get_errno(), "landlock_create_ruleset")
+    readable = [os.path.join("/", e) for e in os.listdir("/") if e != "proc"]
+    readable += [os.path.join("/proc", e) for e in PROC_READABLE]
+    try:
+        _landlock_allow(libc, ruleset, workdir, write | LANDLOCK_READ_FILE, required=True)
+        for path in readable:
+            _landlock_allow(libc, ruleset, path, LANDLOCK_READ_FILE, required=False)
+        if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(NO_NEW_PRIVS)")
+        if libc.syscall(ctypes.c_long(LANDLOCK_RESTRICT_SELF), ctypes.c_int(ruleset), ctypes.c_uint32(0)) != 0:
+            raise OSError(ctypes.get_errno(), "landlock_restrict_self")
+    finally:
+        os.close(ruleset)
+    return abi
+
+
+def _landlock_allow(libc, ruleset, path, access, required):
+    try:
+        fd = os.open(path, os.O_PATH)
+    except OSError:
+        if required:
+            raise
+        return  # e.g. a dangling symlink in /
+    try:
+        beneath = struct.pack("=Qi", access, fd)  # a packed struct: 12 bytes
+        if libc.syscall(ctypes.c_long(LANDLOCK_ADD_RULE), ctypes.c_int(ruleset), ctypes.c_int(LANDLOCK_RULE_PATH_BENEATH),
+                        ctypes.create_string_buffer(beneath, len(beneath)), ctypes.c_uint32(0)) != 0:
+            raise OSError(ctypes.get_errno(), f"landlock_add_rule {path}")
+    finally:
+        os.close(fd)
 
 
 # ---- audit hook ----------------------------------------------------------------------------------
@@ -285,6 +366,7 @@ def main():
     try:
         failed = setup_namespace(job["workdir"], lim["tmpfs_mb"], lim["pid_max"]) if isolation == "namespace" else []
         set_limits(lim)
+        landlock = install_landlock(os.getcwd())
         if job["seccomp"]:
             install_seccomp()
         for name in [m for m in sys.modules if m == "ctypes" or m.startswith(("ctypes.", "_ctypes"))]:
@@ -302,7 +384,7 @@ def main():
         emit({"done": True})
         os._exit(0)
     # The first line, and the last one written before the program runs (and could write too).
-    emit({"setup": "ok", "ro_failed": failed})
+    emit({"setup": "ok", "ro_failed": failed, "landlock": landlock})
     for i, case in enumerate(job["cases"]):
         rec = run_case(code, job["kind"], case, job.get("fn_name"), lim["case_timeout_s"], lim["max_output_bytes"])
         rec["i"] = i

@@ -15,11 +15,24 @@ Kernel-enforced, always (Linux):
   core dumps.
 - Wall-clock limit: past ``timeout_s`` the process group (and, with namespaces, the whole PID
   namespace) is killed with SIGKILL.
-- seccomp filter (x86_64 and aarch64; ``seccomp=True``): the syscalls ``socket`` and
-  ``socketpair`` (so no network and no unix sockets, e.g. Ray's), ``fork``/``vfork``/non-thread
-  ``clone`` (no child processes, so no fork bombs; threads work), ``execve``, ``ptrace``,
-  ``kill``/``tkill`` and ``tgkill`` to other processes, ``mount``, ``unshare``, ``setns``,
-  ``bpf``, ``io_uring_setup`` and ``process_vm_*`` fail with EPERM.
+- seccomp filter (x86_64 and aarch64; ``seccomp=True``, which ``plain`` mode requires): the
+  syscalls ``socket`` and ``socketpair`` (so no network and no unix sockets, e.g. Ray's),
+  ``fork``/``vfork``/non-thread ``clone`` (no child processes, so no fork bombs and none that
+  outlives the run; threads work), ``execve``, ``ptrace``, every way to signal another
+  process (``kill``, ``tkill``, ``rt_sigqueueinfo``, ``rt_tgsigqueueinfo``,
+  ``pidfd_send_signal``; ``tgkill`` only to itself), ``pidfd_getfd``, ``mount``, ``unshare``,
+  ``setns``, ``bpf``, ``io_uring_setup`` and ``process_vm_*`` fail with EPERM.
+
+Kernel-enforced where the kernel has Landlock (Linux 5.13+, enabled; both modes;
+``SandboxResult.landlock`` is the ABI version used, 0 without it):
+- file-system changes only beneath the working directory (EACCES elsewhere);
+- file reads anywhere except under ``/proc``, where only the process's own entries and
+  system-wide figures are readable: not ``/proc/<pid>/environ`` of the trainer (its secrets)
+  or of any other process (another procfs mounted elsewhere, e.g. a container's
+  ``/host/proc``, stays readable);
+- no ptrace-mode access to processes outside the sandbox (``/proc/<pid>/mem``, ``exe``,
+  ``fd/*``); with ABI 4+ no TCP bind or connect; with ABI 6+ no signal and no abstract unix
+  socket to a process outside the sandbox.
 
 Kernel-enforced when user namespaces work (``isolation="namespace"``, probed once per
 process; ``auto`` falls back to ``plain`` with a warning):
@@ -28,8 +41,7 @@ process; ``auto`` falls back to ``plain`` with a warning):
   processes, the kernel minimum, even if seccomp is off); a mount namespace in which every
   mount is remounted read-only, nodev, nosuid, and the working directory is a private tmpfs
   of ``tmpfs_mb`` (so writes outside it fail with EROFS and vanish with the namespace).
-  Note the process runs as the caller's uid mapped to root in the namespace: file *reads*
-  are not restricted (no secrets should be readable by the trainer's user).
+  Note the process runs as the caller's uid mapped to root in the namespace.
 
 Enforced by the parent, always:
 - The program's environment is ``PATH`` and ``LANG`` only: none of the trainer's variables
@@ -54,10 +66,16 @@ Interpreter-level only (a guard against accidents and naive code, NOT a security
 code can reach the runner's own objects and bypass it), ``audit_hook=True``:
 - a ``sys.addaudithook`` hook refusing sockets, subprocesses, ``os.fork``/``exec``/``kill``,
   ``ctypes``, ``mmap`` and writes/renames/removals outside the working directory. In
-  ``plain`` mode this hook is the only guard against writes outside the working directory,
-  and ``RLIMIT_NPROC`` only binds for non-root users.
+  ``plain`` mode without Landlock this hook is the only guard against writes outside the
+  working directory and reads of ``/proc/<pid>/environ``; ``RLIMIT_NPROC`` only binds for
+  non-root users.
 
-Not provided: GPU isolation, limits on reads, a pids cgroup.
+Not provided: GPU isolation; limits on file reads outside ``/proc`` (a secret file readable
+by the trainer's user is readable by the program, in both modes); a pids cgroup; a disk quota
+in ``plain`` mode (the working directory is on the real disk, bounded per file by
+``RLIMIT_FSIZE`` and in total only by the wall-clock limit); in ``plain`` mode without
+Landlock, the limits on writes and on reads of ``/proc`` (the audit hook alone guards them,
+and a program can bypass it).
 """
 
 from __future__ import annotations
@@ -164,12 +182,14 @@ class SandboxResult:
             (exited early, e.g. RLIMIT_CPU), ``overflow`` (wrote more on the result pipe than
             its records can take: killed), ``compile_error`` or ``setup_error``.
         isolation: ``namespace`` or ``plain``.
+        landlock: the Landlock ABI version the run was confined with; 0 when the kernel has none.
         detail: an error message, or the tail of stderr, for logs.
     """
 
     records: list[dict] = field(default_factory=list)
     status: str = "ok"
     isolation: str = "plain"
+    landlock: int = 0
     detail: str = ""
 
 
@@ -200,13 +220,21 @@ def namespaces_available() -> bool:
 
 
 def resolve_isolation(limits: SandboxLimits) -> str:
-    """The isolation a run with these limits uses; ``namespace`` unavailable raises."""
+    """The isolation a run with these limits uses; ``namespace`` unavailable, or ``plain``
+    without seccomp, raises."""
     if limits.isolation == "plain":
-        return "plain"
-    ok = namespaces_available()
-    if limits.isolation == "namespace" and not ok:
-        raise RuntimeError("sandbox isolation='namespace' was asked for, but user namespaces do not work here")
-    return "namespace" if ok else "plain"
+        isolation = "plain"
+    else:
+        ok = namespaces_available()
+        if limits.isolation == "namespace" and not ok:
+            raise RuntimeError("sandbox isolation='namespace' was asked for, but user namespaces do not work here")
+        isolation = "namespace" if ok else "plain"
+    if isolation == "plain" and not limits.seccomp:
+        # Only the seccomp filter stops child processes in plain mode: RLIMIT_NPROC does not bind
+        # root, and a child that calls setsid() leaves the process group that the kill reaches.
+        raise RuntimeError("sandbox isolation 'plain' needs seccomp=True: without it a program can fork "
+                           "without bound and leave processes that outlive the run")
+    return isolation
 
 
 def run(code: str, kind: str, cases: list[dict], fn_name: str | None, limits: SandboxLimits) -> SandboxResult:
@@ -327,7 +355,9 @@ def _take(line: bytes, n_line: int, result: SandboxResult, n_cases: int) -> str 
         return None
     if not isinstance(rec, dict):
         return None
-    if n_line == 1 and isinstance(rec.get("setup_error"), str):
+    if n_line == 1 and rec.get("setup") == "ok":
+        result.landlock = rec["landlock"] if type(rec.get("landlock")) is int else 0
+    elif n_line == 1 and isinstance(rec.get("setup_error"), str):
         result.detail = rec["setup_error"]
         return "setup_error"
     elif n_line == 1 and isinstance(rec.get("compile_error"), str):
