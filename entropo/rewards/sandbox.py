@@ -6,7 +6,8 @@ one record per case back on a pipe, then kills the whole process tree and delete
 directory. The parent compares outputs with the expected ones itself
 (:mod:`entropo.rewards.code_exec`); expected outputs never enter the sandbox.
 
-What is guaranteed, and by what (be precise about this when you rely on it):
+What is guaranteed, and by what (be precise about this when you rely on it). Each item is
+attacked by a hostile program in ``tests/rewards/test_sandbox_faults.py``.
 
 Kernel-enforced, always (Linux):
 - CPU time (``RLIMIT_CPU``), address space (``RLIMIT_AS``: allocations past it fail with
