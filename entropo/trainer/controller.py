@@ -11,14 +11,10 @@ Two ways the loop saves time, both off by nothing but their config:
 - fused π_old (``learner.fuse_old_forward``, on by default where exact, see
   :func:`old_pass_fused`): no separate learner forward; the update's own forward supplies
   π_old and the entropies, which are put on the batch after the update.
-- asynchronous rollout (``trainer.async_rollout``): right after a step's batch arrives, the
-  next step's prompts are drawn and generated in a background thread while this step's
-  forward, rewards and update run; the weights reach the rollout workers at the start of the
-  next step, once they are idle. Each batch is therefore sampled by the policy one update
-  behind the one it is trained from (``rollout/off_policy_steps`` = 1); ``algorithm.
-  token_weight=[tis]`` corrects for it. Before evaluation and at the end the pending
-  generation is awaited and the weights synced (:meth:`Controller.settle`); a checkpoint
-  stores the data position before the pending draw, so a resumed run draws it again.
+- asynchronous rollout (``trainer.async_rollout``, :mod:`entropo.trainer.ahead`): the next
+  step's generation runs while this step trains; the weights reach the rollout workers at
+  the start of the next step, once they are idle. Before evaluation and at the end the
+  pending generation is awaited and the weights synced (:meth:`Controller.settle`).
   Sampling-stage state read at launch (an adaptive temperature's statistics) is one step
   older than in the synchronous mode; extra generation batches (dynamic sampling, a method's
   injected rows) queue behind the pending generation on the rollout workers.
@@ -27,15 +23,12 @@ Two ways the loop saves time, both off by nothing but their config:
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -48,12 +41,11 @@ from entropo.algorithms.dynamic_sampling import (
     select_groups,
 )
 from entropo.algorithms.objective import StepContext
-from entropo.algorithms.overlong import filter_truncated, overlong_metrics, overlong_penalty
+from entropo.algorithms.overlong import filter_truncated
 from entropo.algorithms.registry import ADVANTAGE_RESHAPERS, ADVANTAGES
 from entropo.config import TrainConfig, to_yaml
-from entropo.data.prompts import render_prompt
-from entropo.rewards.manager import check_failures
 from entropo.trainer import step_metrics
+from entropo.trainer.ahead import RolloutAhead
 from entropo.trainer.batch import LearnerShard, StepBatch
 from entropo.trainer.checkpoint import (
     CheckpointError,
@@ -61,35 +53,10 @@ from entropo.trainer.checkpoint import (
     load_controller,
     save_controller,
 )
-from entropo.trainer.evaluation import answer_key
+from entropo.trainer.errors import check_update_finite
+from entropo.trainer.methods import StepMethods
 from entropo.trainer.rollout import SamplingParams
-
-# The update's metrics that must be finite, in the order they are reported; a NaN loss makes
-# NaN gradients, and NaN gradients make NaN weights.
-FINITE_UPDATE_METRICS = ("actor/pg_loss", "actor/grad_norm")
-
-
-class NonFiniteUpdateError(RuntimeError):
-    """An update made the loss, the gradient or the weights NaN/inf (before any sync or save)."""
-
-
-def check_update_finite(step: int, metrics: dict[str, float], lr: float) -> None:
-    """Raise :class:`NonFiniteUpdateError` naming the step and the first non-finite value.
-
-    Args:
-        step: the step whose update produced ``metrics``.
-        metrics: ``Cluster.update``'s metrics.
-        lr: ``learner.lr``, for the message.
-    """
-    bad = [(k, metrics[k]) for k in FINITE_UPDATE_METRICS if k in metrics and not math.isfinite(metrics[k])]
-    ranks = metrics.get("actor/nonfinite_param_ranks", 0.0)
-    if not bad and not ranks:
-        return
-    what = f"{bad[0][0]}={bad[0][1]}" if bad else f"NaN/inf weights on {ranks:g} learner rank(s)"
-    raise NonFiniteUpdateError(
-        f"step {step}: the update gave {what}; these weights were neither synced to the rollout "
-        f"workers nor checkpointed, and the last complete checkpoint is intact. Lower learner.lr "
-        f"(now {lr:g}) or check the rewards and data, then resume with trainer.resume=auto")
+from entropo.trainer.scoring import Scorer
 
 
 def old_pass_fused(cfg: TrainConfig, rewards_read_policy: bool) -> bool:
@@ -114,7 +81,6 @@ class ControllerState:
     """The controller's own state, saved in checkpoints."""
 
     step: int = 0
-    methods: dict[str, Any] = field(default_factory=dict)  # each stateful method's state, by name
     history: dict[str, list[float]] = field(default_factory=lambda: {"cov": [], "entropy": []})
     accuracy_start: float | None = None
     accuracy_end: float | None = None
@@ -146,17 +112,19 @@ class Controller:
         self.tokenizer = tokenizer
         self.rewards = rewards  # a RewardManager
         self.sinks = sinks
-        self.methods = stateful.active(cfg.algorithm)
-        self.state = ControllerState(methods=stateful.initial_states(self.methods, self.info(0)))
+        self.methods = StepMethods(cfg)  # the stateful methods and their states
+        self.scorer = Scorer(cfg, rewards, tokenizer)
+        self.state = ControllerState()
         self.run_dir = Path(cfg.trainer.output_dir)
         self.checkpoints = Checkpoints(self.run_dir / "checkpoints")
         self.eval_rows = eval_rows or []
         self.fused = rewards is not None and old_pass_fused(cfg, rewards.reads_policy)
         self.close_id = step_metrics.think_close_id(tokenizer)
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="rollout-ahead") if cfg.trainer.async_rollout else None
-        self._ahead: Future | None = None  # the next step's generation, in flight
-        self._ahead_rewards: dict[str, float] | None = None  # its reward metrics, when scored there
-        self._ahead_sampler_state: dict | None = None  # data position before its draw
+        score_ahead = self.fused and not cfg.algorithm.dynamic_sampling.enable
+        self.ahead = RolloutAhead(lambda prompts, params: cluster.rollout(prompts, params, tokenizer), sampler,
+                                  (lambda b, step: self.scorer.score(b, step)) if score_ahead else None,
+                                  ) if cfg.trainer.async_rollout else None
+        self._ahead_rewards: dict[str, float] | None = None  # the taken batch's reward metrics, when scored ahead
 
     # ---- the step -----------------------------------------------------------------------
     def train_step(self) -> dict[str, float]:
@@ -164,15 +132,16 @@ class Controller:
         t = Timer()
         with t("step"):
             batch, gen_metrics = self.collect(step, t)          # rollout, forward, rewards, filtering
-            gen_metrics.update(self.shape(batch, step))           # reward shaping by stateful methods
+            gen_metrics.update(self.methods.shape(batch, step))   # reward shaping by stateful methods
             with t("advantage"):
                 batch, adv_metrics = self.advantages(batch)
-            batch, inject_metrics = self.inject(batch, step, t)   # rows added by stateful methods
+            batch, inject_metrics = self.methods.inject(           # rows added by stateful methods
+                batch, step, partial(self.generate_extra, step), t)
             with t("update"):
                 ctx = self.step_context(batch, step)
                 update_metrics = self.cluster.update(self.minibatches(batch), ctx, fill=batch if self.fused else None)
             check_update_finite(step, update_metrics, self.cfg.learner.lr)  # before any sync or save
-            if self._pool is None:
+            if self.ahead is None:
                 with t("sync"):
                     self.cluster.sync_weights(step)
             if self.cfg.logger.forking_every and self.state.probe is None:
@@ -202,10 +171,10 @@ class Controller:
             batch = self.generate(step, n_gen, t)
             if not self.fused:
                 with t("forward"):
-                    self.cluster.forward(batch, self.forward_extras())
+                    self.cluster.forward(batch, self.methods.forward_extras())
             with t("reward"):
                 scored, self._ahead_rewards = self._ahead_rewards, None
-                metrics.update(scored if scored is not None else self.score(batch, step))
+                metrics.update(scored if scored is not None else self.scorer.score(batch, step))
             if not ds.enable:
                 return batch, metrics
             # group ids restart at 0 in every generation batch: make them unique across batches
@@ -227,10 +196,9 @@ class Controller:
     def generate(self, step: int, attempt: int, t: Timer) -> StepBatch:
         """Generation batch ``attempt`` of ``step``: the one generated ahead (async mode), or a
         fresh draw. In async mode the next step's generation starts here."""
-        if attempt == 1 and self._ahead is not None:
+        if attempt == 1 and self.ahead is not None and self.ahead.pending:
             with t("rollout"):  # only the part not hidden behind the previous step
-                batch, seconds, self._ahead_rewards, reward_seconds = self._ahead.result()
-            self._ahead = None
+                batch, seconds, self._ahead_rewards, reward_seconds = self.ahead.take()
             t.seconds["rollout_ahead"] = seconds
             if self._ahead_rewards is not None:
                 t.seconds["reward_ahead"] = reward_seconds
@@ -238,33 +206,12 @@ class Controller:
             prompts = self.sampler.next_batch()
             with t("rollout"):
                 batch = self.cluster.rollout(prompts, self.sampling(step, attempt), self.tokenizer)
-        if self._pool is not None and attempt == 1:
+        if self.ahead is not None and attempt == 1:
             with t("sync"):
                 self.sync_if_stale()
             if step < self.cfg.trainer.total_steps:
-                self.start_ahead(step + 1)
+                self.ahead.start(step + 1, self.sampling(step + 1, 1))
         return batch
-
-    def start_ahead(self, step: int) -> None:
-        """Draw ``step``'s prompts now and generate them in the background; score them there
-        too when no reward reads π_old (the fused π_old pass guarantees it) and no dynamic
-        sampling decides on more batches, so that slow rewards overlap the update as well."""
-        self._ahead_sampler_state = self.sampler.state_dict()
-        prompts = self.sampler.next_batch()
-        params = self.sampling(step, 1)
-        score = self.fused and not self.cfg.algorithm.dynamic_sampling.enable
-
-        def run() -> tuple[StepBatch, float, dict[str, float] | None, float]:
-            start = time.perf_counter()
-            batch = self.cluster.rollout(prompts, params, self.tokenizer)
-            seconds = time.perf_counter() - start
-            if not score:
-                return batch, seconds, None, 0.0
-            start = time.perf_counter()
-            metrics = self.score(batch, step)
-            return batch, seconds, metrics, time.perf_counter() - start
-
-        self._ahead = self._pool.submit(run)
 
     def sync_if_stale(self) -> None:
         """Push the learner's weights to the rollout workers if they hold older ones (async
@@ -275,79 +222,18 @@ class Controller:
     def settle(self) -> None:
         """Async mode: wait for the generation in flight (its batch is kept for the next step)
         and sync the weights, so that the rollout workers hold the current policy."""
-        if self._pool is None:
-            return
-        if self._ahead is not None:
-            self._ahead.result()  # waits; the finished future keeps the batch for the next step
-        self.sync_if_stale()
+        if self.ahead is not None:
+            self.ahead.wait()
+            self.sync_if_stale()
 
     def sampling(self, step: int, attempt: int) -> SamplingParams:
         """The rollout's sampling parameters; a sampling method may scale the logits per token."""
-        r, info = self.cfg.rollout, self.info(step)
-        scales = [m.step.sampling(m.cfg, self.state.methods[m.name], info) for m in self.methods if m.step.sampling]
+        r = self.cfg.rollout
         return SamplingParams(
             n=r.n, temperature=r.temperature, top_p=r.top_p, max_new_tokens=r.max_new_tokens,
             stop=tuple(r.stop), seed=self.cfg.trainer.seed * 1_000_003 + step * 101 + attempt,
-            logit_scale=next((s for s in scales if s is not None), None),
+            logit_scale=self.methods.logit_scale(step),
         )
-
-    def forward_extras(self) -> frozenset[str]:
-        """Per-token π_old extras the stateful methods need of this step's forward."""
-        out: set[str] = set()
-        for m in self.methods:
-            out |= m.step.forward_extras(m.cfg, self.state.methods[m.name])
-        return frozenset(out)
-
-    def samples(self, batch: StepBatch, step: int, is_eval: bool = False) -> list:
-        """One reward-function input per response (π_old statistics when the batch has them)."""
-        from entropo.rewards.api import Sample, TrainerState
-
-        state = TrainerState(global_step=step, max_steps=self.cfg.trainer.total_steps, is_eval=is_eval)
-        rendered: dict[int, str] = {}  # a group's n responses share one row: template it once
-        out = []
-        for i, (text, ids, m, row, g) in enumerate(zip(
-            batch.response_text, batch.response_ids, batch.mask, batch.rows, batch.group_ids
-        )):
-            valid = m.bool()
-            if id(row) not in rendered:
-                rendered[id(row)] = render_prompt(row, self.tokenizer)
-            out.append(Sample(
-                prompt=rendered[id(row)],
-                response=text, response_ids=ids[valid].tolist(), ground_truth=row.ground_truth,
-                data_source=row.data_source, extra_info=row.extra_info, group=int(g),
-                entropy=None if batch.entropy is None else batch.entropy[i][valid],
-                old_logp=None if batch.old_logp is None else batch.old_logp[i][valid],
-                messages=None if isinstance(row.prompt, str) else row.prompt, columns=row.columns,
-                trainer_state=state,
-            ))
-        return out
-
-    def correctness(self, batch: StepBatch) -> tuple[torch.Tensor, float]:
-        """Plain correctness ``[N]`` for evaluation (``reward.correct_threshold``) and the share of
-        reward calls that fell back; stops the run like a training step when a reward function
-        fails on most samples."""
-        res = self.rewards.score(self.samples(batch, self.state.step, is_eval=True))
-        check_failures(res, self.cfg.reward.max_error_frac, "the evaluation")
-        return res.correct, res.metrics["reward/error_frac"]
-
-    def score(self, batch: StepBatch, step: int) -> dict[str, float]:
-        res = self.rewards.score(self.samples(batch, step))
-        check_failures(res, self.cfg.reward.max_error_frac, f"step {step}")
-        rewards, comps, correct, metrics = res.rewards, dict(res.components), res.correct, dict(res.metrics)
-        ov = self.cfg.algorithm.overlong
-        if ov.enable:
-            lengths = batch.response_lengths
-            r_len = overlong_penalty(lengths, self.cfg.rollout.max_new_tokens, ov)
-            comps["overlong"] = r_len
-            rewards = rewards + r_len
-            metrics.update({k: float(v) for k, v in overlong_metrics(
-                lengths, self.cfg.rollout.max_new_tokens, ov, batch.truncated).items()})
-        batch.rewards, batch.reward_components, batch.correct = rewards, comps, correct
-        clusters = res.cluster_ids
-        if clusters is None or bool((clusters < 0).any()):
-            clusters = answer_clusters(batch.group_ids, [answer_key(t) for t in batch.response_text])
-        batch.cluster_ids = clusters
-        return metrics
 
     def advantages(self, batch: StepBatch) -> tuple[StepBatch, dict[str, float]]:
         """The estimator (docs/algorithms.md §4), then at most one reshaper (§4.3), broadcast to tokens."""
@@ -367,71 +253,31 @@ class Controller:
         batch.advantages = broadcast_to_tokens(adv, batch.mask)
         return batch, {k: float(v) for k, v in metrics.items()}
 
-    # ---- stateful methods (entropo.algorithms.stateful) ------------------------------------
-    def info(self, step: int) -> stateful.StepInfo:
-        """The run's facts that stateful methods read, at ``step``."""
-        c = self.cfg
-        return stateful.StepInfo(step=step, prompts_per_step=c.trainer.prompts_per_step, n=c.rollout.n,
-                                 temperature=c.rollout.temperature, entropy_coef=c.algorithm.entropy_coef,
-                                 kl_estimator=c.algorithm.kl_estimator)
-
-    def shape(self, batch: StepBatch, step: int) -> dict[str, float]:
-        """Methods that change the step's rewards (and per-response KL scales) after scoring."""
-        metrics: dict[str, float] = {}
-        for m in self.methods:
-            if m.step.shape is not None:
-                self.state.methods[m.name], out = m.step.shape(m.cfg, self.state.methods[m.name], batch, self.info(step))
-                metrics.update(out)
-        return metrics
-
-    def inject(self, batch: StepBatch, step: int, t: Timer) -> tuple[StepBatch, dict[str, float]]:
-        """Methods that put rows of an extra generation into the batch after the advantages."""
-        metrics: dict[str, float] = {}
-        for m in self.methods:
-            if m.step.inject is not None:
-                with t(m.name):
-                    batch, out = m.step.inject(m.cfg, self.state.methods[m.name], batch, self.info(step),
-                                               partial(self._generate_extra, step))
-                metrics.update(out)
-        return batch, metrics
-
-    def _generate_extra(self, step: int, rows: list, temperature: float, seed: int) -> StepBatch:
+    def generate_extra(self, step: int, rows: list, temperature: float, seed: int) -> StepBatch:
         """A stateful method's extra generation: rollout at ``temperature``, π_old pass (at the
         rollout temperature) and rewards."""
         params = dataclasses.replace(self.sampling(step, attempt=0), temperature=temperature, seed=seed)
         extra = self.cluster.rollout(rows, params, self.tokenizer)
         self.cluster.forward(extra)
-        self.score(extra, step)
+        self.scorer.score(extra, step)
         return extra
 
     def step_context(self, batch: StepBatch, step: int) -> StepContext:
-        """Step-level inputs of the objective: the step's π_old entropy and the values of the
-        stateful methods' context hooks (which update their state from this batch)."""
+        """Step-level inputs of the objective: the step's π_old entropy and the stateful
+        methods' values (their ``context`` hooks update their state from this batch)."""
         # None when π_old comes from the update itself (fused): then no method reads it
         h = None if batch.entropy is None else float((batch.entropy * batch.mask).sum() / batch.mask.sum().clamp(min=1))
-        values: dict[str, Any] = {}
-        for m in self.methods:
-            if m.step.context is not None:
-                self.state.methods[m.name], out = m.step.context(m.cfg, self.state.methods[m.name], batch,
-                                                                 self.info(step))
-                values.update(out)
-        return StepContext(step=step, step_entropy=h, values=values)
+        return StepContext(step=step, step_entropy=h, values=self.methods.context(batch, step))
 
     def observe(self, metrics: dict[str, float], step: int) -> dict[str, float]:
-        """Running state after the update: the ΔH-vs-Cov fit, then each stateful method's."""
+        """Running state after the update: the ΔH-vs-Cov fit, then the stateful methods'."""
         h = self.state.history
         h["cov"].append(metrics.get("cov/mean", float("nan")))
         h["entropy"].append(metrics["entropy/mean"])
         for key in h:  # the fit reads the last FIT_WINDOW steps; older ones are never used
             del h[key][:-diagnostics.FIT_WINDOW - 1]
         fit = diagnostics.fit_entropy_change(h["cov"], h["entropy"], window=diagnostics.FIT_WINDOW)
-        out = {k: float(v) for k, v in fit.items()}
-        for m in self.methods:
-            if m.step.observe is not None:
-                self.state.methods[m.name], more = m.step.observe(m.cfg, self.state.methods[m.name], metrics,
-                                                                  self.info(step))
-                out.update(more)
-        return out
+        return {**{k: float(v) for k, v in fit.items()}, **self.methods.observe(metrics, step)}
 
     def minibatches(self, batch: StepBatch) -> list[list[LearnerShard]]:
         """Mini-batches of whole groups, each split evenly across learner ranks: ``[mb][rank]``."""
@@ -456,9 +302,10 @@ class Controller:
         if self.tokenizer is not None:
             self.tokenizer.save_pretrained(tmp / "hf")
         # a generation in flight (async mode) is not saved: a resumed run draws its prompts again
-        sampler = self._ahead_sampler_state if self._ahead is not None else self.sampler.state_dict()
-        state = {**dataclasses.asdict(self.state), "methods": stateful.state_dicts(self.state.methods)}
-        save_controller(tmp, {"state": state, "sampler": sampler})
+        pending = self.ahead is not None and self.ahead.pending
+        sampler = self.ahead.sampler_state if pending else self.sampler.state_dict()
+        save_controller(tmp, {"state": dataclasses.asdict(self.state), "methods": self.methods.state_dict(),
+                              "sampler": sampler})
         return self.checkpoints.commit(tmp, self.state.step, self.cfg.trainer.keep_checkpoints)
 
     def restore(self, path: Path) -> None:
@@ -470,9 +317,9 @@ class Controller:
         if unknown:
             raise CheckpointError(f"{path / 'controller.pt'}: controller state with fields this version of entropo "
                                   f"does not keep ({', '.join(unknown)}); resume it with the version that wrote it")
-        state["methods"] = stateful.from_state_dicts(self.methods, state.get("methods", {}), self.info(0))
         self.cluster.load(path)
         self.state = ControllerState(**state)
+        self.methods.load_state_dict(saved.get("methods", {}))
         self.sampler.load_state_dict(saved["sampler"])
         self.cluster.sync_weights(self.state.step)
 
@@ -496,7 +343,8 @@ class Controller:
         from entropo.trainer.evaluation import evaluate
 
         t0 = time.perf_counter()
-        metrics = evaluate(self.cfg, self.cluster, self.eval_rows, self.tokenizer, self.correctness)
+        metrics = evaluate(self.cfg, self.cluster, self.eval_rows, self.tokenizer,
+                           partial(self.scorer.correctness, step=self.state.step))
         metrics["timing/eval"] = time.perf_counter() - t0
         return metrics
 
@@ -534,20 +382,6 @@ class Controller:
                 self.checkpoint()
         self.settle()
         return last
-
-
-def answer_clusters(group_ids: torch.Tensor, answers: list[str]) -> torch.Tensor:
-    """``[N]`` cluster id of each response's final answer within its group (exact match;
-    ids numbered by first appearance), for SEED-GRPO's semantic entropy."""
-    seen: dict[tuple[int, str], int] = {}
-    per_group: dict[int, int] = {}
-    out = []
-    for g, a in zip(group_ids.tolist(), answers):
-        if (g, a) not in seen:
-            seen[(g, a)] = per_group.get(g, 0)
-            per_group[g] = seen[(g, a)] + 1
-        out.append(seen[(g, a)])
-    return torch.tensor(out, dtype=torch.long)
 
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -20,8 +20,9 @@ def train(cfg: TrainConfig) -> dict:
     from entropo.telemetry.sinks import make_sinks
     from entropo.trainer.checkpoint import CheckpointError, Checkpoints
     from entropo.trainer.cluster import Cluster, connect
-    from entropo.trainer.controller import Controller, NonFiniteUpdateError
+    from entropo.trainer.controller import Controller
     from entropo.trainer.decode import NonFiniteLogitsError
+    from entropo.trainer.errors import NonFiniteUpdateError
 
     started = time.time()
     marks = [("start", time.perf_counter())]

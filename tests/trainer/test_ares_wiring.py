@@ -40,10 +40,10 @@ def test_ares_stage_adds_the_term_and_sets_beta_per_row():
     ctl, _ = _controller()
     batch, _ = ctl.collect(1, Timer())
     before = batch.rewards.clone()
-    metrics = ctl.shape(batch, 1)
+    metrics = ctl.methods.shape(batch, 1)
     term = batch.reward_components["ares"]
     torch.testing.assert_close(batch.rewards, before + term)
-    state = ctl.state.methods["ares"]
+    state = ctl.methods.states["ares"]
     assert isinstance(state, AresState)
     assert state.kl_updates == 1 and state.threshold == pytest.approx(0.1)
     # prompts by index mod 3: all correct (easy), all wrong (hard), mixed 1 of 2 (medium)
@@ -63,10 +63,10 @@ def test_ares_stage_adds_the_term_and_sets_beta_per_row():
 
 def test_topk_entropy_is_requested_and_fusing_is_off():
     ctl, cfg = _controller("algorithm.ares.entropy=topk", "algorithm.ares.adaptive_kl=false", "algorithm.kl_coef=0")
-    assert ctl.forward_extras() == frozenset({"topk_entropy"})
+    assert ctl.methods.forward_extras() == frozenset({"topk_entropy"})
     assert not old_pass_fused(cfg, rewards_read_policy=False)  # the term reads π_old's entropies before the update
     batch, _ = ctl.collect(1, Timer())
-    metrics = ctl.shape(batch, 1)
+    metrics = ctl.methods.shape(batch, 1)
     assert batch.kl_scale is None and "ares/kl_easy" not in metrics
     assert metrics["ares/threshold"] == pytest.approx(0.3)  # the top-k entropies were read
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+from functools import partial
 
 import pytest
 import torch
@@ -131,7 +132,7 @@ def test_adaptive_entropy_bonus_only_below_target():
     assert ctl.step_context(batch, 1).entropy_coef == 0.0
     out = ctl.observe({"entropy/mean": 0.1}, 1)
     assert out["actor/entropy_bonus_active"] == 0.0 and out["actor/entropy_coef"] == 0.01
-    assert ctl.state.methods["adaptive_entropy"].coef == pytest.approx(0.01 - 0.005)  # decreased by δ
+    assert ctl.methods.states["adaptive_entropy"].coef == pytest.approx(0.01 - 0.005)  # decreased by δ
     batch.entropy.fill_(0.01)
     assert ctl.step_context(batch, 2).entropy_coef == pytest.approx(0.005)
 
@@ -142,7 +143,7 @@ def test_aepo_injects_positive_high_temperature_samples_into_the_first_rows():
     ctl.sampler = ListSampler([r for r in ROWS if r.index % 3 == 2], 8)  # only mixed prompts
     batch, _ = ctl.collect(1, Timer())
     batch, _ = ctl.advantages(batch)
-    mixed, metrics = ctl.inject(batch, 1, Timer())
+    mixed, metrics = ctl.methods.inject(batch, 1, partial(ctl.generate_extra, 1), Timer())
     assert metrics["aepo/temperature"] == 1.2
     # 2 re-generated prompts x 2 samples, one correct per group -> 2 positives, n_s = min(60, 2) = 2
     assert metrics["aepo/n_injected"] == 2.0
@@ -161,7 +162,7 @@ def test_step_context_carries_siren_anchor_and_epo_reference():
     # ">" the 0.8-quantile of equal values selects nothing, so every sequence contributes 0
     assert ctx.values["siren_anchor"] == pytest.approx(0.0)
     assert ctx.step_entropy == pytest.approx(0.1)
-    assert ctl.forward_extras() == frozenset()  # measured once: no more top-p entropies
+    assert ctl.methods.forward_extras() == frozenset()  # measured once: no more top-p entropies
     ctl2, _ = _controller("algorithm.regularizer=[epo]")
     batch, _ = ctl2.collect(1, Timer())
     assert ctl2.step_context(batch, 1).values["epo_reference"] == pytest.approx(0.1)
@@ -304,8 +305,8 @@ def test_async_fused_scores_the_next_batch_in_the_background(fused):
     ctl, _ = _controller("trainer.async_rollout=true", "trainer.total_steps=3",
                          f"learner.fuse_old_forward={str(fused).lower()}")
     threads = []
-    score = ctl.score
-    ctl.score = lambda batch, step: threads.append(threading.current_thread().name) or score(batch, step)
+    score = ctl.scorer.score
+    ctl.scorer.score = lambda batch, step: threads.append(threading.current_thread().name) or score(batch, step)
     steps = [ctl.train_step() for _ in range(3)]
     if fused:
         assert threads[0] == "MainThread" and all(n.startswith("rollout-ahead") for n in threads[1:])
@@ -324,8 +325,8 @@ def test_async_fused_scores_the_next_batch_in_the_background(fused):
 def test_async_checkpoint_keeps_the_pending_draw():
     ctl, _ = _controller("trainer.async_rollout=true", "trainer.total_steps=5")
     ctl.train_step()
-    assert ctl._ahead is not None and ctl.sampler.pos == 8
-    assert ctl._ahead_sampler_state == {"pos": 4}  # what a checkpoint stores: step 2 is drawn again
+    assert ctl.ahead.pending and ctl.sampler.pos == 8
+    assert ctl.ahead.sampler_state == {"pos": 4}  # what a checkpoint stores: step 2 is drawn again
 
 
 def test_fit_evaluates_every_evaluation_every_steps_whatever_samples_every(tmp_path):
@@ -391,7 +392,7 @@ def test_reward_functions_see_the_rendered_prompt_the_messages_and_the_progress(
     ({"actor/nonfinite_param_ranks": 1.0}, "NaN/inf weights on 1 learner rank(s)"),
 ])
 def test_a_non_finite_update_stops_before_the_weights_are_synced(bad, named):
-    from entropo.trainer.controller import NonFiniteUpdateError
+    from entropo.trainer.errors import NonFiniteUpdateError
 
     ctl, cfg = _controller()
     update = ctl.cluster.update
