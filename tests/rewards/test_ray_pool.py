@@ -40,9 +40,14 @@ def test_faults_are_contained(manager):
     assert again.rewards.tolist() == [2.0, 1.0] and again.metrics["reward/errors"] == 0
 
 
-def test_a_leaking_reward_gets_its_worker_recycled(manager):
+def test_a_leaking_reward_gets_its_worker_recycled(ray_session):
+    # its own pool, with a time limit that a 200 MiB allocation meets on a loaded machine (the
+    # module's 1 s limit is for the hang test)
+    cfg = reward_cfg([FLAKY], mode="ray", workers=2, timeout_s=30.0, fallback_score=-1.0, worker_cpus=0.5,
+                     worker_memory_growth_mb=150)
     samples = [sample("leak", "x", extra_info={"leak_mb": 200}) for _ in range(3)] + [sample("ok", "ok")]
-    res = manager.score(samples)
+    with RewardManager(cfg) as rm:
+        res = rm.score(samples)
     assert res.components["flaky"].tolist() == [1.0] * 4
     assert res.metrics["reward/errors"] == 0
     assert res.metrics["reward/workers_recycled"] == 3  # each leaking call pushed its worker past 150 MiB
