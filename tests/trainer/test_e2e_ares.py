@@ -81,9 +81,9 @@ def test_ares_recipe_trains_and_resumes(ray_session, tiny_model_dir, tmp_path):
 
     # the step-1 checkpoint holds the state after step 1; resuming from it gives step 2 again
     saved = tmp_path / "full" / "checkpoints" / "step_000001"
-    state = torch.load(saved / "controller.pt", weights_only=False)["state"]["ares"]
-    assert state["beta"] == [rows[1][f"ares/beta_{b}"] for b in BUCKETS]
-    assert state["alpha"] == [rows[1][f"ares/alpha_{b}"] for b in BUCKETS]
+    state = torch.load(saved / "controller.pt", weights_only=False)["methods"]["ares"]
+    assert list(state["beta"]) == [rows[1][f"ares/beta_{b}"] for b in BUCKETS]
+    assert list(state["alpha"]) == [rows[1][f"ares/alpha_{b}"] for b in BUCKETS]
     assert state["threshold"] == rows[1]["ares/threshold_batch"]
     _, again = _run(tiny_model_dir, tmp_path / "resumed", f"trainer.resume={saved}")
     assert sorted(again) == [2]
