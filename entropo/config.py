@@ -428,6 +428,14 @@ class TrainerConfig:
     """Ray cluster to attach to (HOST:6379, auto, ray://...); '' uses RAY_ADDRESS, else starts a
     local Ray instance."""
 
+    ray_localhost_only: bool = True
+    """A local Ray instance (no ``ray_address``) listens on 127.0.0.1 only: no other machine
+    can reach its ports (GCS, raylet, agents, workers). false: Ray's default, the node's
+    outward IP, with every Ray port listening on all interfaces (reachable from the network,
+    guarded by Ray's token authentication alone); needed only to join other nodes to this
+    instance. Ignored when attaching to a cluster."""
+
+
     nodes: int = 1
     """Ray nodes (head included) the run expects; it refuses to start on fewer."""
 

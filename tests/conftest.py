@@ -23,12 +23,14 @@ def tiny_model_dir(tmp_path_factory) -> str:
 
 def start_local_ray():
     """The session's local Ray instance (also restarted by modules that replace it for a while,
-    e.g. tests/trainer/test_multinode.py's simulated cluster)."""
+    e.g. tests/trainer/test_multinode.py's simulated cluster), started as a run starts its own:
+    on 127.0.0.1, with token authentication (entropo.trainer.cluster.start_local)."""
     import ray
 
+    from entropo.trainer.cluster import start_local
+
     os.environ.pop("RAY_ADDRESS", None)
-    # address="local": never attach to the last cluster recorded in /tmp/ray by another process
-    ray.init(address="local", num_cpus=8, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    start_local(num_cpus=8, log_to_driver=False)
     return ray
 
 

@@ -65,7 +65,7 @@ class WorkerLostError(RuntimeError):
 
 def connect(cfg: TrainConfig) -> None:
     """Attach to ``trainer.ray_address`` (else ``RAY_ADDRESS``) when set; otherwise start a
-    local Ray sized for the actors. A no-op when Ray is already initialised."""
+    local Ray sized for the actors (:func:`start_local`). A no-op when Ray is already initialised."""
     if ray.is_initialized():
         return
     address = cfg.trainer.ray_address or os.environ.get("RAY_ADDRESS", "")
@@ -76,15 +76,48 @@ def connect(cfg: TrainConfig) -> None:
     need = cfg.learner.ranks * p.learner_cpus + cfg.rollout.workers * p.rollout_cpus  # colocated or not
     if cfg.reward.mode == "ray":
         need += cfg.reward.workers * cfg.reward.worker_cpus
-    # address="local": a new instance, never the last cluster recorded in /tmp/ray
-    # (ray.init() with no address would attach to it)
+    start_local(max(math.ceil(need) + 1, os.cpu_count() or 1), log_to_driver=True,
+                localhost_only=cfg.trainer.ray_localhost_only)
+
+
+LOOPBACK = "127.0.0.1"
+
+
+def start_local(num_cpus: int, log_to_driver: bool, localhost_only: bool = True) -> None:
+    """Start a new local Ray instance (``address="local"``: never the last cluster recorded in
+    /tmp/ray, which ``ray.init()`` with no address would attach to), without the dashboard,
+    with Ray's token authentication (on by default in Ray 2.60; this never turns it off).
+
+    ``localhost_only``: the node's IP is 127.0.0.1, and every port of the instance listens
+    on 127.0.0.1 only: the GCS, the raylet, the dashboard and runtime-env agents, the gRPC
+    server of the driver and of every worker (tests/trainer/test_ray_security.py measures it).
+    How, in Ray 2.60 (measured): its servers listen on 127.0.0.1 when the node IP is exactly
+    127.0.0.1, else on all interfaces (0.0.0.0 / ::), whatever the IP; ``ray.init`` turns a
+    ``_node_ip_address`` of 127.0.0.1 into the machine's outward IP
+    (``services.resolve_ip_for_localhost``), and picks 127.0.0.1 itself only where
+    ``ray_constants.ENABLE_RAY_CLUSTER`` is false (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``,
+    read once, when ``ray`` is imported). That flag is therefore false while ``ray.init`` runs
+    here, and only then: attaching to a cluster later in the same process needs the real IP.
+    Raises :class:`RunError` if the node IP is not 127.0.0.1 all the same (another Ray version).
+    """
+    import ray._private.ray_constants as ray_constants
+
     auth_log = logging.getLogger(RAY_AUTH_LOGGER)
     auth_log.addFilter(_drop_token_auth_notice)
+    cluster_ip = ray_constants.ENABLE_RAY_CLUSTER
+    if localhost_only:
+        ray_constants.ENABLE_RAY_CLUSTER = False
     try:
-        ray.init(address="local", num_cpus=max(math.ceil(need) + 1, os.cpu_count() or 1),
-                 include_dashboard=False, log_to_driver=True, configure_logging=False)
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=log_to_driver,
+                 configure_logging=False)
     finally:
+        ray_constants.ENABLE_RAY_CLUSTER = cluster_ip
         auth_log.removeFilter(_drop_token_auth_notice)
+    ip = ray.util.get_node_ip_address()
+    if localhost_only and ip != LOOPBACK:
+        ray.shutdown()
+        raise RunError(f"the local Ray instance took node IP {ip}, not {LOOPBACK}, so its ports would listen on "
+                       f"all interfaces (ray {ray.__version__}); set trainer.ray_localhost_only=false to accept that")
 
 
 RAY_AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
@@ -92,7 +125,7 @@ RAY_TOKEN_AUTH_NOTICE = "Token authentication is enabled for this Ray cluster"
 
 
 def _drop_token_auth_notice(record: logging.LogRecord) -> bool:
-    """Filter of :data:`RAY_AUTH_LOGGER` while :func:`connect` starts a local Ray: drops Ray's
+    """Filter of :data:`RAY_AUTH_LOGGER` while :func:`start_local` starts a local Ray: drops Ray's
     notice "Token authentication is enabled for this Ray cluster. Set RAY_AUTH_MODE=disabled to
     opt out" (ray 2.60, ``authentication_token_setup._warn_token_auth_enabled``), logged at every
     start of a local cluster when ``RAY_AUTH_MODE`` is unset, and keeps every other record.

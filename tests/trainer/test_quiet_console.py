@@ -60,13 +60,19 @@ def test_connect_filters_only_around_its_local_ray_init(monkeypatch):
     ray = pytest.importorskip("ray")
     cfg = load_config(overrides=["learner.ranks=1", "rollout.workers=1"])
     auth_log = logging.getLogger(RAY_AUTH_LOGGER)
-    seen: list[tuple[dict, bool]] = []
+    import ray._private.ray_constants as ray_constants
+
+    seen: list[tuple[dict, bool, bool]] = []
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
-    monkeypatch.setattr(ray, "init", lambda **kw: seen.append((kw, cluster._drop_token_auth_notice in auth_log.filters)))
+    monkeypatch.setattr(ray, "init", lambda **kw: seen.append(
+        (kw, cluster._drop_token_auth_notice in auth_log.filters, ray_constants.ENABLE_RAY_CLUSTER)))
+    monkeypatch.setattr(ray.util, "get_node_ip_address", lambda: cluster.LOOPBACK)
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     cluster.connect(cfg)
     assert seen[0][0]["address"] == "local" and seen[0][1]  # filtered while the local Ray starts
     assert cluster._drop_token_auth_notice not in auth_log.filters  # and only then
+    # the node IP is 127.0.0.1 while the local Ray starts (start_local), and Ray's flag is back after
+    assert seen[0][2] is False and ray_constants.ENABLE_RAY_CLUSTER is True
     monkeypatch.setenv("RAY_ADDRESS", "ray://elsewhere:10001")
     cluster.connect(cfg)
     assert seen[1][0]["address"] == "ray://elsewhere:10001" and not seen[1][1]  # attaching: Ray's notices stay
