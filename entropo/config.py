@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,7 +69,11 @@ from entropo.rewards.spurious import RandomRewardConfig
 from entropo.rewards.think_format import FormatConfig
 
 LIST_KEYS = ("algorithm.token_mask", "algorithm.token_weight", "algorithm.regularizer", "algorithm.sampling",
-             "reward.fns", "logger.backends", "rollout.stop", "evaluation.k")
+             "reward.fns", "reward.pass_env", "logger.backends", "rollout.stop", "evaluation.k")
+
+
+ENV_PATTERN = re.compile(r"[A-Za-z_*?\[\]][A-Za-z0-9_*?\[\]!]*")
+"""An entry of ``reward.pass_env``: a variable name or an fnmatch pattern of one."""
 
 
 class ConfigError(ValueError):
@@ -203,9 +208,24 @@ class RewardConfig:
     more than this fraction of a step's or an evaluation's samples; 1.0 never stops."""
 
     mode: str = "ray"
-    """Where rewards run: ray (worker processes, killed and replaced when they hang) or local
-    (threads in the controller; a hung call is abandoned, not killed, and functions that need
+    """Where rewards run: ray (worker processes, killed and replaced when they hang, with the
+    environment of ``reward.pass_env``) or local (threads in the controller, with its whole
+    environment, secrets included; a hung call is abandoned, not killed, and functions that need
     the main thread fail, e.g. math-verify's ``parse`` with its default signal-based timeout)."""
+
+    pass_env: list[str] = field(default_factory=list)
+    """Environment variables that reward functions see in ray mode, beyond the base set:
+    names or fnmatch patterns (``[OPENAI_API_KEY]``, ``[AWS_*]``). The base set
+    (``entropo.worker_env.BASE_ENV``: PATH, HOME, USER, LOGNAME, LANG, LANGUAGE, LC_*, TZ, TMPDIR,
+    PYTHONPATH, VIRTUAL_ENV, CONDA_PREFIX, LD_LIBRARY_PATH, SSL_CERT_FILE, SSL_CERT_DIR,
+    XDG_CACHE_HOME, the hub cache and offline variables, thread counts) and Ray's own RAY_*
+    always pass; no other variable of the trainer's (WANDB_API_KEY, HF_TOKEN, AWS_*, ...) is
+    in a reward worker's environment. Not a wall against hostile code: a process of the same
+    user can read ``/proc/<pid>/environ`` of the trainer and of the raylet, files such as
+    ``~/.netrc``, and the Ray token, with which it can start Ray workers of the trainer's
+    environment; the driver imports each reward module once to check it (module-level code
+    sees everything); local mode passes everything. Model-written code runs in the code
+    sandbox, whose environment is PATH and LANG only."""
 
     workers: int = 2
     """Reward workers (processes in ray mode, threads in local mode)."""
@@ -434,7 +454,6 @@ class TrainerConfig:
     outward IP, with every Ray port listening on all interfaces (reachable from the network,
     guarded by Ray's token authentication alone); needed only to join other nodes to this
     instance. Ignored when attaching to a cluster."""
-
 
     nodes: int = 1
     """Ray nodes (head included) the run expects; it refuses to start on fewer."""
@@ -762,6 +781,10 @@ def _check_sections(cfg: TrainConfig) -> None:
     _check_choice("reward.mode", cfg.reward.mode, ("ray", "local"))
     if cfg.reward.workers < 1 or cfg.reward.timeout_s <= 0:
         raise ConfigError("reward.workers must be >= 1 and reward.timeout_s > 0")
+    for name in cfg.reward.pass_env:
+        if not ENV_PATTERN.fullmatch(name):
+            raise ConfigError(f"reward.pass_env: '{name}' is not a variable name or fnmatch pattern "
+                              "(letters, digits, _, and * ? [ ])")
     if not 0 <= cfg.reward.max_error_frac <= 1:
         raise ConfigError(f"reward.max_error_frac: must be in [0, 1], got {cfg.reward.max_error_frac}")
     if not math.isfinite(cfg.reward.correct_threshold):

@@ -5,13 +5,16 @@ Two backends with the same contract (each *slot* runs one job at a time):
 - :class:`RayBackend`: ``workers`` Ray actors (separate processes). A job past its deadline
   gets its actor killed (``ray.kill``) and a fresh one started; so does a worker that died
   (segfault, OOM kill) and, after its job, a worker whose memory grew past
-  ``worker_memory_growth_mb`` since it started (a leaking reward).
+  ``worker_memory_growth_mb`` since it started (a leaking reward). A worker starts with an
+  allow-listed environment (:mod:`entropo.worker_env`: its base set, ``reward.pass_env``,
+  Ray's ``RAY_*``), not the trainer's: the reward functions see no API key by accident.
 - :class:`LocalBackend`: ``workers`` daemon threads in this process, for unit tests and tiny
   runs. A Python thread cannot be killed: a job past its deadline is *abandoned* (its thread
   keeps running in the background, and a new thread takes the slot), leaked memory is never
-  returned, and a call stuck in C code that holds the GIL stalls the controller as well. The
-  results and counts are the same as with Ray; the isolation is not: use ``ray`` for
-  untrusted or heavy rewards.
+  returned, a call stuck in C code that holds the GIL stalls the controller as well, and the
+  functions see the trainer's whole environment (a thread shares its process's; this mode
+  does not pretend otherwise). The results and counts are the same as with Ray; the isolation
+  is not: use ``ray`` for untrusted or heavy rewards.
 
 The scheduling loop (:func:`execute`) gives every job ``timeout_s + DEADLINE_SLACK_S``. A job
 of several samples (or groups) that times out, or whose worker dies, is re-run one sample
@@ -31,6 +34,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import os
 import queue
+import shlex
 import sys
 import threading
 import time
@@ -38,6 +42,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from entropo import worker_env
 from entropo.rewards.evaluator import EXCEPTION, TIMEOUT, Evaluator, Job, JobOutput, Outcome
 
 DEADLINE_SLACK_S = 0.5
@@ -264,7 +269,7 @@ class RayBackend:
     reward that fails to load in a worker fails at start-up, not mid-run."""
 
     def __init__(self, specs, options, ctx, timeout_s: float, workers: int, num_cpus: float,
-                 memory_growth_mb: float | None) -> None:
+                 memory_growth_mb: float | None, pass_env: tuple[str, ...] = ()) -> None:
         import ray
 
         if not ray.is_initialized():
@@ -272,7 +277,11 @@ class RayBackend:
                                "RewardManager is created; or use reward.mode=local")
         self.ray = ray
         self.args = (specs, options, ctx, timeout_s, memory_growth_mb, [os.getcwd(), *sys.path[:1]])
-        self.cls = ray.remote(num_cpus=num_cpus, max_restarts=0, max_concurrency=1)(RewardWorker)
+        # py_executable: Ray starts each worker through entropo.worker_env, which execs the
+        # worker with the allowed variables only (runtime_env env_vars can add, not remove)
+        start = shlex.join(worker_env.command([*worker_env.BASE_ENV, *pass_env]))
+        self.cls = ray.remote(num_cpus=num_cpus, max_restarts=0, max_concurrency=1,
+                              runtime_env={"py_executable": start})(RewardWorker)
         self.num_cpus = num_cpus
         self.actors: list[Any] = [None] * workers
         self.starting: dict[Any, int] = {}  # ready() ref -> slot

@@ -4,7 +4,7 @@ its token (issue 17, item 9).
 The module starts the instance as ``entropo train`` does (:func:`entropo.trainer.cluster.connect`
 with the default config: no ``trainer.ray_address``), then the kinds of Ray worker a run
 starts: an actor with a ``runtime_env`` (as learner ranks and rollout workers are started), a
-reward worker, a plain task. It reads the listening TCP
+reward worker (started through ``entropo.worker_env``), a plain task. It reads the listening TCP
 sockets of every process the instance added (psutil, which reads /proc/net/tcp{,6}). The
 session's instance (``ray_session``) is shut down first and started again afterwards.
 """
