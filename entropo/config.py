@@ -450,10 +450,12 @@ class TrainerConfig:
 
     ray_localhost_only: bool = True
     """A local Ray instance (no ``ray_address``) listens on 127.0.0.1 only: no other machine
-    can reach its ports (GCS, raylet, agents, workers). false: Ray's default, the node's
-    outward IP, with every Ray port listening on all interfaces (reachable from the network,
-    guarded by Ray's token authentication alone); needed only to join other nodes to this
-    instance. Ignored when attaching to a cluster."""
+    can reach its ports (GCS, raylet, agents, workers) nor the run's (the torch.distributed
+    stores of the learner group and the weight sync, gloo; NCCL's and vLLM's sockets on GPUs
+    are not covered). false: Ray's default, the node's outward IP, with every Ray port
+    listening on all interfaces (reachable from the network, guarded by Ray's token
+    authentication alone); needed only to join other nodes to this instance. Ignored when
+    attaching to a cluster."""
 
     nodes: int = 1
     """Ray nodes (head included) the run expects; it refuses to start on fewer."""

@@ -199,10 +199,19 @@ PROGRESS_BAR_ENV = ("HF_HUB_DISABLE_PROGRESS_BARS", "HF_DATASETS_DISABLE_PROGRES
 it), datasets', and tqdm's own (``TQDM_DISABLE``, read by every ``tqdm`` since tqdm 4.66)."""
 
 
-def actor_env(cfg: TrainConfig, slot: Slot, single_node: bool) -> dict[str, str]:
+LOOPBACK_INTERFACE = "lo"
+"""Linux's loopback interface, for ``GLOO_SOCKET_IFNAME``."""
+
+
+def actor_env(cfg: TrainConfig, slot: Slot, single_node: bool, loopback: bool = False) -> dict[str, str]:
     """Environment variables of an actor's process (``runtime_env``); a ``MALLOC_*`` variable
     set in the driver's environment wins over :data:`CPU_MALLOC_KEEP_BYTES`, and so does one of
-    :data:`PROGRESS_BAR_ENV` over its default 1 (bars off)."""
+    :data:`PROGRESS_BAR_ENV` over its default 1 (bars off), and ``GLOO_SOCKET_IFNAME``.
+
+    ``loopback``: the Ray node's IP is 127.0.0.1 (:func:`start_local`), so every actor is on
+    this machine; gloo's sockets (the learner group's and the weight sync's) then listen on
+    :data:`LOOPBACK_INTERFACE`, where gloo would otherwise take the address the host name
+    resolves to, often one reachable from the network."""
     env = {
         "DS_ACCELERATOR": "cuda" if slot.gpus > 0 else "cpu",
         "TOKENIZERS_PARALLELISM": "false",
@@ -218,6 +227,8 @@ def actor_env(cfg: TrainConfig, slot: Slot, single_node: bool) -> dict[str, str]
     if slot.gpus == 0:
         for key in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_"):
             env[key] = os.environ.get(key, str(CPU_MALLOC_KEEP_BYTES))
+    if loopback:
+        env["GLOO_SOCKET_IFNAME"] = os.environ.get("GLOO_SOCKET_IFNAME", LOOPBACK_INTERFACE)
     return env
 
 
@@ -251,6 +262,7 @@ class Cluster:
         for note in check_capacity(self.plan, total, ray.available_resources(), nodes, self.placement.nodes):
             print(f"[cluster] {note}", flush=True)
         self._single_node = len(nodes) == 1
+        self._loopback = ray.util.get_node_ip_address() == LOOPBACK
         self.groups = create_placement_groups(self.plan, self.placement.timeout_s)
         try:
             self._start_actors()
@@ -280,7 +292,7 @@ class Cluster:
     def _actor(self, cls: type, slot: Slot, *args):
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-        env = actor_env(self.cfg, slot, self._single_node)
+        env = actor_env(self.cfg, slot, self._single_node, self._loopback)
         strategy = PlacementGroupSchedulingStrategy(self.groups[slot.group], placement_group_bundle_index=slot.bundle)
         return ray.remote(cls).options(num_cpus=slot.cpus, num_gpus=slot.gpus, runtime_env={"env_vars": env},
                                        scheduling_strategy=strategy).remote(*args)

@@ -59,6 +59,7 @@ class LearnerRank:
         self.strategy = None
         self.ref = None
         self.sync_group = None
+        self.rendezvous = None  # rank 0: the learner group's store server (strategy.init_distributed)
 
     # ---- set-up -------------------------------------------------------------------------
     def address(self) -> tuple[str, int]:
@@ -82,7 +83,7 @@ class LearnerRank:
         from entropo.trainer.dist_reduce import DistReducer
         from entropo.trainer.strategy import DeepSpeedStrategy, accelerator_is_gpu, init_distributed
 
-        init_distributed(self.rank, self.world, host, port)
+        self.rendezvous = init_distributed(self.rank, self.world, host, port)  # rank 0: the store's server
         self.reducer = DistReducer()
         dtype = self.cfg.model.dtype
         bf16 = dtype == "bfloat16" or (dtype == "auto" and accelerator_is_gpu())

@@ -27,15 +27,31 @@ def accelerator_is_gpu() -> bool:
     return torch.cuda.is_available()
 
 
-def init_distributed(rank: int, world: int, host: str, port: int) -> None:
-    """Rendezvous of the learner ranks through ``host:port`` (chosen by the controller)."""
+def init_distributed(rank: int, world: int, host: str, port: int) -> torch.distributed.TCPStore | None:
+    """Rendezvous of the learner ranks through ``host:port`` (chosen by the controller).
+
+    Rank 0 hosts the rendezvous store itself, listening on ``host`` only
+    (:func:`entropo.trainer.weight_sync.tcp_store`; the store of torch's ``env://``
+    rendezvous, which DeepSpeed uses, would listen on every interface), and every rank joins
+    it as a client, as torch's rendezvous does with a store hosted by an elastic agent
+    (``TORCHELASTIC_USE_AGENT_STORE``). DeepSpeed's own initialisation is unchanged.
+
+    Returns:
+        Rank 0: the store's server, to keep for the life of the process group; else None.
+    """
+    from entropo.trainer.weight_sync import tcp_store
+
     os.environ.update(
         MASTER_ADDR=host, MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-        LOCAL_RANK=str(rank if not accelerator_is_gpu() else 0),
+        LOCAL_RANK=str(rank if not accelerator_is_gpu() else 0), TORCHELASTIC_USE_AGENT_STORE="True",
     )
     if not accelerator_is_gpu():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
     import deepspeed
+    from deepspeed.constants import default_pg_timeout
+
+    # no wait for the members: they connect only when DeepSpeed's rendezvous runs, below
+    server = tcp_store(host, port, world, True, default_pg_timeout, wait_for_workers=False) if rank == 0 else None
 
     # DeepSpeed prints "DeepSpeed deepspeed.ops.comm.deepspeed_shm_comm_op built successfully"
     # (deepspeed/comm/torch.py, build_shm_op) on every start of every rank, a plain print no
@@ -46,6 +62,7 @@ def init_distributed(rank: int, world: int, host: str, port: int) -> None:
     kept = [line for line in out.getvalue().splitlines() if not is_shm_op_notice(line)]
     if kept:
         print("\n".join(kept), flush=True)
+    return server
 
 
 def is_shm_op_notice(line: str) -> bool:

@@ -18,6 +18,7 @@ collective of the learner group); only rank 0 broadcasts.
 from __future__ import annotations
 
 import contextlib
+import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -92,10 +93,26 @@ def full_shape(p: torch.Tensor) -> tuple[int, ...]:
     return tuple(getattr(p, "ds_shape", p.shape))
 
 
+def tcp_store(host: str, port: int, world: int, is_master: bool, timeout: timedelta,
+              wait_for_workers: bool = True) -> dist.TCPStore:
+    """A ``TCPStore`` whose server (``is_master``) listens on ``host:port`` only.
+
+    torch's own server listens on every interface (``::``, measured with torch 2.13) whatever
+    ``host`` is, and a store has no authentication: whoever reaches it can join or disturb the
+    group. ``host`` is the address the members connect to: the node's IP (127.0.0.1 on a local
+    Ray instance, so the store is unreachable from other machines).
+    """
+    if not is_master:
+        return dist.TCPStore(host, port, world, False, timeout)
+    server = socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET)
+    return dist.TCPStore(host, port, world, True, timeout, wait_for_workers=wait_for_workers,
+                         master_listen_fd=server.detach())
+
+
 def init_sync_group(host: str, port: int, rank: int, world: int, backend: str = "gloo",
                     timeout_s: float = 600.0) -> dist.ProcessGroup:
-    """Join the weight-sync group (rank 0 hosts the store)."""
-    store = dist.TCPStore(host, port, world, is_master=rank == 0, timeout=timedelta(seconds=timeout_s))
+    """Join the weight-sync group (rank 0 hosts the store, listening on ``host`` only)."""
+    store = tcp_store(host, port, world, rank == 0, timedelta(seconds=timeout_s))
     if backend == "gloo":
         return dist.ProcessGroupGloo(store, rank, world, timedelta(seconds=timeout_s))
     if backend == "nccl":

@@ -1,19 +1,19 @@
-"""The local Ray instance a run starts listens on 127.0.0.1 only and refuses callers without
-its token (issue 17, item 9).
+"""The local Ray instance a run starts, and the run's actors, listen on 127.0.0.1 only; the
+instance refuses callers without its token (issue 17, item 9).
 
 The module starts the instance as ``entropo train`` does (:func:`entropo.trainer.cluster.connect`
-with the default config: no ``trainer.ray_address``), then the kinds of Ray worker a run
-starts: an actor with a ``runtime_env`` (as learner ranks and rollout workers are started), a
-reward worker (started through ``entropo.worker_env``), a plain task. It reads the listening TCP
-sockets of every process the instance added (psutil, which reads /proc/net/tcp{,6}). The
-session's instance (``ray_session``) is shut down first and started again afterwards.
+with the default config: no ``trainer.ray_address``), then what a run starts on it: the
+:class:`~entropo.trainer.cluster.Cluster` (a learner rank with its DeepSpeed group, a rollout
+worker, the weight-sync group between them) and a reward worker (started through
+``entropo.worker_env``). It reads the listening TCP sockets of every process the instance
+added (psutil, which reads /proc/net/tcp{,6}). The session's instance (``ray_session``) is
+shut down first and started again afterwards.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import os
-import time
 
 import pytest
 
@@ -21,9 +21,11 @@ pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 
 psutil = pytest.importorskip("psutil")
 
-RAY_PROCESSES = ("gcs_server", "raylet", "ray::DashboardAgent", "ray::RuntimeEnvAgent")
-"""Processes of a local instance that listen (Ray 2.60, ``include_dashboard=False``; the
-dashboard head process is started but serves nothing). Each worker adds its own gRPC server."""
+RAY_PROCESSES = ("gcs_server", "raylet", "ray::DashboardAgent", "ray::RuntimeEnvAgent", "ray::LearnerRank",
+                 "ray::RolloutWorker", "ray::RewardWorker")
+"""Processes that listen (Ray 2.60, ``include_dashboard=False``; the dashboard head process is
+started but serves nothing). Each worker has Ray's gRPC server; learner rank 0 also hosts the
+stores of its DeepSpeed group and of the weight-sync group, and gloo listens in every member."""
 
 
 def listening(proc) -> set[tuple[str, int]]:
@@ -49,7 +51,7 @@ def label(proc) -> str:
 
 
 @pytest.fixture(scope="module")
-def run_instance(tmp_path_factory):
+def run_instance(tmp_path_factory, tiny_model_dir):
     ray = pytest.importorskip("ray")
     from entropo.config import load_config
     from entropo.trainer.cluster import connect
@@ -61,7 +63,8 @@ def run_instance(tmp_path_factory):
     me = psutil.Process()
     before = {p.pid for p in me.children(recursive=True)}
     own_before = listening(me)
-    cfg = load_config(overrides=["reward.workers=1", f"trainer.output_dir={tmp_path_factory.mktemp('run')}"])
+    cfg = load_config(overrides=[f"model.path={tiny_model_dir}", f"trainer.output_dir={tmp_path_factory.mktemp('run')}",
+                                 "learner.ranks=1", "rollout.workers=1", "reward.workers=1"])
     connect(cfg)
     try:
         yield ray, cfg, before, own_before
@@ -71,49 +74,34 @@ def run_instance(tmp_path_factory):
             start_local_ray()
 
 
-def start_run_workers(ray, cfg) -> list:
-    """One of each kind of Ray worker a run starts, up and answering."""
+def test_every_port_of_the_instance_and_the_run_listens_on_loopback(run_instance):
+    """Every listening socket of the local Ray instance and of a run's actors (GCS, raylet, agents, driver, learner, rollout and reward workers, the stores and gloo) is on 127.0.0.1."""
     from entropo.rewards import RewardManager
-    from entropo.trainer.cluster import actor_env
-    from entropo.trainer.placement import Slot
+    from entropo.trainer.cluster import Cluster
 
-    @ray.remote
-    class Actor:
-        def pid(self) -> int:
-            return os.getpid()
-
-    @ray.remote
-    def task() -> int:
-        return os.getpid()
-
-    actor = Actor.options(num_cpus=0.5, runtime_env={"env_vars": actor_env(cfg, Slot(0, 0, 0.5, 0.0), True)}).remote()
-    rewards = RewardManager(cfg.reward)
-    rewards.ready()
-    ray.get([actor.pid.remote(), task.remote()])
-    return [actor, rewards]
-
-
-def test_every_port_of_the_local_instance_listens_on_loopback(run_instance):
-    """Every listening socket of the local Ray instance (GCS, raylet, agents, driver, workers) is on 127.0.0.1."""
     ray, cfg, before, own_before = run_instance
     assert ray.util.get_node_ip_address() == "127.0.0.1"
-    keep = start_run_workers(ray, cfg)
-    time.sleep(1.0)  # a worker's gRPC server is up once it answered; the agents' are up since init
-    me = psutil.Process()
-    found: dict[str, set] = {"driver": listening(me) - own_before}
-    for p in me.children(recursive=True):
-        if p.pid not in before:
-            found[f"{p.pid} {label(p)}"] = listening(p)
+    cluster = Cluster(cfg)  # the learner's DeepSpeed group and the weight-sync group are up when it returns
+    rewards = RewardManager(cfg.reward)
+    try:
+        rewards.ready()
+        me = psutil.Process()
+        found: dict[str, set] = {"driver": listening(me) - own_before}
+        for p in me.children(recursive=True):
+            if p.pid not in before:
+                found[f"{p.pid} {label(p)}"] = listening(p)
+    finally:
+        rewards.close()
+        cluster.shutdown()
     table = "\n".join(f"{who}: {sorted(socks)}" for who, socks in found.items())
     exposed = {who: [s for s in socks if not is_loopback(s[0])] for who, socks in found.items()}
     assert not any(exposed.values()), f"listening beyond loopback:\n{table}"
     names = " ".join(who for who, socks in found.items() if socks)
     for name in RAY_PROCESSES:
-        assert name in names, f"{name} not found listening (did Ray's process names change?):\n{table}"
+        assert name in names, f"{name} not found listening (did a process name change?):\n{table}"
     assert found["driver"], table  # the driver's own gRPC server
-    workers = [who for who, socks in found.items() if socks and ("ray::" in who and "Agent" not in who)]
-    assert len(workers) >= 3, table  # actor, reward worker, task worker
-    keep[1].close()
+    learner = next(socks for who, socks in found.items() if "LearnerRank" in who)
+    assert len(learner) >= 4, table  # Ray's server, two stores, gloo
 
 
 def test_the_instance_refuses_callers_without_its_token(run_instance):
