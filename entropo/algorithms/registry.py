@@ -1,8 +1,11 @@
 """Name -> implementation registries, so that configs pick methods by name.
 
 Each family (advantage estimators, token losses, token masks, token weights, ...) has one
-:class:`Registry`. Modules register themselves with a decorator at import time;
-:func:`load_all` imports every module so that the registries are complete.
+:class:`Registry` with a table of its names and the module that implements each. The names
+come from the table, so validating a config imports no method (and no torch); :meth:`Registry.get`
+imports the one module it needs, which registers its functions with a decorator at import
+time. A test checks that each table row's module registers exactly that name; :func:`load_all`
+imports every module.
 """
 
 from __future__ import annotations
@@ -70,10 +73,16 @@ class Entry:
 
 
 class Registry:
-    """A named family of interchangeable implementations."""
+    """A named family of interchangeable implementations.
 
-    def __init__(self, family: str) -> None:
+    Args:
+        family: what a member is, for messages (``"token loss"``).
+        modules: name -> the module that registers it.
+    """
+
+    def __init__(self, family: str, modules: dict[str, str]) -> None:
         self.family = family
+        self.modules = modules
         self._entries: dict[str, Entry] = {}
 
     def register(self, name: str, *, config: type | None = None, **attributes: Any
@@ -89,69 +98,96 @@ class Registry:
     def add(self, name: str, fn: Any, *, config: type | None = None, needs: tuple[str, ...] = (),
             share_metrics: tuple[str, ...] = (), **attributes: Any) -> None:
         """Register ``fn`` as ``name``; ``fn`` is a :class:`StepMethod` for a method whose whole
-        implementation is its step hooks (a sampling method)."""
+        implementation is its step hooks (a sampling method). ``name`` must be in the table."""
+        if name not in self.modules:
+            raise ValueError(f"{self.family} '{name}' is not in its registry's table in "
+                             "entropo/algorithms/registry.py: add it there with its module")
         if name in self._entries:
             raise ValueError(f"{self.family} '{name}' is registered twice")
         self._entries[name] = Entry(name, fn, config, needs=frozenset(needs),
                                     share_metrics=frozenset(share_metrics), **attributes)
 
     def get(self, name: str) -> Entry:
-        load_all()
-        if name not in self._entries:
-            known = ", ".join(sorted(self._entries)) or "(none)"
+        """The entry of ``name``, importing its module on first use.
+
+        Raises:
+            KeyError: an unknown name; the message lists the registered ones.
+        """
+        if name not in self.modules:
+            known = ", ".join(self.names()) or "(none)"
             raise KeyError(f"unknown {self.family} '{name}'; registered: {known}")
+        if name not in self._entries:
+            importlib.import_module(self.modules[name])
+        if name not in self._entries:
+            raise LookupError(f"{self.modules[name]} does not register the {self.family} '{name}' "
+                              "its registry's table names it for")
         return self._entries[name]
 
     def names(self) -> list[str]:
-        load_all()
-        return sorted(self._entries)
+        return sorted(self.modules)
 
     def __contains__(self, name: str) -> bool:
-        load_all()
-        return name in self._entries
+        return name in self.modules
 
 
-ADVANTAGES = Registry("advantage estimator")
-TOKEN_LOSSES = Registry("token loss")
-TOKEN_MASKS = Registry("token mask")
-TOKEN_WEIGHTS = Registry("token weight")
-ADVANTAGE_RESHAPERS = Registry("advantage reshaper")
-REGULARIZERS = Registry("regularizer")
-SAMPLERS = Registry("sampling method")
-CONTROLLERS = Registry("step controller")
+ADVANTAGES = Registry("advantage estimator", {
+    "grpo": "entropo.algorithms.advantages",
+    "dr_grpo": "entropo.algorithms.advantages",
+    "rloo": "entropo.algorithms.advantages",
+    "reinforce_pp_baseline": "entropo.algorithms.advantages",
+    "hapo": "entropo.algorithms.hapo",
+    "canon": "entropo.algorithms.canon",
+    "qae": "entropo.algorithms.qae",
+})
+TOKEN_LOSSES = Registry("token loss", {
+    "ppo_clip": "entropo.algorithms.losses.ppo_clip",
+    "clip_cov": "entropo.algorithms.losses.clip_cov",
+    "kl_cov": "entropo.algorithms.losses.kl_cov",
+    "hapo_clip": "entropo.algorithms.hapo",
+    "lp_reg": "entropo.algorithms.losses.lp_reg",
+    "cispo": "entropo.algorithms.losses.cispo",
+})
+TOKEN_MASKS = Registry("token mask", {
+    "high_entropy": "entropo.algorithms.masks",
+    "dmmpt": "entropo.algorithms.losses.dmmpt",
+    "clip_b": "entropo.algorithms.clip_b",
+})
+TOKEN_WEIGHTS = Registry("token weight", {
+    "steer": "entropo.algorithms.losses.steer",
+    "tis": "entropo.algorithms.losses.tis",
+})
+ADVANTAGE_RESHAPERS = Registry("advantage reshaper", {
+    "seed": "entropo.algorithms.reshapers",
+    "ettrl": "entropo.algorithms.reshapers",
+})
+REGULARIZERS = Registry("regularizer", {
+    "siren": "entropo.algorithms.siren",
+    "epo": "entropo.algorithms.epo",
+})
+SAMPLERS = Registry("sampling method", {
+    "hapo_temperature": "entropo.algorithms.hapo_temperature",
+    "aepo": "entropo.algorithms.aepo",
+})
+CONTROLLERS = Registry("step controller", {
+    "ares": "entropo.algorithms.ares",
+    "adaptive_entropy": "entropo.algorithms.regularizers",
+})
 """Stateful methods switched on by a flag of their own section rather than a list (ARES,
 the adaptive entropy coefficient): each entry's ``step.switch`` names that flag."""
-TOKEN_EXTRAS = Registry("per-token extra")
+TOKEN_EXTRAS = Registry("per-token extra", {
+    "proxy_logp": "entropo.algorithms.losses.lp_reg",
+    "topp_entropy": "entropo.algorithms.siren",
+    "topk_entropy": "entropo.algorithms.ares",
+})
 """Per-token functions of the logits that a method reads beyond log-probs and entropies
 (``proxy_logp``, ``topp_entropy``, ``topk_entropy``): each entry's ``fn(cfg, temperature)``
 returns ``(logits [n, V], labels [n]) -> [n]``, where ``cfg`` is ``algorithm.<section>``."""
 
-_MODULES = (
-    "entropo.algorithms.advantages",
-    "entropo.algorithms.masks",
-    "entropo.algorithms.clip_b",
-    "entropo.algorithms.losses.ppo_clip",
-    "entropo.algorithms.losses.clip_cov",
-    "entropo.algorithms.losses.kl_cov",
-    "entropo.algorithms.hapo",
-    "entropo.algorithms.losses.steer",
-    "entropo.algorithms.losses.tis",
-    "entropo.algorithms.losses.lp_reg",
-    "entropo.algorithms.losses.dmmpt",
-    "entropo.algorithms.losses.cispo",
-    "entropo.algorithms.canon",
-    "entropo.algorithms.qae",
-    "entropo.algorithms.reshapers",
-    "entropo.algorithms.siren",
-    "entropo.algorithms.epo",
-    "entropo.algorithms.aepo",
-    "entropo.algorithms.hapo_temperature",
-    "entropo.algorithms.ares",
-    "entropo.algorithms.regularizers",
-)
+FAMILIES = (ADVANTAGES, TOKEN_LOSSES, TOKEN_MASKS, TOKEN_WEIGHTS, ADVANTAGE_RESHAPERS, REGULARIZERS, SAMPLERS,
+            CONTROLLERS, TOKEN_EXTRAS)
 
 
 def load_all() -> None:
     """Import every module that registers methods (idempotent)."""
-    for module in _MODULES:
+    for module in sorted({m for family in FAMILIES for m in family.modules.values()}):
         importlib.import_module(module)
