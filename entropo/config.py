@@ -30,20 +30,19 @@ from entropo.algorithms.aepo import AepoConfig
 from entropo.algorithms.aggregate import AGG_MODES
 from entropo.algorithms.ares import AresConfig
 from entropo.algorithms.canon import CanonConfig
-from entropo.algorithms.clip_b import ClipBConfig
 from entropo.algorithms.dynamic_sampling import DynamicSamplingConfig
 from entropo.algorithms.epo import EpoConfig
-from entropo.algorithms.hapo import HapoAdvantageConfig, HapoClipConfig
+from entropo.algorithms.hapo import HapoAdvantageConfig
 from entropo.algorithms.hapo_temperature import HapoTemperatureConfig
 from entropo.algorithms.losses.cispo import CispoConfig
 from entropo.algorithms.losses.clip_cov import ClipCovConfig
-from entropo.algorithms.losses.dmmpt import DmmptConfig
+from entropo.algorithms.losses.hapo_clip import HapoClipConfig
 from entropo.algorithms.losses.kl_cov import KLCovConfig
 from entropo.algorithms.losses.lp_reg import LpRegConfig
 from entropo.algorithms.losses.ppo_clip import PPOClipConfig
-from entropo.algorithms.losses.steer import SteerConfig
-from entropo.algorithms.losses.tis import TisConfig
-from entropo.algorithms.masks import EntropyMaskConfig
+from entropo.algorithms.masks.clip_b import ClipBConfig
+from entropo.algorithms.masks.dmmpt import DmmptConfig
+from entropo.algorithms.masks.high_entropy import EntropyMaskConfig
 from entropo.algorithms.objective import Objective
 from entropo.algorithms.overlong import OverlongConfig
 from entropo.algorithms.qae import QaeConfig
@@ -59,6 +58,8 @@ from entropo.algorithms.registry import (
 from entropo.algorithms.regularizers import KL_ESTIMATORS, AdaptiveEntropyConfig
 from entropo.algorithms.reshapers import EttrlConfig, SeedConfig
 from entropo.algorithms.siren import SirenConfig
+from entropo.algorithms.weights.steer import SteerConfig
+from entropo.algorithms.weights.tis import TisConfig
 from entropo.models.mixed_precision import MODES as MIXED_PRECISION_MODES
 from entropo.rewards.code_exec import CodeConfig
 from entropo.rewards.countdown import CountdownConfig

@@ -1,5 +1,6 @@
-"""HAPO: normalised entropy ĥ, token-level advantage, adaptive clip (the adaptive sampling
-temperature, which reads ĥ's statistics, is :mod:`entropo.algorithms.hapo_temperature`).
+"""HAPO: the normalised entropy ĥ and the token-level ``hapo`` advantage. The methods that read
+ĥ have their own modules: the adaptive clip :mod:`entropo.algorithms.losses.hapo_clip`, the
+adaptive sampling temperature :mod:`entropo.algorithms.hapo_temperature`.
 
 Docs: docs/algorithms.md §4.1 (advantage), §6.5 (clip), §11.1 (temperature).
 
@@ -16,19 +17,10 @@ The "hapo" advantage (per group g, |o_i| = valid tokens of response i):
     μ_tok = Σ |o_i| R_i / Σ |o_i|,   σ_tok = sqrt(Σ |o_i| (R_i − μ_tok)² / Σ |o_i|)
     A_i = (R_i − μ_tok) / (σ_tok + ε);   if any |A_i| ≥ 5 in g: A_i = GRPO's A_i for all of g
 
-Adaptive clip: per-token clip bounds and advantage redistribution, then the clipped surrogate
-(docs/algorithms.md §6.1; dual clip c):
-
-    ĥ ≤ 0: ε_low' = ε_low·(1 − α_c·ĥ), ε_high' = ε_high;   ĥ > 0: ε_high' = ε_high·(1 + α_c·ĥ), ε_low' = ε_low
-    Z = (1 − ε_low'/2, 1 + ε_high'/2), r detached
-    ĥ > 0: A' = A if r ∈ Z else A·(1 + β_a·ĥ);     ĥ ≤ 0: A' = A·(1 + β_a·ĥ) if r ∈ Z else A
-    ℓ = max(−A'·r, −A'·clip(r, 1 − ε_low', 1 + ε_high')), then min(ℓ, −A'·c) where A' < 0
-
 - Paper: Liu et al., "HAPO: Heterogeneous Adaptive Policy Optimization" (2025); the arXiv id
   could not be confirmed (the README link is a placeholder), so no equation numbers.
 - Official code: https://github.com/starriver030515/HAPO/tree/7671dde,
-  ``verl/trainer/ppo/core_algos.py`` (``compute_entropy_h``, ``ada_clip``, ``ada_advantage``,
-  ``compute_policy_loss``, ``compute_hapo_outcome_advantage``).
+  ``verl/trainer/ppo/core_algos.py`` (``compute_entropy_h``, ``compute_hapo_outcome_advantage``).
 
 Deviations and conventions:
 - Sign: the released code uses s⁻ = 1/neg_min < 0, so its ĥ is ≥ 0 for every token and the
@@ -46,9 +38,6 @@ Deviations and conventions:
   the fallback spuriously (e.g. a constant group, or non-binary rewards); with 0/1 rewards the
   outcome is the same. A singleton group gets A = 0 (its token mean is its reward).
   ``norm_adv_by_std=False`` of the code is not implemented.
-- Scope of ĥ (adaptive clip): ``micro`` (the code: each micro-batch on its own rank) or ``global``, in
-  which case the learner runs :func:`hapo_clip_select` over the whole mini-batch and passes ĥ
-  as ``inputs.selected`` (a float tensor here, not a bool selection).
 - Validated: hand-computed cases (tests/algorithms/test_hapo.py). Not validated: training
   behaviour.
 """
@@ -60,14 +49,8 @@ from dataclasses import dataclass
 import torch
 
 from entropo.algorithms.advantages import GRPOConfig, advantage_metrics, grpo
-from entropo.algorithms.losses.base import (
-    TokenLossInputs,
-    clipped_surrogate,
-    valid_frac,
-    valid_mean,
-)
-from entropo.algorithms.reduce import LOCAL, STAT_SCOPES, Reducer, gather_valid
-from entropo.algorithms.registry import ADVANTAGES, TOKEN_LOSSES
+from entropo.algorithms.reduce import LOCAL, Reducer, gather_valid
+from entropo.algorithms.registry import ADVANTAGES
 
 # The code's eps in compute_entropy_h: floors H before log (H = 0 would give −inf), floors the
 # variance (σ ≥ 1e-4) and bounds pos_max / neg_min away from 0 so that 1/pos_max is finite.
@@ -198,116 +181,3 @@ def hapo_advantage(
     metrics = advantage_metrics(adv)
     metrics["adv/hapo_fallback_frac"] = fallback.to(r.dtype).mean() if adv.numel() else r.new_zeros(())
     return adv, metrics
-
-
-@dataclass(frozen=True)
-class HapoClipConfig:
-    """Hyperparameters of HAPO's adaptive clipping and advantage redistribution (docs/algorithms.md §6.5)."""
-
-    entropy_pivot: float = 0.8
-    """q: the pivot μ is the q-quantile of the valid log-entropies. HAPO: 0.8. In [0, 1]."""
-
-    clip_alpha: float = 1.0
-    """α_c: how far ĥ widens the clip bounds (up to (1 + α_c)·ε). HAPO: 1.0. ≥ 0."""
-
-    adv_beta: float = 1.0
-    """β_a: advantage redistribution strength, A' = A·(1 + β_a·ĥ). HAPO: 1.0. ≥ 0."""
-
-    eps_low: float = 0.2
-    """ε_low before adaptation. HAPO: 0.2. ≥ 0."""
-
-    eps_high: float = 0.2
-    """ε_high before adaptation. HAPO: 0.2. ≥ 0."""
-
-    dual_clip_c: float | None = 10.0
-    """c > 1: the loss of a token with A' < 0 is bounded by −A'·c; None turns dual clip off.
-    HAPO's DAPO-based scripts: 10."""
-
-    code_compat: bool = False
-    """Reproduce the released code's non-negative ĥ (sign bug: the code's s⁻ = 1/neg_min < 0; docs/algorithms.md §6.5) instead of the
-    paper's signed ĥ."""
-
-    stat_scope: str = "global"
-    """Scope of ĥ's statistics: ``micro`` (official code) or ``global`` (whole mini-batch). Default ``global``: the
-    method must not change with the micro-batch size or the number of ranks."""
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.entropy_pivot <= 1.0:
-            raise ValueError(f"algorithm.hapo_clip.entropy_pivot must be in [0, 1], got {self.entropy_pivot}")
-        for name in ("clip_alpha", "adv_beta", "eps_low", "eps_high"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"algorithm.hapo_clip.{name} must be >= 0, got {getattr(self, name)}")
-        if self.dual_clip_c is not None and self.dual_clip_c <= 1:
-            raise ValueError(f"algorithm.hapo_clip.dual_clip_c must be > 1, got {self.dual_clip_c}")
-        if self.stat_scope not in STAT_SCOPES:
-            raise ValueError(f"algorithm.hapo_clip.stat_scope must be one of {STAT_SCOPES}, got '{self.stat_scope}'")
-
-
-def hapo_clip_select(inp: TokenLossInputs, cfg: HapoClipConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """ĥ ``[n, T]`` (float) over the reducer's scope, from ``inp.entropy`` (π_θ, detached)."""
-    if inp.entropy is None:
-        raise ValueError("the hapo_clip loss needs π_θ token entropies (inputs.entropy)")
-    h_hat, stats = entropy_h_hat(inp.entropy, inp.mask, cfg.entropy_pivot, cfg.code_compat, inp.reducer)
-    metrics = {
-        "hapo/mu": stats.mu,
-        "hapo/sigma": stats.sigma,
-        "hapo/s_pos": stats.s_pos,
-        "hapo/s_neg": stats.s_neg,
-    }
-    return h_hat, metrics
-
-
-def adaptive_bounds_and_advantage(
-    h_hat: torch.Tensor, advantages: torch.Tensor, log_ratio: torch.Tensor, cfg: HapoClipConfig
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-token ``(ε_low', ε_high', A')``, each ``[n, T]``, all without gradient.
-
-    Args:
-        h_hat: ``[n, T]`` ĥ.
-        advantages: ``[n, T]`` A.
-        log_ratio: ``[n, T]`` log r (detached inside: the neutral zone is a no-grad test).
-        cfg: :class:`HapoClipConfig` (α_c, β_a, ε_low, ε_high).
-    """
-    high = h_hat > 0
-    eps_low = torch.where(high, cfg.eps_low, cfg.eps_low * (1.0 - cfg.clip_alpha * h_hat))
-    eps_high = torch.where(high, cfg.eps_high * (1.0 + cfg.clip_alpha * h_hat), cfg.eps_high)
-    ratio = torch.exp(log_ratio.detach())
-    in_zone = (ratio > 1.0 - eps_low / 2) & (ratio < 1.0 + eps_high / 2)  # Z, open interval
-    scaled = advantages * (1.0 + cfg.adv_beta * h_hat)
-    adv = torch.where(high ^ in_zone, scaled, advantages)  # high & out of Z, or low & in Z
-    return eps_low, eps_high, adv.detach()
-
-
-@TOKEN_LOSSES.register("hapo_clip", config=HapoClipConfig, selector=hapo_clip_select, needs=("entropy",),
-                       vanishes_at_zero_advantage=True)
-def hapo_clip_loss(inp: TokenLossInputs, cfg: HapoClipConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Per-token HAPO loss ``[n, T]``; ĥ from ``inp.selected`` when given, else over the scope."""
-    metrics: dict[str, torch.Tensor] = {}
-    h_hat = inp.selected
-    if h_hat is None:
-        h_hat, metrics = hapo_clip_select(inp, cfg)
-    h_hat = h_hat.detach().to(inp.logp.dtype)
-    log_ratio = inp.logp - inp.old_logp  # [n, T]
-    eps_low, eps_high, adv = adaptive_bounds_and_advantage(h_hat, inp.advantages, log_ratio, cfg)
-    s = clipped_surrogate(log_ratio, adv, eps_low, eps_high, cfg.dual_clip_c)
-    high = h_hat > 0
-
-    mask = inp.mask
-    nonzero = mask.bool() & (inp.advantages != 0)
-    seq_len = mask.sum(-1).to(torch.float32)  # [n]
-    seq_adv = (inp.advantages * mask).sum(-1)  # [n]; outcome advantages share one sign per row
-    pos, neg = seq_adv > 0, seq_adv <= 0
-    metrics.update({
-        "hapo/h_pos_frac": valid_frac(high, mask),
-        "hapo/eps_low_mean": valid_mean(eps_low, mask),
-        "hapo/eps_high_mean": valid_mean(eps_high, mask),
-        "hapo/adv_changed_frac": valid_frac(adv != inp.advantages, mask),
-        "hapo/adv_abs_scale_mean": valid_mean((adv / torch.where(nonzero, inp.advantages, 1.0)).abs(), nonzero),
-        "hapo/code_compat": inp.logp.new_tensor(float(cfg.code_compat)).detach(),
-        "hapo/pos_len_mean": (seq_len * pos).sum() / pos.sum().clamp(min=1),
-        "hapo/neg_len_mean": (seq_len * neg).sum() / neg.sum().clamp(min=1),
-        "actor/pg_clipfrac": valid_frac(s.clipped, mask),
-        "actor/pg_clipfrac_dual": valid_frac(s.dual_clipped, mask),
-        "actor/ppo_kl": valid_mean(-log_ratio, mask),
-    })
-    return s.loss, metrics

@@ -36,7 +36,7 @@ import torch
 
 from entropo.algorithms.aggregate import LossNorm, aggregate, loss_norm
 from entropo.algorithms.losses.base import TokenLossInputs, valid_mean
-from entropo.algorithms.masks import TokenMask
+from entropo.algorithms.masks.base import TokenMask
 from entropo.algorithms.registry import (
     REGULARIZERS,
     TOKEN_EXTRAS,

@@ -143,18 +143,18 @@ TOKEN_LOSSES = Registry("token loss", {
     "ppo_clip": "entropo.algorithms.losses.ppo_clip",
     "clip_cov": "entropo.algorithms.losses.clip_cov",
     "kl_cov": "entropo.algorithms.losses.kl_cov",
-    "hapo_clip": "entropo.algorithms.hapo",
+    "hapo_clip": "entropo.algorithms.losses.hapo_clip",
     "lp_reg": "entropo.algorithms.losses.lp_reg",
     "cispo": "entropo.algorithms.losses.cispo",
 })
 TOKEN_MASKS = Registry("token mask", {
-    "high_entropy": "entropo.algorithms.masks",
-    "dmmpt": "entropo.algorithms.losses.dmmpt",
-    "clip_b": "entropo.algorithms.clip_b",
+    "high_entropy": "entropo.algorithms.masks.high_entropy",
+    "dmmpt": "entropo.algorithms.masks.dmmpt",
+    "clip_b": "entropo.algorithms.masks.clip_b",
 })
 TOKEN_WEIGHTS = Registry("token weight", {
-    "steer": "entropo.algorithms.losses.steer",
-    "tis": "entropo.algorithms.losses.tis",
+    "steer": "entropo.algorithms.weights.steer",
+    "tis": "entropo.algorithms.weights.tis",
 })
 ADVANTAGE_RESHAPERS = Registry("advantage reshaper", {
     "seed": "entropo.algorithms.reshapers",

@@ -10,6 +10,7 @@ ranks selects exactly what one process selects on the whole batch.
   (which refuses inputs above 2^24 elements, a limit TRL's 80/20 hits). Ties at the
   threshold are broken by position (earlier first), so exactly ``k`` tokens are selected,
   deterministically.
+- :func:`top_count` is how many tokens a top-ρ selection keeps (the 80/20 rule's rounding).
 - :func:`random_subset_mask` draws a uniform subset with a caller-seeded generator; every
   rank seeds it identically and draws on the same gathered vector.
 """
@@ -19,6 +20,15 @@ from __future__ import annotations
 import torch
 
 from entropo.algorithms.reduce import LOCAL, Reducer, gather_valid, scatter_valid
+
+# The 80/20 rule's official code rounds ρN up with int(ρN + 0.9999); we keep its exact rounding.
+ROUND_UP_SLACK = 0.9999
+
+
+def top_count(rho: float, n_valid: int) -> int:
+    """``k = max(1, ⌊ρN + 0.9999⌋)`` for ``N > 0``, else 0: how many of ``N`` valid tokens a
+    top-ρ selection keeps (the high-entropy mask, the forking-token analysis)."""
+    return max(1, int(rho * n_valid + ROUND_UP_SLACK)) if n_valid > 0 else 0
 
 
 def top_k_mask(

@@ -13,8 +13,7 @@ from collections.abc import Callable
 import torch
 
 from entropo.algorithms import diagnostics
-from entropo.algorithms.masks import top_count
-from entropo.algorithms.select import top_k_mask
+from entropo.algorithms.select import top_count, top_k_mask
 from entropo.data.prompts import render_prompt
 from entropo.trainer.batch import StepBatch
 

@@ -9,8 +9,8 @@ import torch
 
 from entropo.algorithms.aggregate import aggregate, loss_norm
 from entropo.algorithms.losses.base import TokenLossInputs
-from entropo.algorithms.losses.dmmpt import DmmptConfig, dmmpt_mask
 from entropo.algorithms.losses.ppo_clip import PPOClipConfig
+from entropo.algorithms.masks.dmmpt import DmmptConfig, dmmpt_mask
 from entropo.algorithms.objective import micro_objective
 from entropo.algorithms.registry import TOKEN_MASKS
 from tests.objectives import objective

@@ -5,14 +5,14 @@ import torch
 
 from entropo.algorithms.losses.base import TokenLossInputs
 from entropo.algorithms.losses.ppo_clip import PPOClipConfig
-from entropo.algorithms.masks import (
+from entropo.algorithms.masks.high_entropy import (
     EntropyMaskConfig,
     high_entropy_mask,
     per_response_top_mask,
-    top_count,
 )
 from entropo.algorithms.objective import micro_objective, prepare_minibatch
 from entropo.algorithms.reduce import LOCAL
+from entropo.algorithms.select import top_count
 from tests.fake_ranks import run_split
 from tests.objectives import objective
 

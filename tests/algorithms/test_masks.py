@@ -3,8 +3,9 @@ import torch
 
 from entropo.algorithms.aggregate import aggregate, loss_norm
 from entropo.algorithms.losses.base import TokenLossInputs
-from entropo.algorithms.masks import EntropyMaskConfig, high_entropy_mask, top_count
+from entropo.algorithms.masks.high_entropy import EntropyMaskConfig, high_entropy_mask
 from entropo.algorithms.reduce import LOCAL
+from entropo.algorithms.select import top_count
 from tests.fake_ranks import run_split
 
 SPEC_H = [0.1, 2.0, 0.5, 1.5, 0.05, 3.0, 0.2, 0.7, 1.0, 0.3]

@@ -7,7 +7,7 @@ from entropo.algorithms.losses.base import TokenLossInputs
 from entropo.algorithms.losses.clip_cov import ClipCovConfig
 from entropo.algorithms.losses.kl_cov import KLCovConfig
 from entropo.algorithms.losses.ppo_clip import PPOClipConfig
-from entropo.algorithms.masks import EntropyMaskConfig
+from entropo.algorithms.masks.high_entropy import EntropyMaskConfig
 from entropo.algorithms.objective import micro_objective, prepare_minibatch
 from tests.objectives import objective
 
@@ -96,10 +96,10 @@ def test_kl_term_requires_reference():
 # ---- rows with no advantage (learner.skip_zero_advantage) --------------------------------
 
 def _inert_objectives():
-    from entropo.algorithms.hapo import HapoClipConfig
-    from entropo.algorithms.losses.dmmpt import DmmptConfig
-    from entropo.algorithms.losses.steer import SteerConfig
-    from entropo.algorithms.losses.tis import TisConfig
+    from entropo.algorithms.losses.hapo_clip import HapoClipConfig
+    from entropo.algorithms.masks.dmmpt import DmmptConfig
+    from entropo.algorithms.weights.steer import SteerConfig
+    from entropo.algorithms.weights.tis import TisConfig
 
     tis = (("tis", TisConfig(cap=1.02)),)  # a cap inside the ratios below: some weights truncate
     return {

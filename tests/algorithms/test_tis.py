@@ -6,9 +6,9 @@ import torch
 
 from entropo.algorithms.losses.base import TokenLossInputs
 from entropo.algorithms.losses.ppo_clip import PPOClipConfig
-from entropo.algorithms.losses.tis import TisConfig, rollout_is_weights
 from entropo.algorithms.objective import micro_objective
 from entropo.algorithms.registry import TOKEN_WEIGHTS
+from entropo.algorithms.weights.tis import TisConfig, rollout_is_weights
 from tests.fake_ranks import run_split
 from tests.objectives import objective
 

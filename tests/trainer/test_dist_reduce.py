@@ -18,7 +18,7 @@ from entropo.algorithms.losses.base import TokenLossInputs
 from entropo.algorithms.losses.clip_cov import ClipCovConfig
 from entropo.algorithms.losses.kl_cov import KLCovConfig
 from entropo.algorithms.losses.ppo_clip import PPOClipConfig
-from entropo.algorithms.masks import EntropyMaskConfig
+from entropo.algorithms.masks.high_entropy import EntropyMaskConfig
 from entropo.algorithms.objective import micro_objective, prepare_minibatch
 from entropo.algorithms.reduce import LOCAL
 from tests.objectives import objective

@@ -1,9 +1,5 @@
-"""Token masks: multiplicative selections applied after the token loss and token weights
-(docs/algorithms.md §7, order in §8).
-
-A mask returns a :class:`TokenMask`: which tokens keep their loss, and whether the dropped
-tokens also leave the aggregation denominator or stay in it with zero loss (docs/algorithms.md
-§1, Masks (a) and (b)).
+"""The ``high_entropy`` token mask: only the highest-entropy tokens keep their loss, over a scope
+(the 80/20 rule) or per response (EARL).
 
 High-entropy minority ("forking") tokens (docs/algorithms.md §7.1)
 -------------------------------------------------------------------
@@ -50,42 +46,17 @@ Per-response threshold (EARL, ``stat_scope="sequence"``; docs/algorithms.md §7.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
 from entropo.algorithms.losses.base import TokenLossInputs, valid_frac
+from entropo.algorithms.masks.base import MASK_NORMS, TokenMask
 from entropo.algorithms.reduce import STAT_SCOPES
 from entropo.algorithms.registry import TOKEN_MASKS
-from entropo.algorithms.select import top_k_mask
+from entropo.algorithms.select import ROUND_UP_SLACK, top_count, top_k_mask
 
-# The official code rounds ρN up with int(ρN + 0.9999); we keep its exact rounding.
-ROUND_UP_SLACK = 0.9999
-
-MASK_NORMS = ("selected", "all_valid")
 HIGH_ENTROPY_SCOPES = (*STAT_SCOPES, "sequence")
-
-
-@dataclass(frozen=True)
-class TokenMask:
-    """The outcome of one token mask.
-
-    Attributes:
-        keep: ``[n, T]`` bool, tokens whose loss is kept.
-        exclude_from_denominator: dropped tokens also leave the aggregation denominator
-            (docs/algorithms.md §1, Masks (a)); otherwise they stay in it with zero loss (Masks (b)).
-    """
-
-    keep: torch.Tensor
-    exclude_from_denominator: bool
-
-
-TokenMaskFn = Callable[[TokenLossInputs, Any], tuple[TokenMask, dict[str, torch.Tensor]]]
-"""``fn(inputs, cfg) -> (TokenMask, metrics)``, selecting over ``inputs.reducer``'s scope. A mask's
-config has an ``excludes_from_denominator`` property, known before the mask runs, so the
-objective can count denominators ahead of the micro-batches."""
 
 
 @dataclass(frozen=True)
@@ -115,11 +86,6 @@ class EntropyMaskConfig:
         if self.stat_scope not in HIGH_ENTROPY_SCOPES:
             raise ValueError(f"algorithm.high_entropy.stat_scope must be one of {HIGH_ENTROPY_SCOPES}, "
                              f"got '{self.stat_scope}'")
-
-
-def top_count(rho: float, n_valid: int) -> int:
-    """``k = max(1, ⌊ρN + 0.9999⌋)`` for ``N > 0``, else 0."""
-    return max(1, int(rho * n_valid + ROUND_UP_SLACK)) if n_valid > 0 else 0
 
 
 def per_response_top_mask(

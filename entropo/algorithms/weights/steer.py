@@ -34,19 +34,13 @@ Deviations and conventions:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
 from entropo.algorithms.losses.base import TokenLossInputs, valid_mean
 from entropo.algorithms.reduce import STAT_SCOPES, Reducer
 from entropo.algorithms.registry import TOKEN_WEIGHTS
-
-TokenWeightFn = Callable[[TokenLossInputs, Any], tuple[torch.Tensor, dict[str, torch.Tensor]]]
-"""``fn(inputs, cfg) -> (weights [n, T], metrics)``: multiplicative, detached token weights,
-with their statistics taken over ``inputs.reducer``'s scope."""
 
 # The code clamps p away from 0 and 1 (log p finite; p(1−p) > 0) and q away from 0 (A/q finite).
 PROB_CLAMP = 1e-8

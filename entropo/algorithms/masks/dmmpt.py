@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import torch
 
 from entropo.algorithms.losses.base import TokenLossInputs, valid_frac
-from entropo.algorithms.masks import TokenMask
+from entropo.algorithms.masks.base import TokenMask
 from entropo.algorithms.reduce import STAT_SCOPES
 from entropo.algorithms.registry import TOKEN_MASKS
 

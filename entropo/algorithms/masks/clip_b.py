@@ -51,7 +51,7 @@ import torch
 
 from entropo.algorithms.diagnostics import discriminator_stats, entropy_discriminator
 from entropo.algorithms.losses.base import TokenLossInputs
-from entropo.algorithms.masks import MASK_NORMS, TokenMask
+from entropo.algorithms.masks.base import MASK_NORMS, TokenMask
 from entropo.algorithms.reduce import STAT_SCOPES, scatter_valid
 from entropo.algorithms.registry import TOKEN_MASKS
 
