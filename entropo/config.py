@@ -1,7 +1,7 @@
 """The typed configuration of a training run: dataclasses + YAML + dotted overrides.
 
 Every default lives in exactly one place: the dataclass field below (or, for a method's
-hyperparameters, the method's own config dataclass in ``entropo/algorithms``). YAML recipes
+hyperparameters, the method's own config dataclass in ``entropo/algorithms/configs``). YAML recipes
 in ``configs/`` hold only what differs, save a few pinned paper values (tests/test_config.py
 checks both). Each field is documented once, by the docstring under it;
 ``entropo config --help-fields`` and ``docs/config.md`` are generated from those.
@@ -25,27 +25,35 @@ from typing import Any
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from entropo.algorithms.advantages import GRPOConfig
-from entropo.algorithms.aepo import AepoConfig
-from entropo.algorithms.aggregate import AGG_MODES
-from entropo.algorithms.ares import AresConfig
-from entropo.algorithms.canon import CanonConfig
-from entropo.algorithms.dynamic_sampling import DynamicSamplingConfig
-from entropo.algorithms.epo import EpoConfig
-from entropo.algorithms.hapo import HapoAdvantageConfig
-from entropo.algorithms.hapo_temperature import HapoTemperatureConfig
-from entropo.algorithms.losses.cispo import CispoConfig
-from entropo.algorithms.losses.clip_cov import ClipCovConfig
-from entropo.algorithms.losses.hapo_clip import HapoClipConfig
-from entropo.algorithms.losses.kl_cov import KLCovConfig
-from entropo.algorithms.losses.lp_reg import LpRegConfig
-from entropo.algorithms.losses.ppo_clip import PPOClipConfig
-from entropo.algorithms.masks.clip_b import ClipBConfig
-from entropo.algorithms.masks.dmmpt import DmmptConfig
-from entropo.algorithms.masks.high_entropy import EntropyMaskConfig
+from entropo.algorithms.configs.advantages import (
+    CanonConfig,
+    EttrlConfig,
+    GRPOConfig,
+    HapoAdvantageConfig,
+    QaeConfig,
+    SeedConfig,
+)
+from entropo.algorithms.configs.ares import AresConfig
+from entropo.algorithms.configs.dapo import DynamicSamplingConfig, OverlongConfig
+from entropo.algorithms.configs.losses import (
+    CispoConfig,
+    ClipCovConfig,
+    HapoClipConfig,
+    KLCovConfig,
+    LpRegConfig,
+    PPOClipConfig,
+)
+from entropo.algorithms.configs.masks import ClipBConfig, DmmptConfig, EntropyMaskConfig
+from entropo.algorithms.configs.reduction import AGG_MODES
+from entropo.algorithms.configs.regularizers import (
+    KL_ESTIMATOR_NAMES,
+    AdaptiveEntropyConfig,
+    EpoConfig,
+    SirenConfig,
+)
+from entropo.algorithms.configs.sampling import AepoConfig, HapoTemperatureConfig
+from entropo.algorithms.configs.weights import SteerConfig, TisConfig
 from entropo.algorithms.objective import Objective
-from entropo.algorithms.overlong import OverlongConfig
-from entropo.algorithms.qae import QaeConfig
 from entropo.algorithms.registry import (
     ADVANTAGE_RESHAPERS,
     ADVANTAGES,
@@ -55,11 +63,6 @@ from entropo.algorithms.registry import (
     TOKEN_MASKS,
     TOKEN_WEIGHTS,
 )
-from entropo.algorithms.regularizers import KL_ESTIMATORS, AdaptiveEntropyConfig
-from entropo.algorithms.reshapers import EttrlConfig, SeedConfig
-from entropo.algorithms.siren import SirenConfig
-from entropo.algorithms.weights.steer import SteerConfig
-from entropo.algorithms.weights.tis import TisConfig
 from entropo.models.mixed_precision import MODES as MIXED_PRECISION_MODES
 from entropo.rewards.code_exec import CodeConfig
 from entropo.rewards.countdown import CountdownConfig
@@ -621,7 +624,7 @@ def _check_composition(cfg: TrainConfig) -> None:
         raise ConfigError(f"algorithm.clip_b.{changed} is set, but clip_b is not in algorithm.token_mask: "
                           "add it (algorithm.token_mask=[clip_b]) to use Clip_B")
     _check_choice("algorithm.loss_agg_mode", a.loss_agg_mode, AGG_MODES)
-    _check_choice("algorithm.kl_estimator", a.kl_estimator, tuple(KL_ESTIMATORS))
+    _check_choice("algorithm.kl_estimator", a.kl_estimator, KL_ESTIMATOR_NAMES)
     # A loss replacement's own knobs only apply when it is the selected loss: setting the
     # knobs of another (e.g. dual clip while Clip-Cov is the loss) is a contradiction.
     for other in losses:

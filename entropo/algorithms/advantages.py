@@ -54,11 +54,11 @@ Conventions (all follow verl unless marked as a deviation):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
 import torch
 
+from entropo.algorithms.configs.advantages import GRPOConfig
 from entropo.algorithms.reduce import LOCAL, Reducer
 from entropo.algorithms.registry import ADVANTAGES
 
@@ -85,18 +85,6 @@ class AdvantageFn(Protocol):
         entropy: torch.Tensor | None = None,
         reducer: Reducer = LOCAL,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]: ...
-
-
-@dataclass(frozen=True)
-class GRPOConfig:
-    """Hyperparameters of ``grpo`` (DeepSeekMath, arXiv 2402.03300; docs/algorithms.md §4)."""
-
-    eps: float = 1e-6
-    """ε in ``(R − mean)/(std + ε)``. verl uses 1e-6 (our default); TRL uses 1e-4. > 0."""
-
-    def __post_init__(self) -> None:
-        if not self.eps > 0:
-            raise ValueError(f"algorithm.grpo.eps must be > 0, got {self.eps}")
 
 
 def broadcast_to_tokens(adv: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -42,44 +42,15 @@ from typing import NamedTuple
 
 import torch
 
-from entropo.algorithms.advantages import GRPOConfig, broadcast_to_tokens, grpo
+from entropo.algorithms.advantages import broadcast_to_tokens, grpo
+from entropo.algorithms.configs.advantages import GRPOConfig
+from entropo.algorithms.configs.sampling import AepoConfig
 from entropo.algorithms.reduce import LOCAL, Reducer, masked_sum_count
 from entropo.algorithms.registry import SAMPLERS
 from entropo.algorithms.stateful import Generate, StepInfo, StepMethod
 
 AEPO_INITIAL_ENTROPY = 0.0
 """Ĥ before the first update (the code initialises ``entropy = 0``): the first step uses T_high."""
-
-
-@dataclass(frozen=True)
-class AepoConfig:
-    """Hyperparameters of AEPO (arXiv 2510.08141; defaults: the official config and example script)."""
-
-    T_high: float = 1.2
-    """T' when Ĥ ≤ H_tgt (``temperature_high``). > 0."""
-
-    T_low: float = 0.8
-    """T' when Ĥ > H_tgt (``temperature_low``). > 0."""
-
-    entropy_target: float = 0.5
-    """H_tgt (``entropy_base``); the example script uses 0.5, the README reports H = 0.75."""
-
-    reinforce_sample_num: int = 60
-    """Maximum number of injected samples per step (``reinforce_sample_num``). ≥ 0."""
-
-    positive_threshold: float = 0.05
-    """A re-generated response is injected when its GRPO advantage exceeds this (code: 0.05)."""
-
-    prompt_fraction: float = 0.25
-    """Fraction of the step's prompts that are re-generated at T' (code: the first quarter)."""
-
-    def __post_init__(self) -> None:
-        if not (self.T_high > 0 and self.T_low > 0):
-            raise ValueError(f"algorithm.aepo.T_high and T_low must be > 0, got {self.T_high}, {self.T_low}")
-        if self.reinforce_sample_num < 0:
-            raise ValueError(f"algorithm.aepo.reinforce_sample_num must be >= 0, got {self.reinforce_sample_num}")
-        if not 0.0 < self.prompt_fraction <= 1.0:
-            raise ValueError(f"algorithm.aepo.prompt_fraction must be in (0, 1], got {self.prompt_fraction}")
 
 
 def _check_entropy(H_hat: float) -> None:

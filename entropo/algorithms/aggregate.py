@@ -30,9 +30,8 @@ from dataclasses import dataclass
 
 import torch
 
+from entropo.algorithms.configs.reduction import AGG_MODES
 from entropo.algorithms.reduce import LOCAL, Reducer
-
-AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
 
 
 @dataclass(frozen=True)

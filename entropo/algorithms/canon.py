@@ -39,46 +39,13 @@ Conventions and deviations:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
 from entropo.algorithms.advantages import advantage_metrics
-from entropo.algorithms.aggregate import AGG_MODES
+from entropo.algorithms.configs.advantages import CanonConfig
+from entropo.algorithms.configs.reduction import AGG_MODES
 from entropo.algorithms.reduce import LOCAL, Reducer
 from entropo.algorithms.registry import ADVANTAGES
-
-CANON_METRICS = ("entropy", "length")
-
-
-@dataclass(frozen=True)
-class CanonConfig:
-    """Hyperparameters of CANON (arXiv 2509.23962; defaults: the official scripts)."""
-
-    alpha: float = 1.0
-    """α (paper Eq. 8): weight of the own-reward / other-half terms. Official scripts: 1.0."""
-
-    mu: float = 1.0
-    """μ (paper Eq. 5, ``_lambda`` in the code), in [0, 1]: 1 = inter-group comparison
-    (default), 0 = intra-group comparison. The annealing variants move μ over training."""
-
-    beta: float = 0.0
-    """β: bonus of the high-metric half U over the low half L. Official scripts: 0."""
-
-    singleton_zero: bool = False
-    """A group of one response gets ``A = 0`` (True) or the code's ``A = R + μ·β`` (False)."""
-
-    metric: str = "entropy"
-    """Split metric: ``entropy`` (token-mean π_old entropy, ``dr_entropy_token_budget``) or
-    ``length`` (response length, ``dr_length_on_mean``)."""
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.mu <= 1.0:
-            raise ValueError(f"algorithm.canon.mu must be in [0, 1], got {self.mu}")
-        if self.metric not in CANON_METRICS:
-            raise ValueError(
-                f"algorithm.canon.metric must be one of {CANON_METRICS}, got '{self.metric}'"
-            )
 
 
 def canon_token_scale(loss_agg_mode: str, max_response_length: int) -> float:

@@ -33,41 +33,9 @@ Deviations and conventions:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
-DYNAMIC_SAMPLING_METRICS = ("acc", "seq_reward", "seq_final_reward")
-
-
-@dataclass(frozen=True)
-class DynamicSamplingConfig:
-    """DAPO dynamic sampling (arXiv 2503.14476, Sec. 3.2)."""
-
-    enable: bool = False
-    """Filter out groups whose metric has zero std. DAPO and Entropy-Mechanism scripts: True;
-    Lp-Reg and STEER scripts: False."""
-
-    metric: str = "acc"
-    """Filter metric ``M``: ``acc`` (correctness; every official script), ``seq_reward`` (sum of
-    token scores) or ``seq_final_reward`` (after any in-reward KL). Prefer ``acc``: with overlong
-    shaping (``algorithm.overlong``) an all-wrong group can have non-zero reward variance."""
-
-    max_num_gen_batches: int = 10
-    """Fail once this many generation batches have not kept ``train_batch_size`` prompts; 0 retries
-    forever. DAPO scripts: 10. ≥ 0."""
-
-    def __post_init__(self) -> None:
-        if self.metric not in DYNAMIC_SAMPLING_METRICS:
-            raise ValueError(
-                f"algorithm.dynamic_sampling.metric must be one of {DYNAMIC_SAMPLING_METRICS}, "
-                f"got '{self.metric}'"
-            )
-        if self.max_num_gen_batches < 0:
-            raise ValueError(
-                "algorithm.dynamic_sampling.max_num_gen_batches must be >= 0 (0 = retry forever), "
-                f"got {self.max_num_gen_batches}"
-            )
+from entropo.algorithms.configs.dapo import DynamicSamplingConfig
 
 
 class DynamicSamplingExhausted(RuntimeError):

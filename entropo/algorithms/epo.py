@@ -49,55 +49,9 @@ from dataclasses import dataclass
 import torch
 
 from entropo.algorithms.aggregate import LossNorm, aggregate
+from entropo.algorithms.configs.regularizers import EpoConfig
 from entropo.algorithms.registry import REGULARIZERS
 from entropo.algorithms.stateful import StepInfo, StepMethod
-
-EPO_MODES = ("faithful", "differentiable")
-
-
-@dataclass(frozen=True)
-class EpoConfig:
-    """Hyperparameters of EPO (arXiv 2509.22576; defaults: the ScienceWorld recipe)."""
-
-    coef: float = 0.001
-    """λ (``entropy_coeff``), the entropy bonus weight. Both recipes: 0.001. ≥ 0."""
-
-    smooth_coef: float = 1.0
-    """c_s (``entropy_smooth_coeff``), the weight of the corridor penalty. Recipes: 1.0. ≥ 0."""
-
-    kappa_l: float = 0.0
-    """κ_l (``entropy_smooth_min_ratio``): lower corridor bound as a multiple of H̄. Recipes: 0."""
-
-    kappa_r: float = 2.0
-    """κ_r (``entropy_smooth_max_ratio``): upper corridor bound as a multiple of H̄. Recipes: 2.0."""
-
-    alpha: float = 0.05
-    """α (``entropy_smooth_out_range_penalty``): penalty of an out-of-corridor token.
-    ScienceWorld 0.05, ALFWorld 0.1. ≥ 0."""
-
-    mode: str = "faithful"
-    """``faithful`` (the code: constant penalty, zero gradient) or ``differentiable`` (ours)."""
-
-    phase_K: int = 150
-    """K of the phase weight β_k (hard-coded 150 in the submitted code). ≥ 1."""
-
-    enable_smooth_weights: bool = True
-    """Multiply the penalty by β_k (``enable_smooth_weights``); False uses β = 1."""
-
-    def __post_init__(self) -> None:
-        if self.coef < 0 or self.smooth_coef < 0 or self.alpha < 0:
-            raise ValueError(
-                "algorithm.epo.coef, algorithm.epo.smooth_coef and algorithm.epo.alpha must be >= 0, "
-                f"got {self.coef}, {self.smooth_coef}, {self.alpha}"
-            )
-        if not 0.0 <= self.kappa_l < self.kappa_r:
-            raise ValueError(
-                f"algorithm.epo needs 0 <= kappa_l < kappa_r, got kappa_l={self.kappa_l}, kappa_r={self.kappa_r}"
-            )
-        if self.mode not in EPO_MODES:
-            raise ValueError(f"algorithm.epo.mode must be one of {EPO_MODES}, got '{self.mode}'")
-        if self.phase_K < 1:
-            raise ValueError(f"algorithm.epo.phase_K must be >= 1, got {self.phase_K}")
 
 
 def epo_phase_weight(k: int, K: int) -> float:

@@ -48,7 +48,8 @@ from dataclasses import dataclass
 
 import torch
 
-from entropo.algorithms.advantages import GRPOConfig, advantage_metrics, grpo
+from entropo.algorithms.advantages import advantage_metrics, grpo
+from entropo.algorithms.configs.advantages import GRPOConfig, HapoAdvantageConfig
 from entropo.algorithms.reduce import LOCAL, Reducer, gather_valid
 from entropo.algorithms.registry import ADVANTAGES
 
@@ -127,18 +128,6 @@ def entropy_h_hat(
     stats = HapoStats(mu=mu, sigma=sigma, s_pos=1.0 / pos_max, s_neg=1.0 / neg_min)
     h_hat = apply_scales(h, stats.s_pos, stats.s_neg, code_compat) * valid
     return h_hat, stats
-
-
-@dataclass(frozen=True)
-class HapoAdvantageConfig:
-    """Hyperparameters of the ``hapo`` advantage estimator (docs/algorithms.md §4.1)."""
-
-    eps: float = 1e-6
-    """ε in ``(R − μ_tok)/(σ_tok + ε)``, also passed to the GRPO fallback. Code: 1e-6. > 0."""
-
-    def __post_init__(self) -> None:
-        if not self.eps > 0:
-            raise ValueError(f"algorithm.hapo.eps must be > 0, got {self.eps}")
 
 
 @ADVANTAGES.register("hapo", config=HapoAdvantageConfig)

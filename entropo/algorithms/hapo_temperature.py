@@ -25,32 +25,13 @@ from dataclasses import dataclass
 
 import torch
 
+from entropo.algorithms.configs.sampling import HapoTemperatureConfig
 from entropo.algorithms.hapo import HapoStats, apply_scales, entropy_h_hat
 from entropo.algorithms.registry import SAMPLERS
 from entropo.algorithms.stateful import StepInfo, StepMethod
 
 DECODE_EPS = 1e-6
 """The decode-time sampler's eps: floors H before log and is added to σ (sampler.py)."""
-
-
-@dataclass(frozen=True)
-class HapoTemperatureConfig:
-    """HAPO adaptive sampling temperature (docs/algorithms.md §11.1; defaults: the released code)."""
-
-    tau: float = 0.05
-    """τ (``temperature_tau``): T_t = T·(1 + τ·clip(ĥ_t, −1, 1)). Lower it if training collapses."""
-
-    entropy_pivot: float = 0.8
-    """Quantile of the log-entropy used as the pivot μ of ĥ."""
-
-    code_compat: bool = False
-    """Reproduce the released code's sign of s⁻ (T only ever rises); default: the paper's signed ĥ."""
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.tau < 1.0:
-            raise ValueError(f"algorithm.hapo_temperature.tau must be in [0, 1), got {self.tau}")
-        if not 0.0 <= self.entropy_pivot <= 1.0:
-            raise ValueError(f"algorithm.hapo_temperature.entropy_pivot must be in [0, 1], got {self.entropy_pivot}")
 
 
 def adaptive_temperature(

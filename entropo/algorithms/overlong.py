@@ -31,34 +31,9 @@ Conventions:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
-
-@dataclass(frozen=True)
-class OverlongConfig:
-    """DAPO soft overlong punishment (arXiv 2503.14476, Sec. 3.4). ``L_max`` is the rollout's maximum response
-    length (``rollout.max_new_tokens``), passed to the functions below."""
-
-    enable: bool = False
-    """Add ``R_len`` to the reward. DAPO and 80/20 scripts: on; Entropy-Mechanism scripts: off."""
-
-    cache_len: int = 4096
-    """``L_cache``: length of the linear punishment buffer before ``L_max`` (DAPO and HAPO: 4096).
-    In (0, L_max]."""
-
-    penalty_factor: float = 1.0
-    """``λ``: the penalty at ``|y| = L_max`` is ``−λ`` (DAPO: 1.0). ≥ 0."""
-
-    filter_truncated: bool = False
-    """Overlong filtering: drop truncated responses from the loss (TRL ``mask_truncated_completions``)."""
-
-    def __post_init__(self) -> None:
-        if self.cache_len <= 0:
-            raise ValueError(f"algorithm.overlong.cache_len must be > 0, got {self.cache_len}")
-        if self.penalty_factor < 0:
-            raise ValueError(f"algorithm.overlong.penalty_factor must be >= 0, got {self.penalty_factor}")
+from entropo.algorithms.configs.dapo import OverlongConfig
 
 
 def overlong_penalty(lengths: torch.Tensor, max_len: int, cfg: OverlongConfig) -> torch.Tensor:

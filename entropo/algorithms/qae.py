@@ -45,53 +45,18 @@ Conventions and deviations (each a named option or stated here):
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
 
 from entropo.algorithms.advantages import _check, _group_stats, advantage_metrics
+from entropo.algorithms.configs.advantages import QaeConfig
 from entropo.algorithms.reduce import LOCAL, Reducer
 from entropo.algorithms.registry import ADVANTAGES
-
-QAE_INTERPOLATIONS = ("linear", "lower", "higher", "midpoint", "nearest", "inverted_cdf")
 
 # K·n in float64 can land one ulp above an integer (0.7·10 = 7.000000000000001), which would
 # move inverted_cdf's ⌈K·n⌉ one rank up; ranks closer than this to an integer count as it.
 RANK_TOL = 1e-9
-
-
-@dataclass(frozen=True)
-class QaeConfig:
-    """Hyperparameters of QAE (arXiv 2509.22611; defaults: the official scripts)."""
-
-    k: float = 0.4
-    """K, the baseline's quantile level, in (0, 1). Official scripts: 0.4 (``quantile_k``).
-    Binary rewards: prompts with success rate ≤ 1 − K train only their correct responses,
-    the others only their incorrect ones; larger K penalises more and rewards less."""
-
-    interpolation: str = "linear"
-    """How Q_K reads between two sorted rewards: ``linear`` (official code, torch.quantile's
-    default), ``lower``, ``higher``, ``midpoint``, ``nearest`` (torch.quantile), or
-    ``inverted_cdf`` (the smallest reward whose empirical CDF is ≥ K: the paper's gate
-    ``p ≤ 1 − K`` exactly, at every group size)."""
-
-    std_norm: bool = True
-    """Divide by the group's unbiased std + ε, as verl's GRPO with
-    ``norm_adv_by_std_in_grpo=True`` (the official code). False: ``A = R − Q_K``."""
-
-    eps: float = 1e-6
-    """ε in ``(R − Q_K)/(std + ε)``; verl's 1e-6. > 0."""
-
-    def __post_init__(self) -> None:
-        if not 0.0 < self.k < 1.0:
-            raise ValueError(f"algorithm.qae.k must be in (0, 1), got {self.k} (K outside it is grpo's mean)")
-        if self.interpolation not in QAE_INTERPOLATIONS:
-            raise ValueError(
-                f"algorithm.qae.interpolation must be one of {QAE_INTERPOLATIONS}, got '{self.interpolation}'"
-            )
-        if not self.eps > 0:
-            raise ValueError(f"algorithm.qae.eps must be > 0, got {self.eps}")
 
 
 class _Table(NamedTuple):

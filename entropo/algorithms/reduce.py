@@ -18,10 +18,6 @@ from typing import Protocol
 
 import torch
 
-STAT_SCOPES = ("global", "micro")
-"""``global``: the whole mini-batch on all ranks (the papers' batch B). ``micro``: the
-micro-batch one rank processes (what the verl-based official codes do)."""
-
 
 class Reducer(Protocol):
     """Collective operations over the shards that make up one statistic's scope."""

@@ -54,6 +54,7 @@ from dataclasses import dataclass
 import torch
 
 from entropo.algorithms.aggregate import LossNorm, aggregate
+from entropo.algorithms.configs.regularizers import AdaptiveEntropyConfig
 from entropo.algorithms.registry import CONTROLLERS
 from entropo.algorithms.stateful import StepInfo, StepMethod
 
@@ -79,7 +80,7 @@ def entropy_bonus(
         entropy: per-token entropy ``H`` of ``π_θ`` ``[n, T]``, with gradient.
         mask: valid-token mask ``[n, T]`` (the policy loss's mask for verl, or TRL's 80/20 mask).
         coef: ``c_H`` (≥ 0; 0 gives a zero term that still carries a graph).
-        mode: aggregation mode, one of :data:`entropo.algorithms.aggregate.AGG_MODES`.
+        mode: aggregation mode, one of :data:`entropo.algorithms.configs.reduction.AGG_MODES`.
         norm: mini-batch denominators from :func:`entropo.algorithms.aggregate.loss_norm`;
             ``None`` counts them from ``mask`` (micro-batch scope).
         l_norm: ``L_norm`` for ``seq-mean-token-sum-norm``.
@@ -92,33 +93,6 @@ def entropy_bonus(
     agg_h = aggregate(entropy, mask, mode, norm, l_norm)
     term = -coef * agg_h
     return term, {"actor/entropy_bonus": -term.detach()}
-
-
-@dataclass(frozen=True)
-class AdaptiveEntropyConfig:
-    """Adaptive entropy-bonus coefficient (Skywork-OR1, arXiv 2505.22312; TRL defaults)."""
-
-    delta: float = 0.005
-    """``δ``: coefficient step per optimiser step (TRL ``entropy_coef_delta``). ≥ 0."""
-
-    target: float = 0.2
-    """``H_tgt``: target mean token entropy in nats (TRL ``entropy_target``). TRL's docs note that
-    0.2 only triggers on near-complete collapse; set it near the early-training entropy."""
-
-    coef_min: float = 0.0
-    """``c_min``: lower clamp of the coefficient (TRL ``entropy_coef_min``). ≥ 0."""
-
-    coef_max: float = 1.0
-    """``c_max``: upper clamp of the coefficient (TRL ``entropy_coef_max``). ≥ coef_min."""
-
-    def __post_init__(self) -> None:
-        if self.delta < 0:
-            raise ValueError(f"algorithm.entropy_adaptive.delta must be >= 0, got {self.delta}")
-        if not 0 <= self.coef_min <= self.coef_max:
-            raise ValueError(
-                "algorithm.entropy_adaptive needs 0 <= coef_min <= coef_max, got "
-                f"coef_min={self.coef_min}, coef_max={self.coef_max}"
-            )
 
 
 def adaptive_entropy_coef(

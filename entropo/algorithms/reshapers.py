@@ -41,11 +41,11 @@ Conventions and deviations:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
 
+from entropo.algorithms.configs.advantages import SEED_SE_FORMS, EttrlConfig, SeedConfig
 from entropo.algorithms.registry import ADVANTAGE_RESHAPERS
 
 Metrics = dict[str, torch.Tensor]
@@ -77,41 +77,6 @@ def _group_index(adv: torch.Tensor, group_ids: torch.Tensor) -> tuple[torch.Tens
 
 
 # ---------------------------------------------------------------- SEED-GRPO
-
-SEED_F_FORMS = ("linear",)
-SEED_F_UNVERIFIED = ("exponential", "focal")
-SEED_SE_FORMS = ("mc", "plugin")
-
-
-@dataclass(frozen=True)
-class SeedConfig:
-    """Hyperparameters of SEED-GRPO (arXiv 2505.12346; not verified against the paper's text)."""
-
-    alpha: float | None = None
-    """α, the strength of the down-weighting ``f(α·SE/SE_max)``. Required: no source we read confirms
-    the paper's default. ≥ 0; α ≤ 1 keeps the linear ``f`` ≥ 0 for every prompt."""
-
-    f: str = "linear"
-    """The scale function: ``linear`` (``f(x) = 1 − x``). ``exponential`` and ``focal`` raise:
-    no source we read gives their exact forms."""
-
-    se_form: str = "mc"
-    """``mc``: the paper's ``−(1/K) Σ_k log p(C_k)``; ``plugin``: ``−Σ_k p log p``."""
-
-    def __post_init__(self) -> None:
-        if self.alpha is not None and not self.alpha >= 0:
-            raise ValueError(f"algorithm.seed.alpha must be >= 0, got {self.alpha}")
-        if self.f in SEED_F_UNVERIFIED:
-            raise ValueError(
-                f"algorithm.seed.f='{self.f}' is not implemented: the exact form of the "
-                f"{SEED_F_UNVERIFIED} variants is unverified; use 'linear'"
-            )
-        if self.f not in SEED_F_FORMS:
-            raise ValueError(f"algorithm.seed.f must be one of {SEED_F_FORMS}, got '{self.f}'")
-        if self.se_form not in SEED_SE_FORMS:
-            raise ValueError(
-                f"algorithm.seed.se_form must be one of {SEED_SE_FORMS}, got '{self.se_form}'"
-            )
 
 
 def _group_semantic_entropy(
@@ -213,30 +178,6 @@ def seed(
 
 
 # ---------------------------------------------------------------- ETTRL EAR
-
-ETTRL_MODES = ("res", "clip")
-
-
-@dataclass(frozen=True)
-class EttrlConfig:
-    """Hyperparameters of ETTRL's entropy-based advantage reshaping (arXiv 2508.11356; not verified
-    against the paper's text)."""
-
-    mode: str = "res"
-    """``res``: Adv-Res, ``Y_i·A_i`` (the paper's main method); ``clip``: Adv-Clip,
-    ``clip(A, −β, β)``."""
-
-    clip_Y_min: float | None = None
-    """Floor on ``Y`` in ``res`` mode (``None``: faithful, Y may go negative when H_i > 2·H̄_g)."""
-
-    clip_beta: float = 2.0
-    """β of Adv-Clip (paper: 2). > 0."""
-
-    def __post_init__(self) -> None:
-        if self.mode not in ETTRL_MODES:
-            raise ValueError(f"algorithm.ettrl.mode must be one of {ETTRL_MODES}, got '{self.mode}'")
-        if not self.clip_beta > 0:
-            raise ValueError(f"algorithm.ettrl.clip_beta must be > 0, got {self.clip_beta}")
 
 
 @ADVANTAGE_RESHAPERS.register("ettrl", config=EttrlConfig)

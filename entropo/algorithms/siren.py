@@ -56,46 +56,11 @@ from dataclasses import dataclass
 import torch
 
 from entropo.algorithms.aggregate import LossNorm
+from entropo.algorithms.configs.regularizers import TOP_P_RULES, SirenConfig
 from entropo.algorithms.entropy import DEFAULT_CHUNK_SIZE
 from entropo.algorithms.reduce import LOCAL, Reducer
 from entropo.algorithms.registry import REGULARIZERS, TOKEN_EXTRAS
 from entropo.algorithms.stateful import StepInfo, StepMethod
-
-TOP_P_RULES = ("below", "reach")
-
-
-@dataclass(frozen=True)
-class SirenConfig:
-    """Hyperparameters of SIREN (arXiv 2509.25133; defaults: the official scripts)."""
-
-    coef: float = 0.005
-    """λ (``entropy_coeff``), the weight of ``(H_sel − H_anc)²``. Paper: 0.005. ≥ 0."""
-
-    p_top: float = 0.8
-    """p of the top-p entropy (``entropy_topp``). Paper: 0.8. In (0, 1]."""
-
-    top_k: int = 10000
-    """K, the top-k logits considered (``entropy_topk``). Paper: 10000. ≥ 1."""
-
-    mask_quantile: float = 0.8
-    """q: per-sequence quantile of Ĥ above which tokens are selected (``mask_ratio``; 0.8 keeps
-    about the top 20%). In [0, 1]."""
-
-    top_p_rule: str = "below"
-    """``below``: keep the tokens whose cumulative probability stays below p (official code);
-    ``reach``: the smallest prefix that reaches p (the standard top-p set)."""
-
-    def __post_init__(self) -> None:
-        if self.coef < 0:
-            raise ValueError(f"algorithm.siren.coef must be >= 0, got {self.coef}")
-        if not 0.0 < self.p_top <= 1.0:
-            raise ValueError(f"algorithm.siren.p_top must be in (0, 1], got {self.p_top}")
-        if self.top_k < 1:
-            raise ValueError(f"algorithm.siren.top_k must be >= 1, got {self.top_k}")
-        if not 0.0 <= self.mask_quantile <= 1.0:
-            raise ValueError(f"algorithm.siren.mask_quantile must be in [0, 1], got {self.mask_quantile}")
-        if self.top_p_rule not in TOP_P_RULES:
-            raise ValueError(f"algorithm.siren.top_p_rule must be one of {TOP_P_RULES}, got '{self.top_p_rule}'")
 
 
 def _select_chunk(

@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from entropo.algorithms.advantages import (
-    GRPOConfig,
     broadcast_to_tokens,
     dr_grpo,
     grpo,
@@ -17,6 +16,7 @@ from entropo.algorithms.advantages import (
     rloo,
 )
 from entropo.algorithms.aggregate import aggregate
+from entropo.algorithms.configs.advantages import GRPOConfig
 from entropo.algorithms.reduce import LOCAL
 from entropo.algorithms.registry import ADVANTAGES
 from tests.fake_ranks import run_split

@@ -7,13 +7,13 @@ import torch
 
 from entropo.algorithms.aepo import (
     AEPO_INITIAL_ENTROPY,
-    AepoConfig,
     aepo_entropy_estimate,
     aepo_mix,
     aepo_num_injected,
     aepo_num_prompts,
     aepo_temperature,
 )
+from entropo.algorithms.configs.sampling import AepoConfig
 from tests.fake_ranks import run_split
 
 

@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from entropo.algorithms.aggregate import AGG_MODES, aggregate, loss_norm
+from entropo.algorithms.aggregate import aggregate, loss_norm
+from entropo.algorithms.configs.reduction import AGG_MODES
 from entropo.algorithms.reduce import LOCAL
 from tests.fake_ranks import run_split
 

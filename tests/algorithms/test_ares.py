@@ -13,7 +13,6 @@ from entropo.algorithms.ares import (
     EASY,
     HARD,
     MEDIUM,
-    AresConfig,
     AresState,
     alpha_update,
     ares_step,
@@ -28,6 +27,7 @@ from entropo.algorithms.ares import (
     topk_entropy,
     window_entropy,
 )
+from entropo.algorithms.configs.ares import AresConfig
 from entropo.config import ConfigError, load_config
 from tests.fake_ranks import run_split
 

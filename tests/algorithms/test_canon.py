@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from entropo.algorithms.advantages import dr_grpo
-from entropo.algorithms.canon import CanonConfig, canon, canon_split, canon_token_scale
+from entropo.algorithms.canon import canon, canon_split, canon_token_scale
+from entropo.algorithms.configs.advantages import CanonConfig
 from entropo.algorithms.reduce import LOCAL
 from entropo.algorithms.registry import ADVANTAGES
 from tests.fake_ranks import run_split

@@ -5,8 +5,9 @@ import math
 import pytest
 import torch
 
+from entropo.algorithms.configs.losses import CispoConfig
 from entropo.algorithms.losses.base import TokenLossInputs
-from entropo.algorithms.losses.cispo import CispoConfig, cispo_loss
+from entropo.algorithms.losses.cispo import cispo_loss
 from entropo.algorithms.objective import micro_objective
 from entropo.algorithms.registry import TOKEN_LOSSES
 from tests.algorithms.learner_split import random_tokens, split_update

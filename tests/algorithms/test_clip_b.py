@@ -4,9 +4,10 @@ import pytest
 import torch
 
 from entropo.algorithms.aggregate import aggregate, loss_norm
+from entropo.algorithms.configs.losses import PPOClipConfig
+from entropo.algorithms.configs.masks import ClipBConfig
 from entropo.algorithms.losses.base import TokenLossInputs
-from entropo.algorithms.losses.ppo_clip import PPOClipConfig
-from entropo.algorithms.masks.clip_b import ClipBConfig, clip_b_mask
+from entropo.algorithms.masks.clip_b import clip_b_mask
 from entropo.algorithms.objective import micro_objective, prepare_minibatch
 from entropo.algorithms.reduce import LOCAL
 from tests.fake_ranks import run_split
@@ -209,7 +210,7 @@ def test_config_wiring():
 
 
 def test_clip_b_reads_only_pi_old_so_needs_no_policy_prepass():
-    from entropo.algorithms.masks.high_entropy import EntropyMaskConfig
+    from entropo.algorithms.configs.masks import EntropyMaskConfig
 
     only_clip_b = objective(loss="ppo_clip", loss_cfg=PPOClipConfig(), masks=(("clip_b", ClipBConfig()),))
     assert not only_clip_b.needs_policy_prepass  # S̄, σ_S come from π_old: no π_θ pass per mini-batch

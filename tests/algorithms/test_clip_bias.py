@@ -5,10 +5,10 @@ import math
 import pytest
 import torch
 
+from entropo.algorithms.configs.losses import CispoConfig, PPOClipConfig
 from entropo.algorithms.losses.base import TokenLossInputs
-from entropo.algorithms.losses.cispo import CispoConfig
 from entropo.algorithms.losses.clip_bias import clip_bias_metrics
-from entropo.algorithms.losses.ppo_clip import PPOClipConfig, ppo_clip_loss
+from entropo.algorithms.losses.ppo_clip import ppo_clip_loss
 from tests.algorithms.learner_split import random_tokens, split_update
 from tests.metrics_doc import undocumented
 from tests.objectives import objective

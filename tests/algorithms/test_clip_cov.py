@@ -1,8 +1,9 @@
 import pytest
 import torch
 
+from entropo.algorithms.configs.losses import ClipCovConfig
 from entropo.algorithms.losses.base import TokenLossInputs
-from entropo.algorithms.losses.clip_cov import ClipCovConfig, clip_cov_loss, clip_cov_select
+from entropo.algorithms.losses.clip_cov import clip_cov_loss, clip_cov_select
 from entropo.algorithms.reduce import LOCAL
 from tests.fake_ranks import run_split
 

@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from entropo.algorithms.aggregate import aggregate, loss_norm
+from entropo.algorithms.configs.losses import PPOClipConfig
+from entropo.algorithms.configs.masks import DmmptConfig
 from entropo.algorithms.losses.base import TokenLossInputs
-from entropo.algorithms.losses.ppo_clip import PPOClipConfig
-from entropo.algorithms.masks.dmmpt import DmmptConfig, dmmpt_mask
+from entropo.algorithms.masks.dmmpt import dmmpt_mask
 from entropo.algorithms.objective import micro_objective
 from entropo.algorithms.registry import TOKEN_MASKS
 from tests.objectives import objective

@@ -7,8 +7,8 @@ from collections import defaultdict
 import pytest
 import torch
 
+from entropo.algorithms.configs.dapo import DynamicSamplingConfig
 from entropo.algorithms.dynamic_sampling import (
-    DynamicSamplingConfig,
     DynamicSamplingExhausted,
     dynamic_sampling_metrics,
     group_keep_mask,

@@ -8,13 +8,8 @@ import pytest
 import torch
 
 from entropo.algorithms.aggregate import loss_norm
-from entropo.algorithms.epo import (
-    EpoConfig,
-    EpoHistory,
-    epo_history_update,
-    epo_phase_weight,
-    epo_term,
-)
+from entropo.algorithms.configs.regularizers import EpoConfig
+from entropo.algorithms.epo import EpoHistory, epo_history_update, epo_phase_weight, epo_term
 from entropo.algorithms.regularizers import entropy_bonus
 from tests.fake_ranks import run_split
 

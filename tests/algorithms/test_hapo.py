@@ -9,16 +9,17 @@ import pytest
 import torch
 
 from entropo.algorithms.advantages import grpo
-from entropo.algorithms.hapo import HapoAdvantageConfig, entropy_h_hat, hapo_advantage
+from entropo.algorithms.configs.advantages import HapoAdvantageConfig
+from entropo.algorithms.configs.losses import HapoClipConfig, PPOClipConfig
+from entropo.algorithms.hapo import entropy_h_hat, hapo_advantage
 from entropo.algorithms.hapo_temperature import adaptive_temperature
 from entropo.algorithms.losses.base import TokenLossInputs
 from entropo.algorithms.losses.hapo_clip import (
-    HapoClipConfig,
     adaptive_bounds_and_advantage,
     hapo_clip_loss,
     hapo_clip_select,
 )
-from entropo.algorithms.losses.ppo_clip import PPOClipConfig, ppo_clip_loss
+from entropo.algorithms.losses.ppo_clip import ppo_clip_loss
 from entropo.algorithms.reduce import LOCAL
 from entropo.algorithms.registry import ADVANTAGES, TOKEN_LOSSES
 from tests.fake_ranks import run_split

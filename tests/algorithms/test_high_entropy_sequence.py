@@ -3,13 +3,10 @@
 import pytest
 import torch
 
+from entropo.algorithms.configs.losses import PPOClipConfig
+from entropo.algorithms.configs.masks import EntropyMaskConfig
 from entropo.algorithms.losses.base import TokenLossInputs
-from entropo.algorithms.losses.ppo_clip import PPOClipConfig
-from entropo.algorithms.masks.high_entropy import (
-    EntropyMaskConfig,
-    high_entropy_mask,
-    per_response_top_mask,
-)
+from entropo.algorithms.masks.high_entropy import high_entropy_mask, per_response_top_mask
 from entropo.algorithms.objective import micro_objective, prepare_minibatch
 from entropo.algorithms.reduce import LOCAL
 from entropo.algorithms.select import top_count

@@ -1,8 +1,9 @@
 import pytest
 import torch
 
+from entropo.algorithms.configs.losses import KLCovConfig
 from entropo.algorithms.losses.base import TokenLossInputs
-from entropo.algorithms.losses.kl_cov import KLCovConfig, kl_cov_loss, kl_cov_select
+from entropo.algorithms.losses.kl_cov import kl_cov_loss, kl_cov_select
 from entropo.algorithms.reduce import LOCAL
 from tests.fake_ranks import run_split
 

@@ -7,10 +7,10 @@ import math
 import pytest
 import torch
 
+from entropo.algorithms.configs.losses import LpRegConfig
 from entropo.algorithms.losses.base import TokenLossInputs
 from entropo.algorithms.losses.lp_reg import (
     MINP_FILTERED_LOGIT,
-    LpRegConfig,
     lp_reg_loss,
     lp_reg_select,
     minp_proxy_logprobs,

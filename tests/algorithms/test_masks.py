@@ -2,8 +2,9 @@ import pytest
 import torch
 
 from entropo.algorithms.aggregate import aggregate, loss_norm
+from entropo.algorithms.configs.masks import EntropyMaskConfig
 from entropo.algorithms.losses.base import TokenLossInputs
-from entropo.algorithms.masks.high_entropy import EntropyMaskConfig, high_entropy_mask
+from entropo.algorithms.masks.high_entropy import high_entropy_mask
 from entropo.algorithms.reduce import LOCAL
 from entropo.algorithms.select import top_count
 from tests.fake_ranks import run_split

@@ -3,11 +3,9 @@
 import pytest
 import torch
 
+from entropo.algorithms.configs.losses import ClipCovConfig, KLCovConfig, PPOClipConfig
+from entropo.algorithms.configs.masks import EntropyMaskConfig
 from entropo.algorithms.losses.base import TokenLossInputs
-from entropo.algorithms.losses.clip_cov import ClipCovConfig
-from entropo.algorithms.losses.kl_cov import KLCovConfig
-from entropo.algorithms.losses.ppo_clip import PPOClipConfig
-from entropo.algorithms.masks.high_entropy import EntropyMaskConfig
 from entropo.algorithms.objective import micro_objective, prepare_minibatch
 from tests.objectives import objective
 
@@ -96,10 +94,9 @@ def test_kl_term_requires_reference():
 # ---- rows with no advantage (learner.skip_zero_advantage) --------------------------------
 
 def _inert_objectives():
-    from entropo.algorithms.losses.hapo_clip import HapoClipConfig
-    from entropo.algorithms.masks.dmmpt import DmmptConfig
-    from entropo.algorithms.weights.steer import SteerConfig
-    from entropo.algorithms.weights.tis import TisConfig
+    from entropo.algorithms.configs.losses import HapoClipConfig
+    from entropo.algorithms.configs.masks import DmmptConfig
+    from entropo.algorithms.configs.weights import SteerConfig, TisConfig
 
     tis = (("tis", TisConfig(cap=1.02)),)  # a cap inside the ratios below: some weights truncate
     return {

@@ -6,12 +6,8 @@ import pytest
 import torch
 
 from entropo.algorithms.aggregate import loss_norm
-from entropo.algorithms.overlong import (
-    OverlongConfig,
-    filter_truncated,
-    overlong_metrics,
-    overlong_penalty,
-)
+from entropo.algorithms.configs.dapo import OverlongConfig
+from entropo.algorithms.overlong import filter_truncated, overlong_metrics, overlong_penalty
 
 L_MAX = 20480
 DAPO = OverlongConfig(enable=True, cache_len=4096, penalty_factor=1.0)

@@ -1,8 +1,9 @@
 import pytest
 import torch
 
+from entropo.algorithms.configs.losses import PPOClipConfig
 from entropo.algorithms.losses.base import TokenLossInputs
-from entropo.algorithms.losses.ppo_clip import PPOClipConfig, ppo_clip_loss
+from entropo.algorithms.losses.ppo_clip import ppo_clip_loss
 
 
 def _loss(ratio, adv, **cfg):

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from entropo.algorithms.qae import QAE_INTERPOLATIONS, QaeConfig, group_quantile, qae
+from entropo.algorithms.configs.advantages import QAE_INTERPOLATIONS, QaeConfig
+from entropo.algorithms.qae import group_quantile, qae
 from entropo.algorithms.registry import ADVANTAGES
 from tests.fake_ranks import run_split
 

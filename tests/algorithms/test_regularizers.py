@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from entropo.algorithms.aggregate import aggregate, loss_norm
+from entropo.algorithms.configs.regularizers import KL_ESTIMATOR_NAMES, AdaptiveEntropyConfig
 from entropo.algorithms.regularizers import (
     K3_MAX,
     KL_ESTIMATORS,
-    AdaptiveEntropyConfig,
     adaptive_entropy_coef,
     entropy_bonus,
     kl_penalty,
@@ -169,6 +169,7 @@ def test_kl_estimators_are_unbiased_under_exact_expectation():
 
 def test_unknown_estimator_lists_names():
     assert sorted(KL_ESTIMATORS) == ["k1", "k2", "k3"]
+    assert tuple(KL_ESTIMATORS) == KL_ESTIMATOR_NAMES  # the names config validates against
     with pytest.raises(ValueError, match=r"'low_var_kl'.*\['k1', 'k2', 'k3'\]"):
         kl_penalty(LOGP, REF, "low_var_kl")
 

@@ -8,15 +8,9 @@ from collections import Counter, defaultdict
 import pytest
 import torch
 
+from entropo.algorithms.configs.advantages import EttrlConfig, SeedConfig
 from entropo.algorithms.registry import ADVANTAGE_RESHAPERS
-from entropo.algorithms.reshapers import (
-    EttrlConfig,
-    SeedConfig,
-    etmr_leaf_count,
-    ettrl,
-    seed,
-    semantic_entropy,
-)
+from entropo.algorithms.reshapers import etmr_leaf_count, ettrl, seed, semantic_entropy
 
 # Hand case: G = 6, clusters of sizes {5, 1}.
 G6 = torch.zeros(6, dtype=torch.long)

@@ -7,13 +7,8 @@ import math
 import pytest
 import torch
 
-from entropo.algorithms.siren import (
-    SirenConfig,
-    siren_anchor,
-    siren_select,
-    siren_term,
-    top_p_entropy,
-)
+from entropo.algorithms.configs.regularizers import SirenConfig
+from entropo.algorithms.siren import siren_anchor, siren_select, siren_term, top_p_entropy
 from tests.fake_ranks import run_split
 
 # Hand case: one sequence with Ĥ = [0.1, 0.2, 0.3, 0.4, 2.0].

@@ -7,10 +7,11 @@ import math
 import pytest
 import torch
 
+from entropo.algorithms.configs.weights import SteerConfig
 from entropo.algorithms.losses.base import TokenLossInputs
 from entropo.algorithms.reduce import LOCAL
 from entropo.algorithms.registry import TOKEN_WEIGHTS
-from entropo.algorithms.weights.steer import SteerConfig, entropy_change_proxy, steer_weights
+from entropo.algorithms.weights.steer import entropy_change_proxy, steer_weights
 from tests.fake_ranks import run_split
 
 # Hand case: A = [1, 1, −1, −1], p = q = [0.9, 0.2, 0.5, 0.05], H = [0.5, 2.0, 1.0, 3.0].

@@ -4,11 +4,12 @@
 import pytest
 import torch
 
+from entropo.algorithms.configs.losses import PPOClipConfig
+from entropo.algorithms.configs.weights import TisConfig
 from entropo.algorithms.losses.base import TokenLossInputs
-from entropo.algorithms.losses.ppo_clip import PPOClipConfig
 from entropo.algorithms.objective import micro_objective
 from entropo.algorithms.registry import TOKEN_WEIGHTS
-from entropo.algorithms.weights.tis import TisConfig, rollout_is_weights
+from entropo.algorithms.weights.tis import rollout_is_weights
 from tests.fake_ranks import run_split
 from tests.objectives import objective
 

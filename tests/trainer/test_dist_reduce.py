@@ -14,11 +14,9 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from entropo.algorithms.configs.losses import ClipCovConfig, KLCovConfig, PPOClipConfig
+from entropo.algorithms.configs.masks import EntropyMaskConfig
 from entropo.algorithms.losses.base import TokenLossInputs
-from entropo.algorithms.losses.clip_cov import ClipCovConfig
-from entropo.algorithms.losses.kl_cov import KLCovConfig
-from entropo.algorithms.losses.ppo_clip import PPOClipConfig
-from entropo.algorithms.masks.high_entropy import EntropyMaskConfig
 from entropo.algorithms.objective import micro_objective, prepare_minibatch
 from entropo.algorithms.reduce import LOCAL
 from tests.objectives import objective

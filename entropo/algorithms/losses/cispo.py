@@ -32,35 +32,12 @@ comparable with ``ppo_clip``'s. No dual clip (r̂ is bounded already).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
+from entropo.algorithms.configs.losses import CispoConfig
 from entropo.algorithms.losses.base import TokenLossInputs, valid_frac, valid_mean
 from entropo.algorithms.losses.clip_bias import clip_bias_metrics
 from entropo.algorithms.registry import TOKEN_LOSSES
-
-
-@dataclass(frozen=True)
-class CispoConfig:
-    """Bounds of CISPO's clipped IS weight (MiniMax-M1, arXiv 2506.13585, Eq. 5)."""
-
-    eps_low: float | None = None
-    """ε_low^IS: r̂ is clipped below at 1 − ε_low; None: no lower bound (the paper). verl's
-    example: 10, SkyRL: 1 (both no bound, as r > 0). ≥ 0."""
-
-    eps_high: float = 4.0
-    """ε_high^IS: r̂ is capped at 1 + ε_high. 4 (cap 5): ScaleRL, SkyRL's default, TRL's
-    recommended ``epsilon_high=5``; verl's example: 0.2. ≥ 0."""
-
-    log_ratio_clamp: float | None = 20.0
-    """κ: log r is clamped to [−κ, κ] before exp, against overflow (verl, SkyRL: 20); None disables it."""
-
-    def __post_init__(self) -> None:
-        if (self.eps_low is not None and self.eps_low < 0) or self.eps_high < 0:
-            raise ValueError("algorithm.cispo.eps_low and eps_high must be >= 0")
-        if self.log_ratio_clamp is not None and not self.log_ratio_clamp > 0:
-            raise ValueError(f"algorithm.cispo.log_ratio_clamp must be > 0, got {self.log_ratio_clamp}")
 
 
 def cispo_weight(log_ratio: torch.Tensor, cfg: CispoConfig) -> tuple[torch.Tensor, torch.Tensor]:

@@ -30,51 +30,13 @@ the first micro-batch, with log π_θ from a no-grad pass at the mini-batch's pa
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
+from entropo.algorithms.configs.losses import ClipCovConfig
 from entropo.algorithms.diagnostics import token_covariance
 from entropo.algorithms.losses.base import TokenLossInputs, clipped_surrogate, valid_frac
-from entropo.algorithms.reduce import STAT_SCOPES
 from entropo.algorithms.registry import TOKEN_LOSSES
 from entropo.algorithms.select import random_subset_mask
-
-
-@dataclass(frozen=True)
-class ClipCovConfig:
-    """Hyperparameters of Clip-Cov (arXiv 2505.22617; defaults: the paper's scripts)."""
-
-    clip_ratio: float = 2e-4
-    """r_clip: fraction of valid tokens whose gradient is detached. Paper: 2e-4. In [0, 1]."""
-
-    cov_low: float = 1.0
-    """ω_low: lower covariance bound of the candidate set. Paper: 1."""
-
-    cov_high: float = 5.0
-    """ω_high: upper covariance bound of the candidate set. Paper: 5."""
-
-    eps_low: float = 1.0
-    """ε_low of the surrogate on the other tokens. Official scripts: 1.0 (verl default 0.2)."""
-
-    eps_high: float = 1.0
-    """ε_high of the surrogate on the other tokens. Official scripts: 1.0."""
-
-    surrogate: str = "clipped"
-    """``clipped`` (official code) or ``plain`` (the paper's text, −A·r)."""
-
-    stat_scope: str = "global"
-    """``global``: the whole mini-batch over all ranks; ``micro``: one micro-batch (official code)."""
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.clip_ratio <= 1.0:
-            raise ValueError(f"algorithm.clip_cov.clip_ratio must be in [0, 1], got {self.clip_ratio}")
-        if self.cov_low >= self.cov_high:
-            raise ValueError("algorithm.clip_cov.cov_low must be smaller than clip_cov.cov_high")
-        if self.surrogate not in ("clipped", "plain"):
-            raise ValueError(f"algorithm.clip_cov.surrogate must be 'clipped' or 'plain', got '{self.surrogate}'")
-        if self.stat_scope not in STAT_SCOPES:
-            raise ValueError(f"algorithm.clip_cov.stat_scope must be one of {STAT_SCOPES}, got '{self.stat_scope}'")
 
 
 def _surrogate(inp: TokenLossInputs, cfg: ClipCovConfig) -> tuple[torch.Tensor, torch.Tensor]:

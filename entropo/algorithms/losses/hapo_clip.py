@@ -22,10 +22,9 @@ Deviations and conventions (those of ĥ itself are :mod:`entropo.algorithms.hapo
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
+from entropo.algorithms.configs.losses import HapoClipConfig
 from entropo.algorithms.hapo import entropy_h_hat
 from entropo.algorithms.losses.base import (
     TokenLossInputs,
@@ -33,51 +32,7 @@ from entropo.algorithms.losses.base import (
     valid_frac,
     valid_mean,
 )
-from entropo.algorithms.reduce import STAT_SCOPES
 from entropo.algorithms.registry import TOKEN_LOSSES
-
-
-@dataclass(frozen=True)
-class HapoClipConfig:
-    """Hyperparameters of HAPO's adaptive clipping and advantage redistribution (docs/algorithms.md §6.5)."""
-
-    entropy_pivot: float = 0.8
-    """q: the pivot μ is the q-quantile of the valid log-entropies. HAPO: 0.8. In [0, 1]."""
-
-    clip_alpha: float = 1.0
-    """α_c: how far ĥ widens the clip bounds (up to (1 + α_c)·ε). HAPO: 1.0. ≥ 0."""
-
-    adv_beta: float = 1.0
-    """β_a: advantage redistribution strength, A' = A·(1 + β_a·ĥ). HAPO: 1.0. ≥ 0."""
-
-    eps_low: float = 0.2
-    """ε_low before adaptation. HAPO: 0.2. ≥ 0."""
-
-    eps_high: float = 0.2
-    """ε_high before adaptation. HAPO: 0.2. ≥ 0."""
-
-    dual_clip_c: float | None = 10.0
-    """c > 1: the loss of a token with A' < 0 is bounded by −A'·c; None turns dual clip off.
-    HAPO's DAPO-based scripts: 10."""
-
-    code_compat: bool = False
-    """Reproduce the released code's non-negative ĥ (sign bug: the code's s⁻ = 1/neg_min < 0; docs/algorithms.md §6.5) instead of the
-    paper's signed ĥ."""
-
-    stat_scope: str = "global"
-    """Scope of ĥ's statistics: ``micro`` (official code) or ``global`` (whole mini-batch). Default ``global``: the
-    method must not change with the micro-batch size or the number of ranks."""
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.entropy_pivot <= 1.0:
-            raise ValueError(f"algorithm.hapo_clip.entropy_pivot must be in [0, 1], got {self.entropy_pivot}")
-        for name in ("clip_alpha", "adv_beta", "eps_low", "eps_high"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"algorithm.hapo_clip.{name} must be >= 0, got {getattr(self, name)}")
-        if self.dual_clip_c is not None and self.dual_clip_c <= 1:
-            raise ValueError(f"algorithm.hapo_clip.dual_clip_c must be > 1, got {self.dual_clip_c}")
-        if self.stat_scope not in STAT_SCOPES:
-            raise ValueError(f"algorithm.hapo_clip.stat_scope must be one of {STAT_SCOPES}, got '{self.stat_scope}'")
 
 
 def hapo_clip_select(inp: TokenLossInputs, cfg: HapoClipConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

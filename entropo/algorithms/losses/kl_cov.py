@@ -24,37 +24,13 @@ picks the earliest, deterministically.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
+from entropo.algorithms.configs.losses import KLCovConfig
 from entropo.algorithms.diagnostics import token_covariance
 from entropo.algorithms.losses.base import TokenLossInputs, valid_frac
-from entropo.algorithms.reduce import STAT_SCOPES
 from entropo.algorithms.registry import TOKEN_LOSSES
 from entropo.algorithms.select import top_k_mask
-
-
-@dataclass(frozen=True)
-class KLCovConfig:
-    """Hyperparameters of KL-Cov (arXiv 2505.22617; defaults: the paper, Qwen2.5-7B)."""
-
-    k: float = 2e-3
-    """Fraction of valid tokens penalised. Paper: 2e-3 (7B), 2e-4 (32B). In [0, 1]."""
-
-    kl_coef: float = 1.0
-    """β: weight of |log r| on the selected tokens. Paper: 1 (verl's default 0.1 is not)."""
-
-    stat_scope: str = "global"
-    """``global``: the whole mini-batch over all ranks; ``micro``: one micro-batch (official code)."""
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.k <= 1.0:
-            raise ValueError(f"algorithm.kl_cov.k must be in [0, 1], got {self.k}")
-        if self.kl_coef < 0:
-            raise ValueError(f"algorithm.kl_cov.kl_coef must be >= 0, got {self.kl_coef}")
-        if self.stat_scope not in STAT_SCOPES:
-            raise ValueError(f"algorithm.kl_cov.stat_scope must be one of {STAT_SCOPES}, got '{self.stat_scope}'")
 
 
 def kl_cov_select(inp: TokenLossInputs, cfg: KLCovConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

@@ -41,13 +41,11 @@ Deviations and conventions:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
+from entropo.algorithms.configs.losses import LpRegConfig
 from entropo.algorithms.entropy import DEFAULT_CHUNK_SIZE, _chunks
 from entropo.algorithms.losses.base import TokenLossInputs, clipped_surrogate, valid_frac
-from entropo.algorithms.reduce import STAT_SCOPES
 from entropo.algorithms.registry import TOKEN_EXTRAS, TOKEN_LOSSES
 from entropo.algorithms.regularizers import kl_penalty
 from entropo.algorithms.select import top_k_mask
@@ -95,45 +93,6 @@ def minp_proxy_logprobs(
             yc = y[s : s + z.shape[0], None]
             out[s : s + z.shape[0]] = (z.gather(-1, yc) - torch.logsumexp(z, dim=-1, keepdim=True)).squeeze(-1)
     return out.view(labels.shape)
-
-
-
-@dataclass(frozen=True)
-class LpRegConfig:
-    """Hyperparameters of Lp-Reg (arXiv 2510.03222; defaults: the Qwen3-14B scripts)."""
-
-    kappa: float = 0.02
-    """κ (``minp_p_threshold``): the proxy keeps tokens with p ≥ κ·max p. Qwen3-14B: 0.02
-    (code fallback 0.1). In (0, 1]. Used by the learner to build ``proxy_logp``."""
-
-    rho_neg: float = 0.01
-    """ρ_neg: fraction of negative-advantage tokens considered, the least likely ones.
-    Qwen3-14B: 0.01; Qwen2.5-32B: 0.005. In [0, 1]."""
-
-    kl_coef: float = 1.0
-    """β (``ppo_kl_coef``): weight of k3 on the regularised tokens. Scripts: 1. ≥ 0."""
-
-    eps_low: float = 1.0
-    """ε_low of the surrogate on the other tokens. Scripts: 1.0 (r clamped below at 0). ≥ 0."""
-
-    eps_high: float = 9.0
-    """ε_high of the surrogate on the other tokens. Scripts: 9.0 (r clamped above at 10). ≥ 0."""
-
-    stat_scope: str = "global"
-    """Scope of the selection: ``micro`` (official code) or ``global`` (whole mini-batch). Default ``global``: the
-    method must not change with the micro-batch size or the number of ranks."""
-
-    def __post_init__(self) -> None:
-        if not 0.0 < self.kappa <= 1.0:
-            raise ValueError(f"algorithm.lp_reg.kappa must be in (0, 1], got {self.kappa}")
-        if not 0.0 <= self.rho_neg <= 1.0:
-            raise ValueError(f"algorithm.lp_reg.rho_neg must be in [0, 1], got {self.rho_neg}")
-        if self.kl_coef < 0:
-            raise ValueError(f"algorithm.lp_reg.kl_coef must be >= 0, got {self.kl_coef}")
-        if self.eps_low < 0 or self.eps_high < 0:
-            raise ValueError("algorithm.lp_reg.eps_low and eps_high must be >= 0")
-        if self.stat_scope not in STAT_SCOPES:
-            raise ValueError(f"algorithm.lp_reg.stat_scope must be one of {STAT_SCOPES}, got '{self.stat_scope}'")
 
 
 def lp_reg_select(inp: TokenLossInputs, cfg: LpRegConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

@@ -24,10 +24,9 @@ above), ``actor/clipfrac_neg_adv`` is ``actor/pg_clipfrac_lower`` + ``actor/pg_c
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
+from entropo.algorithms.configs.losses import PPOClipConfig
 from entropo.algorithms.losses.base import (
     Surrogate,
     TokenLossInputs,
@@ -37,36 +36,6 @@ from entropo.algorithms.losses.base import (
 )
 from entropo.algorithms.losses.clip_bias import clip_bias_metrics
 from entropo.algorithms.registry import TOKEN_LOSSES
-
-
-@dataclass(frozen=True)
-class PPOClipConfig:
-    """Hyperparameters of the clipped surrogate (docs/algorithms.md §6.2)."""
-
-    eps_low: float = 0.2
-    """ε_low: r is clipped below at 1 − ε_low. PPO/GRPO: 0.2. ≥ 0."""
-
-    eps_high: float = 0.2
-    """ε_high: r is clipped above at 1 + ε_high. DAPO clip-higher: 0.28. ≥ 0."""
-
-    dual_clip_c: float | None = None
-    """c > 1: the loss of a negative-advantage token is bounded by −A·c; None turns dual clip
-    off. verl: 3; DAPO-family scripts: 10."""
-
-    log_ratio_clamp: float | None = 20.0
-    """κ: log r is clamped to [−κ, κ] before exp, against overflow (verl: 20); None disables it."""
-
-    clip: bool = True
-    """False turns clipping off: ℓ = −A·r, no token clipped (the spurious-reward control,
-    arXiv 2512.16912; ``configs/spurious_reward.yaml``). Needs ``dual_clip_c`` None."""
-
-    def __post_init__(self) -> None:
-        if self.eps_low < 0 or self.eps_high < 0:
-            raise ValueError("algorithm.ppo_clip.eps_low and eps_high must be >= 0")
-        if not self.clip and self.dual_clip_c is not None:
-            raise ValueError("algorithm.ppo_clip.clip=false turns every clip off: set dual_clip_c to null")
-        if self.dual_clip_c is not None and self.dual_clip_c <= 1:
-            raise ValueError(f"algorithm.ppo_clip.dual_clip_c must be > 1, got {self.dual_clip_c}")
 
 
 @TOKEN_LOSSES.register("ppo_clip", config=PPOClipConfig, vanishes_at_zero_advantage=True)

@@ -10,10 +10,6 @@ import torch
 
 from entropo.algorithms.losses.base import TokenLossInputs
 
-MASK_NORMS = ("selected", "all_valid")
-"""``selected``: masked tokens leave the aggregation denominator; ``all_valid``: they stay in
-it with zero loss (docs/algorithms.md §1, Masks (a) and (b))."""
-
 
 @dataclass(frozen=True)
 class TokenMask:

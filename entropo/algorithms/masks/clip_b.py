@@ -45,56 +45,18 @@ What the code does, and where we differ (each difference a named option or state
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
+from entropo.algorithms.configs.masks import ClipBConfig
 from entropo.algorithms.diagnostics import discriminator_stats, entropy_discriminator
 from entropo.algorithms.losses.base import TokenLossInputs
-from entropo.algorithms.masks.base import MASK_NORMS, TokenMask
-from entropo.algorithms.reduce import STAT_SCOPES, scatter_valid
+from entropo.algorithms.masks.base import TokenMask
+from entropo.algorithms.reduce import scatter_valid
 from entropo.algorithms.registry import TOKEN_MASKS
 
 # The official code keeps every token when std(S) < 1e-12: S is then constant up to rounding,
 # and rounding noise alone must not mask tokens.
 MIN_STD = 1e-12
-
-LOGP_SOURCES = ("old", "rollout")
-
-
-@dataclass(frozen=True)
-class ClipBConfig:
-    """Hyperparameters of Clip_B (arXiv 2602.03392; defaults: the official code)."""
-
-    mu: float = 2.5
-    """μ: an A < 0 token is masked when S − S̄ < −μ·σ_S. Official code and example: 2.5. > 0."""
-
-    norm: str = "selected"
-    """``selected``: masked tokens leave the loss denominator (official code: response_mask·keep);
-    ``all_valid``: they stay in it with zero loss."""
-
-    logp_source: str = "old"
-    """p_t from ``old`` (log π_old, the learner's pass; paper, the code's comment) or ``rollout``
-    (log π_roll, the rollout engine's; the key the code reads)."""
-
-    stat_scope: str = "global"
-    """Scope of S̄, σ_S: ``global`` (the mini-batch on all ranks; the code: the step batch) or
-    ``micro`` (one rank's micro-batch; ours)."""
-
-    @property
-    def excludes_from_denominator(self) -> bool:
-        """Whether masked tokens leave the aggregation denominator (docs/algorithms.md §1, Masks (a))."""
-        return self.norm == "selected"
-
-    def __post_init__(self) -> None:
-        if not self.mu > 0:
-            raise ValueError(f"algorithm.clip_b.mu must be > 0, got {self.mu}")
-        if self.norm not in MASK_NORMS:
-            raise ValueError(f"algorithm.clip_b.norm must be one of {MASK_NORMS}, got '{self.norm}'")
-        if self.logp_source not in LOGP_SOURCES:
-            raise ValueError(f"algorithm.clip_b.logp_source must be one of {LOGP_SOURCES}, got '{self.logp_source}'")
-        if self.stat_scope not in STAT_SCOPES:
-            raise ValueError(f"algorithm.clip_b.stat_scope must be one of {STAT_SCOPES}, got '{self.stat_scope}'")
 
 
 @TOKEN_MASKS.register("clip_b", config=ClipBConfig, needs=("old_entropy",), reads_policy=False)

@@ -27,51 +27,12 @@ Deviations and open choices (none verified against the paper's PDF):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
+from entropo.algorithms.configs.masks import DmmptConfig
 from entropo.algorithms.losses.base import TokenLossInputs, valid_frac
 from entropo.algorithms.masks.base import TokenMask
-from entropo.algorithms.reduce import STAT_SCOPES
 from entropo.algorithms.registry import TOKEN_MASKS
-
-
-@dataclass(frozen=True)
-class DmmptConfig:
-    """Hyperparameters of DMMPT (arXiv 2507.19766; docs/algorithms.md §7.2)."""
-
-    tau: float = 0.99
-    """τ: a positive token with π_θ(y) ≥ τ is "well mastered". Secondary sources: 0.99. In (0, 1]."""
-
-    sigma: float | None = None
-    """σ: the entropy target; MPTs are masked while H̄ < σ. No source gives a value, so no default: must be
-    set when ``dmmpt`` is used (e.g. the initial model's H̄). ≥ 0."""
-
-    stat_scope: str = "global"
-    """Where the objective computes the mask: ``global`` (mini-batch preparation pass; the
-    denominator is counted after the mask) or ``micro``. The mask itself is per token."""
-
-    def __post_init__(self) -> None:
-        if not 0.0 < self.tau <= 1.0:
-            raise ValueError(f"algorithm.dmmpt.tau must be in (0, 1], got {self.tau}")
-        if self.sigma is not None and self.sigma < 0:
-            raise ValueError(f"algorithm.dmmpt.sigma must be >= 0, got {self.sigma}")
-        if self.stat_scope not in STAT_SCOPES:
-            raise ValueError(f"algorithm.dmmpt.stat_scope must be one of {STAT_SCOPES}, got '{self.stat_scope}'")
-
-    @property
-    def excludes_from_denominator(self) -> bool:
-        """Masked tokens leave the aggregation denominator (docs/algorithms.md §1, Masks (a))."""
-        return True
-
-    def validate(self) -> None:
-        """Raise unless the config can run: σ must be set (no source gives a default)."""
-        if self.sigma is None:
-            raise ValueError(
-                "algorithm.dmmpt.sigma must be set: the entropy target of DMMPT has no verified "
-                "default; e.g. use the initial model's mean token entropy"
-            )
 
 
 @TOKEN_MASKS.register("dmmpt", config=DmmptConfig, needs=("step_entropy",), row_local=True)

@@ -46,46 +46,13 @@ Per-response threshold (EARL, ``stat_scope="sequence"``; docs/algorithms.md §7.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
+from entropo.algorithms.configs.masks import EntropyMaskConfig
 from entropo.algorithms.losses.base import TokenLossInputs, valid_frac
-from entropo.algorithms.masks.base import MASK_NORMS, TokenMask
-from entropo.algorithms.reduce import STAT_SCOPES
+from entropo.algorithms.masks.base import TokenMask
 from entropo.algorithms.registry import TOKEN_MASKS
 from entropo.algorithms.select import ROUND_UP_SLACK, top_count, top_k_mask
-
-HIGH_ENTROPY_SCOPES = (*STAT_SCOPES, "sequence")
-
-
-@dataclass(frozen=True)
-class EntropyMaskConfig:
-    """Hyperparameters of high-entropy token masking (arXiv 2506.01939; defaults: the paper)."""
-
-    rho: float = 0.2
-    """ρ: fraction of valid tokens kept, the highest-entropy ones. Paper: 0.2. In (0, 1]."""
-
-    norm: str = "selected"
-    """``selected``: denominator |S| (official code); ``all_valid``: all valid tokens (paper Eq., TRL)."""
-
-    stat_scope: str = "global"
-    """``global``: the whole mini-batch over all ranks; ``micro``: one micro-batch (official code);
-    ``sequence``: each response on its own (EARL, arXiv 2511.12033)."""
-
-    @property
-    def excludes_from_denominator(self) -> bool:
-        """Whether masked tokens leave the aggregation denominator (docs/algorithms.md §1, Masks (a))."""
-        return self.norm == "selected"
-
-    def __post_init__(self) -> None:
-        if not 0.0 < self.rho <= 1.0:
-            raise ValueError(f"algorithm.high_entropy.rho must be in (0, 1], got {self.rho}")
-        if self.norm not in MASK_NORMS:
-            raise ValueError(f"algorithm.high_entropy.norm must be one of {MASK_NORMS}, got '{self.norm}'")
-        if self.stat_scope not in HIGH_ENTROPY_SCOPES:
-            raise ValueError(f"algorithm.high_entropy.stat_scope must be one of {HIGH_ENTROPY_SCOPES}, "
-                             f"got '{self.stat_scope}'")
 
 
 def per_response_top_mask(

@@ -34,12 +34,12 @@ Deviations and conventions:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 
+from entropo.algorithms.configs.weights import SteerConfig
 from entropo.algorithms.losses.base import TokenLossInputs, valid_mean
-from entropo.algorithms.reduce import STAT_SCOPES, Reducer
+from entropo.algorithms.reduce import Reducer
 from entropo.algorithms.registry import TOKEN_WEIGHTS
 
 # The code clamps p away from 0 and 1 (log p finite; p(1−p) > 0) and q away from 0 (A/q finite).
@@ -47,37 +47,6 @@ PROB_CLAMP = 1e-8
 # The code floors Ω_max at 0.02 in the exponential scheme, so a scope whose Ω are all tiny
 # keeps weights near 1 instead of giving its largest Ω the minimum weight.
 OMEGA_MAX_FLOOR = 0.02
-
-SCHEMES = ("linear", "exponential")
-
-
-@dataclass(frozen=True)
-class SteerConfig:
-    """Hyperparameters of STEER token weights (arXiv 2510.10150; defaults: ``run_exp.sh``)."""
-
-    scheme: str = "exponential"
-    """``exponential`` (``run_exp.sh``) or ``linear`` (``run_linear.sh``)."""
-
-    w_min: float = 0.8
-    """w_min: the smallest weight. Both official scripts: 0.8 (code fallback 0.95). In (0, 1]."""
-
-    w_max: float = 1.2
-    """w_max: the largest weight of the linear scheme (``run_linear.sh``: 1.2; code fallback
-    1.05). The exponential scheme ignores it (its weights are capped at 1). ≥ w_min."""
-
-    stat_scope: str = "global"
-    """Scope of Ω_min/Ω_max: ``micro`` (official code) or ``global`` (whole mini-batch). Default ``global``: the
-    method must not change with the micro-batch size or the number of ranks."""
-
-    def __post_init__(self) -> None:
-        if self.scheme not in SCHEMES:
-            raise ValueError(f"algorithm.steer.scheme must be one of {SCHEMES}, got '{self.scheme}'")
-        if not 0.0 < self.w_min <= 1.0:
-            raise ValueError(f"algorithm.steer.w_min must be in (0, 1], got {self.w_min}")
-        if self.w_max < self.w_min:
-            raise ValueError(f"algorithm.steer.w_max must be >= w_min, got {self.w_max} < {self.w_min}")
-        if self.stat_scope not in STAT_SCOPES:
-            raise ValueError(f"algorithm.steer.stat_scope must be one of {STAT_SCOPES}, got '{self.stat_scope}'")
 
 
 def _scope_extremes(x: torch.Tensor, mask: torch.Tensor, reducer: Reducer) -> tuple[torch.Tensor, torch.Tensor]:

@@ -29,30 +29,14 @@ Deviations and conventions:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 
+from entropo.algorithms.configs.weights import TisConfig
 from entropo.algorithms.losses.base import TokenLossInputs, valid_mean
 from entropo.algorithms.registry import TOKEN_WEIGHTS
 
-MODES = ("truncate", "mask")
 LOG_RATIO_CAP = 20.0  # exp(20) ≈ 5e8: finite, and far above any sensible C
-
-
-@dataclass(frozen=True)
-class TisConfig:
-    cap: float = 2.0
-    """C, the largest importance ratio π_old/π_roll kept (TIS blog: 2)."""
-
-    mode: str = "truncate"
-    """truncate: w = min(ρ, C) (TIS); mask: w = ρ where ρ <= C, else 0 (token-level MIS)."""
-
-    def __post_init__(self) -> None:
-        if not self.cap > 0:
-            raise ValueError(f"cap must be > 0, got {self.cap}")
-        if self.mode not in MODES:
-            raise ValueError(f"mode must be one of {', '.join(MODES)}, got '{self.mode}'")
 
 
 @TOKEN_WEIGHTS.register("tis", config=TisConfig, needs=("rollout_logp",), row_local=True)
