@@ -64,13 +64,15 @@ from entropo.algorithms.registry import (
     TOKEN_WEIGHTS,
 )
 from entropo.models.mixed_precision import MODES as MIXED_PRECISION_MODES
-from entropo.rewards.code_exec import CodeConfig
-from entropo.rewards.countdown import CountdownConfig
-from entropo.rewards.empo import EMPOConfig
-from entropo.rewards.math_answer import MathConfig
-from entropo.rewards.pear import PEARConfig
-from entropo.rewards.spurious import RandomRewardConfig
-from entropo.rewards.think_format import FormatConfig
+from entropo.rewards.configs import (
+    CodeConfig,
+    CountdownConfig,
+    EMPOConfig,
+    FormatConfig,
+    MathConfig,
+    PEARConfig,
+    RandomRewardConfig,
+)
 
 LIST_KEYS = ("algorithm.token_mask", "algorithm.token_weight", "algorithm.regularizer", "algorithm.sampling",
              "reward.fns", "reward.pass_env", "logger.backends", "rollout.stop", "evaluation.k")

@@ -50,9 +50,30 @@ Metrics returned in ``RewardResult.metrics`` (the controller adds ``reward/mean`
 | ``reward/<name>/<key>`` | mean of any other numeric key a custom function's dict returns |
 """
 
-from entropo.rewards.api import RewardResult, Sample, group_reward
-from entropo.rewards.loader import RewardSpecError
-from entropo.rewards.manager import RewardFailureError, RewardManager, check_failures
+from __future__ import annotations
+
+from typing import Any
 
 __all__ = ["RewardFailureError", "RewardManager", "RewardResult", "RewardSpecError", "Sample", "check_failures",
            "group_reward"]
+
+# Names resolve on first use, so importing a submodule (the config loads entropo.rewards.configs)
+# does not import the manager, the worker pool and torch.
+_EXPORTS = {
+    "RewardResult": ("entropo.rewards.api", "RewardResult"),
+    "Sample": ("entropo.rewards.api", "Sample"),
+    "group_reward": ("entropo.rewards.api", "group_reward"),
+    "RewardSpecError": ("entropo.rewards.loader", "RewardSpecError"),
+    "RewardFailureError": ("entropo.rewards.manager", "RewardFailureError"),
+    "RewardManager": ("entropo.rewards.manager", "RewardManager"),
+    "check_failures": ("entropo.rewards.manager", "check_failures"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'entropo.rewards' has no attribute '{name}'")
+    import importlib
+
+    module, attr = _EXPORTS[name]
+    return getattr(importlib.import_module(module), attr)

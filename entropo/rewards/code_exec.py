@@ -39,49 +39,13 @@ from typing import Any
 
 from entropo.rewards import sandbox
 from entropo.rewards.api import Sample
+from entropo.rewards.configs import CodeConfig
 from entropo.rewards.math_answer import answer_phase
 from entropo.rewards.registry import RewardContext, register
 
 _FENCE = re.compile(r"```(?:python3?|py)?[ \t]*\n(.*?)```", re.S)
 FLOAT_RTOL = 1e-6
 """Relative tolerance of float call results (rounding of printed decimals)."""
-
-
-@dataclass(frozen=True)
-class CodeConfig:
-    """Options of the ``code`` reward (``reward.code``); sandbox limits per response."""
-
-    timeout_s: float = 10.0
-    """Wall-clock limit of one response's run (all its cases); keep it below reward.timeout_s."""
-
-    case_timeout_s: float = 4.0
-    """Wall-clock limit of one test case."""
-
-    cpu_s: int = 10
-    """CPU seconds of one response's run (RLIMIT_CPU)."""
-
-    memory_mb: int = 512
-    """Address-space limit of one run in MiB (RLIMIT_AS)."""
-
-    isolation: str = "auto"
-    """auto, namespace or plain (see entropo.rewards.sandbox)."""
-
-    seccomp: bool = True
-    """Block sockets, processes, ptrace, mounts with a seccomp filter."""
-
-    audit_hook: bool = True
-    """Also install the interpreter-level audit hook (not a security boundary)."""
-
-    partial: bool = False
-    """Score the fraction of cases passed instead of all-or-nothing."""
-
-    max_cases: int | None = None
-    """Run only the first this many cases; None runs all."""
-
-    def limits(self) -> sandbox.SandboxLimits:
-        return sandbox.SandboxLimits(timeout_s=self.timeout_s, case_timeout_s=self.case_timeout_s,
-                                     cpu_s=self.cpu_s, memory_mb=self.memory_mb, isolation=self.isolation,
-                                     seccomp=self.seccomp, audit_hook=self.audit_hook)
 
 
 @dataclass(frozen=True)

@@ -19,11 +19,11 @@ import ast
 import json
 import re
 from collections import Counter
-from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
 
 from entropo.rewards.api import Sample
+from entropo.rewards.configs import CountdownConfig
 from entropo.rewards.math_answer import answer_phase
 from entropo.rewards.registry import RewardContext, register
 
@@ -31,20 +31,6 @@ _TAG = re.compile(r"<answer>(.*?)(?:</answer>|\Z)", re.S)
 _ALLOWED = re.compile(r"[\d+\-*/().\s]+")
 MAX_EXPR_CHARS = 200
 """Longer equations are not evaluated (a guard against pathological inputs)."""
-
-
-@dataclass(frozen=True)
-class CountdownConfig:
-    """Options of the ``countdown`` reward (``reward.countdown``)."""
-
-    correct_score: float = 1.0
-    """Score of an equation that reaches the target following the rules."""
-
-    format_score: float = 0.0
-    """Score of an equation that was found but is wrong; TinyZero uses 0.1."""
-
-    use_all_numbers: bool = True
-    """Each given number must be used exactly once (TinyZero); False allows a subset."""
 
 
 def parse_ground_truth(ground_truth: Any, extra_info: dict | None = None) -> tuple[Fraction, list[int]]:

@@ -33,35 +33,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 
 from entropo.data import embedded
 from entropo.rewards import math_answer
 from entropo.rewards.api import Sample
+from entropo.rewards.configs import EMPOConfig
 from entropo.rewards.registry import RewardContext, register
-
-ANSWER_MODES = ("auto", "math", "embedded")
-
-
-@dataclass(frozen=True)
-class EMPOConfig:
-    """Options of the ``empo`` reward (``reward.empo``)."""
-
-    answer: str = "auto"
-    """Answer extraction and equivalence: auto (embedded for data_source embedded*, else
-    math), math, embedded."""
-
-    empty_score: float = 0.0
-    """Reward of an empty answer (math variant: 0; the general-domain variant uses −0.5)."""
-
-    check_timeout_s: int = 5
-    """Seconds allowed to each math_verify parse / comparison while clustering."""
-
-    def __post_init__(self) -> None:
-        if self.answer not in ANSWER_MODES:
-            raise ValueError(f"reward.empo.answer: '{self.answer}' is not one of {', '.join(ANSWER_MODES)}")
 
 
 def answer_mode(sample: Sample, mode: str) -> str:

@@ -336,7 +336,8 @@ def load(spec: FnSpec, options: Mapping[str, Any], ctx: RewardContext) -> Loaded
     from entropo.rewards.registry import make_options
 
     if spec.target == CLUSTERS_TARGET:
-        from entropo.rewards.empo import EMPOConfig, build_clusters
+        from entropo.rewards.configs import EMPOConfig
+        from entropo.rewards.empo import build_clusters
 
         o = options.get("empo") or EMPOConfig()
         return Loaded(spec, "group", "internal", build_clusters(ctx, o.answer, o.check_timeout_s), False)

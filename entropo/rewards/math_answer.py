@@ -40,37 +40,14 @@ from __future__ import annotations
 import logging
 import re
 import threading
-from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
 from entropo.rewards.api import Sample
+from entropo.rewards.configs import MathConfig
 from entropo.rewards.registry import RewardContext, register
 
 THINK_CLOSE = "</think>"
-
-
-@dataclass(frozen=True)
-class MathConfig:
-    """Options of the ``math`` reward (``reward.math``)."""
-
-    check_timeout_s: int = 5
-    """Seconds allowed to each math_verify parse / comparison (whole seconds; 0 = none)."""
-
-    tail_chars: int | None = None
-    """Score only the last this many characters of the answer phase; DAPO uses 300."""
-
-    correct_score: float = 1.0
-    """Score of an equivalent answer."""
-
-    wrong_score: float = 0.0
-    """Score of a wrong or missing answer; DAPO uses −1."""
-
-    def __post_init__(self) -> None:
-        if self.check_timeout_s < 0:
-            raise ValueError(f"reward.math.check_timeout_s: must be >= 0, got {self.check_timeout_s}")
-        if self.tail_chars is not None and self.tail_chars < 1:
-            raise ValueError(f"reward.math.tail_chars: must be >= 1 or None, got {self.tail_chars}")
 
 
 # ---------------------------------------------------------------------------------------

@@ -34,35 +34,14 @@ report plain accuracy (``correct``), not ``r``.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 
 from entropo.rewards.api import Sample
+from entropo.rewards.configs import PEARConfig
 from entropo.rewards.registry import RewardContext, get, make_options, register
 
 THINK_CLOSE = "</think>"
-
-
-@dataclass(frozen=True)
-class PEARConfig:
-    """Options of the ``pear`` reward (``reward.pear``); defaults are the paper's."""
-
-    alpha: float = 1.0
-    """α, weight of H̄_answer in P (ablation over {−1, 0, 0.5, 1, 2} picks 1)."""
-
-    s: float = 1.0
-    """s, the reward scale of a correct answer: r = min(1, s − P)."""
-
-    r_fmt: float = 0.0
-    """r_fmt, the reward of a wrong or unparseable answer (PEAR's format_score = 0)."""
-
-    pear_clip_min: float | None = None
-    """Clip r from below (r < 0 when P > 1); None is the faithful, unclipped reward."""
-
-    inner: str = "auto"
-    """Correctness checker: auto (embedded for data_source embedded*, else math) or a
-    per-sample built-in name."""
 
 
 def find_close(response_ids: list[int], ctx: RewardContext) -> tuple[int, int] | None:

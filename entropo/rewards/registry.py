@@ -13,9 +13,10 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, is_dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:  # annotations only: the config loads the registry's names without torch
+    import torch
 
 LEVELS = ("sample", "group")
 BUILTIN_MODULES = (
@@ -29,7 +30,7 @@ BUILTIN_MODULES = (
     "entropo.rewards.spurious",
 )
 
-Summarise = Callable[[dict[str, torch.Tensor], torch.Tensor, torch.Tensor], dict[str, float]]
+Summarise = Callable[[dict[str, "torch.Tensor"], "torch.Tensor", "torch.Tensor"], dict[str, float]]
 """``summarise(extras name -> [N] (NaN where absent), acc [N], group_ids [N]) -> metrics``;
 metric names are relative (``"p_mean"``) and get the ``reward/<label>/`` prefix."""
 

@@ -26,29 +26,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
 
 from entropo.rewards.api import Sample
+from entropo.rewards.configs import RandomRewardConfig
 from entropo.rewards.registry import RewardContext, register
 
 _BITS = 53  # a float64 holds every multiple of 2^-53 in [0, 1) exactly
-
-
-@dataclass(frozen=True)
-class RandomRewardConfig:
-    """Options of the ``random`` reward (``reward.random``)."""
-
-    p: float = 0.5
-    """Probability of reward 1 (else 0), independent of the response. Spurious Rewards
-    (arXiv 2506.10947): 0.5. In [0, 1]."""
-
-    seed: int = 0
-    """Seed of the draws; the same seed gives the same rewards to the same (step, prompt,
-    group, position)."""
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.p <= 1.0:
-            raise ValueError(f"reward.random.p must be in [0, 1], got {self.p}")
 
 
 def uniform_draw(seed: int, step: int, is_eval: bool, prompt: str, group: int, k: int) -> float:

@@ -13,21 +13,13 @@ It reports no ``acc``: correctness comes from the other functions of ``reward.fn
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 
 from entropo.rewards.api import Sample
+from entropo.rewards.configs import FormatConfig
 from entropo.rewards.registry import RewardContext, register
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 _ANSWER = re.compile(r"\s*<answer>(.*?)</answer>\s*", re.S)
-
-
-@dataclass(frozen=True)
-class FormatConfig:
-    """Options of the ``format`` reward (``reward.format``)."""
-
-    answer_tag: bool = False
-    """Require the answer to be wrapped in ``<answer>…</answer>``."""
 
 
 def well_formed(response: str, prompt: str, answer_tag: bool) -> bool:

@@ -11,7 +11,8 @@ import socket
 import pytest
 
 from entropo.rewards import sandbox
-from entropo.rewards.code_exec import CodeConfig, build_code, extract_code, parse_tests
+from entropo.rewards.code_exec import build_code, extract_code, parse_tests
+from entropo.rewards.configs import CodeConfig
 from entropo.rewards.registry import RewardContext
 from tests.rewards.helpers import sample
 

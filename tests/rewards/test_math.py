@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from entropo.rewards.configs import MathConfig
 from entropo.rewards.math_answer import (
-    MathConfig,
     build_math,
     check,
     extract_answer,

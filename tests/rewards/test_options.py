@@ -8,7 +8,7 @@ from omegaconf import OmegaConf
 
 from entropo.config import RewardConfig
 from entropo.rewards import RewardManager
-from entropo.rewards.pear import PEARConfig
+from entropo.rewards.configs import PEARConfig
 
 
 def _load(*overrides: str) -> RewardConfig:

@@ -9,8 +9,9 @@ import torch
 
 from entropo.models.tiny import build_char_tokenizer
 from entropo.rewards import RewardManager, RewardSpecError
+from entropo.rewards.configs import PEARConfig
 from entropo.rewards.manager import make_context
-from entropo.rewards.pear import PEARConfig, find_close, pear_reward, phase_entropies
+from entropo.rewards.pear import find_close, pear_reward, phase_entropies
 from entropo.rewards.registry import RewardContext
 from tests.rewards.helpers import reward_cfg, sample
 

@@ -38,7 +38,8 @@ from dataclasses import dataclass
 import pytest
 
 from entropo.rewards import _sandbox_runner, code_exec, sandbox
-from entropo.rewards.code_exec import CodeConfig, grade, parse_tests
+from entropo.rewards.code_exec import grade, parse_tests
+from entropo.rewards.configs import CodeConfig
 
 FAST = dict(timeout_s=3.0, case_timeout_s=1.0, cpu_s=3, memory_mb=256, seccomp=True, audit_hook=True)
 GRACE_S = 2.0

@@ -8,16 +8,11 @@ from fractions import Fraction
 import pytest
 
 from entropo.data import embedded
-from entropo.rewards.countdown import (
-    CountdownConfig,
-    build_countdown,
-    check,
-    extract_equation,
-    parse_ground_truth,
-)
+from entropo.rewards.configs import CountdownConfig, FormatConfig
+from entropo.rewards.countdown import build_countdown, check, extract_equation, parse_ground_truth
 from entropo.rewards.embedded import embedded_reward
 from entropo.rewards.registry import RewardContext, get, names
-from entropo.rewards.think_format import FormatConfig, build_format, well_formed
+from entropo.rewards.think_format import build_format, well_formed
 from tests.rewards.helpers import sample
 
 GT = json.dumps({"target": 24, "numbers": [3, 5, 7, 9]})

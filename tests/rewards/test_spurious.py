@@ -8,8 +8,9 @@ import pytest
 
 from entropo.rewards import RewardManager
 from entropo.rewards.api import TrainerState
+from entropo.rewards.configs import RandomRewardConfig
 from entropo.rewards.registry import get
-from entropo.rewards.spurious import RandomRewardConfig, random_rewards, uniform_draw
+from entropo.rewards.spurious import random_rewards, uniform_draw
 from tests.rewards.helpers import reward_cfg, sample
 
 
