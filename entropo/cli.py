@@ -64,11 +64,13 @@ def main(argv: list[str] | None = None) -> int:
     if ns.command == "train":
         from entropo.config import ConfigError, load_config
         from entropo.trainer.errors import RunError
-        from entropo.trainer.run import train as run_train
 
         config, overrides = _split(ns.args)
         try:
             cfg = load_config(config, overrides)
+            # the run's modules import torch, Ray and DeepSpeed: a config error is reported first
+            from entropo.trainer.run import train as run_train
+
             summary = run_train(cfg)
         except (ConfigError, RunError) as e:
             if ns.debug:
@@ -116,11 +118,13 @@ def _config(args: list[str], debug: bool = False) -> int:
 def _eval(args: list[str], debug: bool = False) -> int:
     from entropo.config import ConfigError, load_config
     from entropo.trainer.errors import RunError
-    from entropo.trainer.run import evaluate_only
 
     config, overrides = _split(args)
     try:
-        metrics = evaluate_only(load_config(config, overrides))
+        cfg = load_config(config, overrides)
+        from entropo.trainer.run import evaluate_only  # torch, Ray: after the config is known good
+
+        metrics = evaluate_only(cfg)
     except (ConfigError, RunError) as e:
         if debug:
             raise

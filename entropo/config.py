@@ -20,7 +20,7 @@ import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -53,7 +53,6 @@ from entropo.algorithms.configs.regularizers import (
 )
 from entropo.algorithms.configs.sampling import AepoConfig, HapoTemperatureConfig
 from entropo.algorithms.configs.weights import SteerConfig, TisConfig
-from entropo.algorithms.objective import Objective
 from entropo.algorithms.registry import (
     ADVANTAGE_RESHAPERS,
     ADVANTAGES,
@@ -63,7 +62,6 @@ from entropo.algorithms.registry import (
     TOKEN_MASKS,
     TOKEN_WEIGHTS,
 )
-from entropo.models.mixed_precision import MODES as MIXED_PRECISION_MODES
 from entropo.rewards.configs import (
     CodeConfig,
     CountdownConfig,
@@ -73,6 +71,9 @@ from entropo.rewards.configs import (
     PEARConfig,
     RandomRewardConfig,
 )
+
+if TYPE_CHECKING:
+    from entropo.algorithms.objective import Objective
 
 LIST_KEYS = ("algorithm.token_mask", "algorithm.token_weight", "algorithm.regularizer", "algorithm.sampling",
              "reward.fns", "reward.pass_env", "logger.backends", "rollout.stop", "evaluation.k")
@@ -339,6 +340,10 @@ class RolloutConfig:
     vllm: VllmEngineConfig = field(default_factory=VllmEngineConfig)
 
 
+MIXED_PRECISION_MODES = ("bf16",)
+"""Values of ``learner.mixed_precision`` besides null (off); entropo.models.mixed_precision."""
+
+
 @dataclass(frozen=True)
 class LearnerConfig:
     ranks: int = 1
@@ -541,6 +546,9 @@ class TrainConfig:
 
     def objective(self) -> Objective:
         """The composed token objective this configuration selects."""
+        # imports torch: loading a config does not, a run composing its loss does
+        from entropo.algorithms.objective import Objective
+
         a = self.algorithm
         return Objective(
             loss=a.loss,
@@ -635,9 +643,9 @@ def _check_composition(cfg: TrainConfig) -> None:
                 f"algorithm.{other}.{changed} is set, but algorithm.loss is '{a.loss}': "
                 f"'{other}' and '{a.loss}' are mutually exclusive token losses"
             )
-    entry = TOKEN_LOSSES.get(a.loss)
     scope = getattr(getattr(a, a.loss), "stat_scope", "global")
-    if entry.needs_adv_variation and scope == "micro" and not a.dynamic_sampling.enable:
+    # the loss's registry entry imports the loss (and torch): read it only when the rest holds
+    if scope == "micro" and not a.dynamic_sampling.enable and TOKEN_LOSSES.get(a.loss).needs_adv_variation:
         warnings.warn(
             f"algorithm.loss={a.loss} with stat_scope=micro and dynamic sampling off: a micro-batch "
             "whose advantages are all equal makes its covariance zero and the method a silent "

@@ -249,3 +249,58 @@ def test_python_api_names():
     assert entropo.RunError is errors.RunError
     with pytest.raises(AttributeError, match="no attribute 'trian'"):
         entropo.trian  # noqa: B018
+
+
+# Loads every kind of config error, then valid recipes, then the CLI's error path and the
+# reference, in a fresh interpreter, and prints which of them imported torch. Loading and
+# validating a config needs no tensor: a config error is reported in the time it takes to
+# read the YAML, not the seconds of ``import torch`` (benchmarks/startup.py times it).
+_NO_TORCH = r'''
+import contextlib, io, sys
+from pathlib import Path
+from entropo.config import ConfigError, load_config
+
+tmp = Path(sys.argv[1])
+(tmp / "syntax.yaml").write_text("model: [\n")
+(tmp / "list.yaml").write_text("- a\n- b\n")
+errors = {
+    "unknown key": (None, ["algorithm.bogus=1"]),
+    "wrong type": (None, ["rollout.n=abc"]),
+    "out of range": (None, ["rollout.n=0"]),
+    "unknown method": (None, ["algorithm.loss=clip_kov"]),
+    "mask as a loss": (None, ["algorithm.loss=high_entropy"]),
+    "a method config's own check": (None, ["algorithm.clip_cov.clip_ratio=2"]),
+    "YAML syntax": (tmp / "syntax.yaml", []),
+    "non-mapping top level": (tmp / "list.yaml", []),
+    "missing file": (tmp / "missing.yaml", []),
+}
+for name, (path, overrides) in errors.items():
+    try:
+        load_config(path, overrides)
+        print(name, "loaded")
+    except ConfigError:
+        print(name, "torch" in sys.modules)
+for recipe in (None, "clip_cov", "dapo", "entropy_mask", "hapo", "ares"):
+    load_config(recipe)
+    print(recipe, "torch" in sys.modules)
+from entropo.cli import main
+with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+    code = main(["train", "algorithm.bogus=1"])
+    main(["config"])
+print("cli", code, "torch" in sys.modules)
+'''
+
+
+def test_loading_a_config_imports_no_torch(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-c", _NO_TORCH, str(tmp_path)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.splitlines()
+    assert len(lines) == 16, done.stdout
+    assert [line for line in lines if not line.endswith(" False")] == [], done.stdout
+    assert lines[-1] == "cli 2 False"

@@ -26,8 +26,7 @@ import contextlib
 
 import torch
 
-MODES = ("bf16",)
-"""Values of ``learner.mixed_precision`` besides null (off)."""
+from entropo.config import MIXED_PRECISION_MODES
 
 FP32_ATTENTION = "entropo_sdpa_fp32"
 """Name of the fp32 scaled-dot-product attention in transformers' ``AttentionInterface``."""
@@ -37,8 +36,8 @@ def autocast(mode: str | None, device: torch.device) -> contextlib.AbstractConte
     """The context a learner forward runs in: autocast to bf16, or nothing for None."""
     if mode is None:
         return contextlib.nullcontext()
-    if mode not in MODES:
-        raise ValueError(f"learner.mixed_precision: '{mode}' is not one of null, {', '.join(MODES)}")
+    if mode not in MIXED_PRECISION_MODES:
+        raise ValueError(f"learner.mixed_precision: '{mode}' is not one of null, {', '.join(MIXED_PRECISION_MODES)}")
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
