@@ -9,22 +9,34 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import functools
 import inspect
 import itertools
-import textwrap
 import typing
+from pathlib import Path
 from typing import Any
 
 from entropo.config import TrainConfig
 
 
+@functools.cache
+def _classes(path: str) -> dict[str, ast.ClassDef]:
+    """The top-level classes of a source file by name, parsed once per file (``inspect.getsource``
+    of a class parses its whole module each time, which made ``entropo config`` take seconds)."""
+    tree = ast.parse(Path(path).read_text(encoding="utf-8"))
+    return {node.name: node for node in tree.body if isinstance(node, ast.ClassDef)}
+
+
 def field_docs(cls: type) -> dict[str, str]:
     """``{field name: docstring}`` of a dataclass, from its source."""
     try:
-        source = textwrap.dedent(inspect.getsource(cls))
-    except (OSError, TypeError):
+        path = inspect.getsourcefile(cls)
+    except TypeError:
         return {}
-    body = ast.parse(source).body[0].body
+    node = _classes(path).get(cls.__name__) if path else None
+    if node is None:
+        return {}
+    body = node.body
     docs: dict[str, str] = {}
     for prev, node in itertools.pairwise(body):
         if (isinstance(prev, ast.AnnAssign) and isinstance(prev.target, ast.Name)
