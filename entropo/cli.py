@@ -15,15 +15,6 @@ import argparse
 import sys
 
 
-def _split(args: list[str]) -> tuple[str | None, list[str]]:
-    """``[CONFIG] [key=value ...]``: the first argument without ``=`` is a YAML path or a
-    shipped recipe's name."""
-    config = None
-    if args and "=" not in args[0]:
-        config, args = args[0], args[1:]
-    return config, args
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="entropo", description="RL for reasoning LMs with entropy control")
     parser.add_argument("--debug", action="store_true",
@@ -62,10 +53,10 @@ def main(argv: list[str] | None = None) -> int:
         return _eval(ns.args, ns.debug)
 
     if ns.command == "train":
-        from entropo.config import ConfigError, load_config
+        from entropo.config import ConfigError, load_config, split_args
         from entropo.trainer.errors import RunError
 
-        config, overrides = _split(ns.args)
+        config, overrides = split_args(ns.args)
         try:
             cfg = load_config(config, overrides)
             # the run's modules import torch, Ray and DeepSpeed: a config error is reported first
@@ -102,9 +93,9 @@ def _config(args: list[str], debug: bool = False) -> int:
 
         print(markdown(), end="")
         return 0
-    from entropo.config import ConfigError, load_config, to_yaml
+    from entropo.config import ConfigError, load_config, split_args, to_yaml
 
-    config, overrides = _split(args)
+    config, overrides = split_args(args)
     try:
         print(to_yaml(load_config(config, overrides)), end="")
     except ConfigError as e:
@@ -116,10 +107,10 @@ def _config(args: list[str], debug: bool = False) -> int:
 
 
 def _eval(args: list[str], debug: bool = False) -> int:
-    from entropo.config import ConfigError, load_config
+    from entropo.config import ConfigError, load_config, split_args
     from entropo.trainer.errors import RunError
 
-    config, overrides = _split(args)
+    config, overrides = split_args(args)
     try:
         cfg = load_config(config, overrides)
         from entropo.trainer.run import evaluate_only  # torch, Ray: after the config is known good

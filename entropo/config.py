@@ -841,6 +841,15 @@ def _normalise_overrides(overrides: list[str]) -> list[str]:
     return out
 
 
+def split_args(args: list[str]) -> tuple[str | None, list[str]]:
+    """The command line's ``[CONFIG] [key=value ...]`` as :func:`load_config`'s ``(path, overrides)``:
+    the first argument without ``=`` is a YAML path or a shipped recipe's name."""
+    config = None
+    if args and "=" not in args[0]:
+        config, args = args[0], args[1:]
+    return config, args
+
+
 def recipe_dirs() -> list[Path]:
     """Where recipes are found by name: the installed package's ``recipes/`` (setup.py ships
     ``configs/`` there), then ``configs/`` of a source checkout (editable installs)."""

@@ -304,3 +304,11 @@ def test_loading_a_config_imports_no_torch(tmp_path):
     assert len(lines) == 16, done.stdout
     assert [line for line in lines if not line.endswith(" False")] == [], done.stdout
     assert lines[-1] == "cli 2 False"
+
+
+def test_split_args_takes_the_first_argument_without_equals_as_the_config():
+    from entropo.config import split_args
+
+    assert split_args(["clip_cov", "rollout.n=4"]) == ("clip_cov", ["rollout.n=4"])
+    assert split_args(["rollout.n=4"]) == (None, ["rollout.n=4"])
+    assert split_args([]) == (None, [])

@@ -67,10 +67,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(ns: argparse.Namespace) -> int:
-    from entropo.cli import _split
+    from entropo.config import split_args
     from entropo.launch.ray_job import LaunchError
 
-    config, overrides = _split(ns.args)
+    config, overrides = split_args(ns.args)
     try:
         if ns.slurm:
             return _slurm(ns, config, overrides)
