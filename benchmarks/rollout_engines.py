@@ -85,7 +85,8 @@ def child(engine: str, path: str, args: argparse.Namespace) -> dict:
     from entropo.data.loading import load_rows
     from entropo.data.prompts import encode_prompt
     from entropo.models.loading import load_tokenizer
-    from entropo.trainer.rollout import HFEngine, SamplingParams
+    from entropo.trainer.engine import SamplingParams
+    from entropo.trainer.rollout import HFEngine
 
     torch.set_num_threads(args.threads)
     tok = load_tokenizer(path)

@@ -93,8 +93,9 @@ def main(argv: list[str] | None = None) -> int:
     from entropo.models.tiny import save_tiny
     from entropo.trainer import weight_sync
     from entropo.trainer.batch import LearnerShard
+    from entropo.trainer.engine import SamplingParams
     from entropo.trainer.learner import LearnerRank
-    from entropo.trainer.rollout import HFEngine, SamplingParams
+    from entropo.trainer.rollout import HFEngine
 
     model_dir = save_tiny(Path(tempfile.mkdtemp(prefix="entropo-gpu-check-")) / "tiny", num_heads=2)
     dtype = "bfloat16"

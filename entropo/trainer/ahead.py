@@ -16,7 +16,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from entropo.trainer.batch import StepBatch
-from entropo.trainer.rollout import SamplingParams
+from entropo.trainer.engine import SamplingParams
 
 
 class RolloutAhead:

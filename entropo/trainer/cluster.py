@@ -31,6 +31,7 @@ from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
 from entropo.config import TrainConfig
 from entropo.trainer.batch import OLD_PASS_FIELDS, SEQUENCE_FIELDS, LearnerShard, StepBatch
+from entropo.trainer.engine import RolloutOutput, SamplingParams
 from entropo.trainer.errors import RunError
 from entropo.trainer.learner import LearnerRank
 from entropo.trainer.placement import (
@@ -43,7 +44,7 @@ from entropo.trainer.placement import (
     format_resources,
     plan_placement,
 )
-from entropo.trainer.rollout import RolloutOutput, RolloutWorker, SamplingParams
+from entropo.trainer.rollout import RolloutWorker
 from entropo.trainer.weight_sync import DEFAULT_BUCKET_BYTES, check_receiver
 
 # After a failed call, how long the calls still in flight may take to finish before the

@@ -53,9 +53,9 @@ from entropo.trainer.checkpoint import (
     load_controller,
     save_controller,
 )
+from entropo.trainer.engine import SamplingParams
 from entropo.trainer.errors import check_update_finite
 from entropo.trainer.methods import StepMethods
-from entropo.trainer.rollout import SamplingParams
 from entropo.trainer.scoring import Scorer
 
 

@@ -16,7 +16,7 @@ import math
 from collections import Counter, defaultdict
 
 from entropo.config import TrainConfig
-from entropo.trainer.rollout import SamplingParams
+from entropo.trainer.engine import SamplingParams
 
 EVAL_SEED = 20_250_101
 """Evaluations reuse one seed so that successive evaluations differ only by the policy."""

@@ -63,10 +63,10 @@ from typing import TYPE_CHECKING
 import torch
 
 from entropo.trainer import weight_sync
+from entropo.trainer.engine import RolloutOutput, SamplingParams, left_pad, rollout_output
 
 if TYPE_CHECKING:
     from entropo.config import VllmEngineConfig
-    from entropo.trainer.rollout import RolloutOutput, SamplingParams
 
 CPU_KV_CACHE_GB = 1.0
 """KV cache per CPU worker when ``rollout.vllm.kv_cache_gb`` is null. vLLM's CPU default takes
@@ -281,8 +281,6 @@ class VllmEngine:
         ``threads`` is not used: vLLM fixes its threads when it starts."""
         from vllm import SamplingParams as VllmSampling
         from vllm.inputs import TokensPrompt
-
-        from entropo.trainer.rollout import left_pad, rollout_output
 
         self._wake("weights", "kv_cache")
         tok = self.tokenizer

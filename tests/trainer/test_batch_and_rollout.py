@@ -2,7 +2,7 @@ import torch
 
 from entropo.models.forward import model_inputs
 from entropo.trainer.batch import StepBatch
-from entropo.trainer.rollout import left_pad, response_mask
+from entropo.trainer.engine import left_pad, response_mask
 
 EOS, PAD = 1, 0
 

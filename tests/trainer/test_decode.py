@@ -10,7 +10,7 @@ import torch
 from entropo.models.forward import response_logprobs
 from entropo.models.loading import load_model, load_tokenizer
 from entropo.trainer.decode import sample, top_p_filter
-from entropo.trainer.rollout import left_pad, response_mask
+from entropo.trainer.engine import left_pad, response_mask
 
 PROMPTS = ["12+345=?", "7+8=?", "100+1=?", "9=?"]
 

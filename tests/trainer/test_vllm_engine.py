@@ -16,7 +16,7 @@ import torch
 
 from entropo.config import load_config
 from entropo.trainer import weight_sync
-from entropo.trainer.rollout import SamplingParams
+from entropo.trainer.engine import SamplingParams
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 
