@@ -83,6 +83,14 @@ ENV_PATTERN = re.compile(r"[A-Za-z_*?\[\]][A-Za-z0-9_*?\[\]!]*")
 """An entry of ``reward.pass_env``: a variable name or an fnmatch pattern of one."""
 
 
+ROLLOUT_CALL_BASE_S = 600.0
+"""The fixed part of ``rollout.call_timeout_s``'s default: the weight-sync group's own timeout
+(``entropo.trainer.weight_sync.init_sync_group``), the longest a sync may legitimately block."""
+ROLLOUT_DECODE_STEP_S = 1.0
+"""The per-token part of ``rollout.call_timeout_s``'s default: a bound on one decode step of a
+legitimate generation (tens of ms on a GPU; a large model on CPU can exceed it)."""
+
+
 class ConfigError(ValueError):
     """A configuration that cannot run; the message names the key."""
 
@@ -334,8 +342,17 @@ class RolloutConfig:
     """GPUs per rollout worker; null: 1 when the cluster has GPUs, else 0."""
 
     max_restarts: int = 3
-    """Rollout-worker restarts allowed over the run (a dead worker is recreated and the step
-    retried); 0 turns recovery off."""
+    """Rollout-worker restarts allowed over the run (a dead or hung worker is recreated and the
+    step retried); 0 turns recovery off."""
+
+    call_timeout_s: float | None = None
+    """Seconds a rollout worker may take to answer one call (a generation batch, training's or
+    evaluation's, or a weight sync) before it counts as hung: it is killed and recreated like a
+    dead one (``max_restarts``) and the call retried once; a worker that hangs again on the
+    retry stops the run. null: 600 s + 1 s × ``max_new_tokens`` (664 s at the defaults): a call
+    runs at most ``max_new_tokens`` decode steps, a legitimate one takes far less than 1 s on a
+    GPU (tens of ms), and 600 s is the weight-sync group's own timeout. Raise it for a large
+    model generating on CPU, whose decode steps can take seconds."""
 
     vllm: VllmEngineConfig = field(default_factory=VllmEngineConfig)
 
@@ -538,6 +555,14 @@ class TrainConfig:
         model or the device (``max_model_len``, ``dtype``, ``kv_cache_gb``, ``enforce_eager``)."""
         v = self.rollout.vllm
         return dataclasses.replace(v, seed=self.trainer.seed if v.seed is None else v.seed)
+
+    @property
+    def rollout_call_timeout_s(self) -> float:
+        """``rollout.call_timeout_s``, null resolved (see the field)."""
+        r = self.rollout
+        if r.call_timeout_s is not None:
+            return r.call_timeout_s
+        return ROLLOUT_CALL_BASE_S + ROLLOUT_DECODE_STEP_S * r.max_new_tokens
 
     @property
     def max_sequence_tokens(self) -> int:
@@ -777,6 +802,9 @@ def _check_sections(cfg: TrainConfig) -> None:
         raise ConfigError(f"rollout.temperature: must be > 0, got {cfg.rollout.temperature}")
     if not 0 < cfg.rollout.top_p <= 1:
         raise ConfigError(f"rollout.top_p: must be in (0, 1], got {cfg.rollout.top_p}")
+    timeout = cfg.rollout.call_timeout_s
+    if timeout is not None and not (math.isfinite(timeout) and timeout > 0):
+        raise ConfigError(f"rollout.call_timeout_s: must be > 0 or null, got {timeout}")
     budget = cfg.learner.micro_batch_tokens
     if budget is not None and budget < 1:
         raise ConfigError(f"learner.micro_batch_tokens: must be >= 1 or null, got {budget}")

@@ -217,6 +217,16 @@ def test_vllm_engine_settings_resolve_what_needs_no_device():
                          .vllm_engine(), 576, Model()) == 900  # set by the user: vLLM says if it cannot
 
 
+def test_rollout_call_timeout_is_derived_from_the_response_length():
+    """null: 600 s (the weight-sync group's timeout) + 1 s per decode step; a value set is kept."""
+    assert load_config().rollout_call_timeout_s == 600 + 64
+    assert load_config(overrides=["rollout.max_new_tokens=8192"]).rollout_call_timeout_s == 600 + 8192
+    assert load_config(overrides=["rollout.call_timeout_s=30"]).rollout_call_timeout_s == 30
+    for bad in ("0", "-5", "inf"):
+        with pytest.raises(ConfigError, match=f"rollout.call_timeout_s: must be > 0 or null, got {float(bad)}"):
+            load_config(overrides=[f"rollout.call_timeout_s={bad}"])
+
+
 @pytest.mark.parametrize("overrides", [
     ["data.train=my/gsm8k.parquet"],
     ["data.eval=my/test.jsonl"],
