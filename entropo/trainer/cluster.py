@@ -12,8 +12,17 @@ with a fixed world size built from a ``TCPStore`` (:mod:`entropo.trainer.weight_
 then rebuilt on all members with a fresh store on a fresh port, the learner's current
 weights are broadcast, and the failed call is retried (a rollout is retried with the same
 seeds, so it reproduces what the lost worker would have generated). Restarts are counted
-in ``rollout/worker_restarts`` and limited by ``rollout.max_restarts``. A learner rank
-that dies is fatal: DeepSpeed's process group cannot lose a member.
+in ``rollout/worker_restarts`` and limited by ``rollout.max_restarts``.
+
+A rollout worker that does not answer a call (a generation batch, a weight sync) within
+``rollout.call_timeout_s`` counts as hung: it is killed (``ray.kill``) and recovered the same
+way, and the call retried once; a worker that hangs again on the retry raises
+:class:`WorkerHungError` naming it and the field.
+
+A learner rank that dies is fatal: DeepSpeed's process group cannot lose a member. Its
+peers may be blocked in a collective with it and never answer, so learner calls are read as
+they finish, and the first error of one is followed by a liveness probe of every rank: a dead
+one raises :class:`LearnerLostError` naming it, at once.
 """
 
 from __future__ import annotations
@@ -21,6 +30,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -32,7 +42,7 @@ from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 from entropo.config import TrainConfig
 from entropo.trainer.batch import OLD_PASS_FIELDS, SEQUENCE_FIELDS, LearnerShard, StepBatch
 from entropo.trainer.engine import RolloutOutput, SamplingParams
-from entropo.trainer.errors import RunError
+from entropo.trainer.errors import LearnerLostError, RunError
 from entropo.trainer.learner import LearnerRank
 from entropo.trainer.placement import (
     Placement,
@@ -54,10 +64,32 @@ SETTLE_TIMEOUT_S = 600.0
 # A live worker answers a ping at once once its calls have settled; one that does not
 # within this time is treated as lost (killed and recreated).
 PING_TIMEOUT_S = 60.0
+# After a learner call fails, how long its ranks' pings may take to tell a dead rank from a live
+# one. Ray fails calls to an actor whose process exited as soon as the raylet sees the exit
+# (well under a second here); a live rank blocked in a collective with a failed peer never
+# answers, and is waited for this long. A node lost as a whole takes Ray's health checks
+# longer than this, and the failed call's own error is reported instead.
+LEARNER_PROBE_S = 10.0
 
 
 class WorkerLostError(RuntimeError):
     """Rollout workers died more often than ``rollout.max_restarts`` allows."""
+
+
+class WorkerHungError(RuntimeError):
+    """A rollout worker did not answer a call within ``rollout.call_timeout_s``, twice."""
+
+
+class _Hung(Exception):
+    """Rollout workers that did not answer within the call's time limit (handled in the cluster)."""
+
+    def __init__(self, workers: list[int]) -> None:
+        super().__init__(f"rollout worker(s) {workers} did not answer")
+        self.workers = workers
+
+
+Call = tuple[str, int, "ray.ObjectRef"]
+"""A call in flight: who runs it (``learner`` or ``worker``), its index, its future."""
 
 
 # ---------------------------------------------------------------------------------------
@@ -252,6 +284,7 @@ class Cluster:
         total = ray.cluster_resources()
         self.placement = Placement.from_config(cfg).resolved(cluster_has_gpus=total.get("GPU", 0.0) > 0)
         self.max_restarts = cfg.rollout.max_restarts
+        self.call_timeout_s = cfg.rollout_call_timeout_s
         self.restarts = 0  # rollout workers recreated over this run
         self._version = 0  # weight version the workers hold (the last sync)
         self.sync_bytes = 0  # bytes broadcast by learner rank 0 in the last sync
@@ -286,7 +319,7 @@ class Cluster:
         # the rollout workers load their engines while the learners set up DeepSpeed
         self.workers = [self._new_worker(i) for i in range(cfg.rollout.workers)]
         host, port = ray.get(self.learners[0].address.remote())
-        ray.get([a.setup.remote(host, port) for a in self.learners])
+        self._on_learners(lambda _, a: a.setup.remote(host, port), "set-up")
         self._wait_ready(self.workers)
         self._build_sync_group()
 
@@ -339,24 +372,88 @@ class Cluster:
         sender = ray.get(self.learners[0].sync_specs.remote())
         for own in ray.get([w.sync_specs.remote() for w in self.workers]):
             check_receiver(sender, own)  # before the rendezvous, which would wait for a failed member
-        calls = [a.join_sync_group.remote(host, port, world, backend, DEFAULT_BUCKET_BYTES) for a in self.learners]
-        calls += [w.join_sync_group.remote(host, port, first[i], world, backend, DEFAULT_BUCKET_BYTES, sender)
+        calls = [("learner", r, a.join_sync_group.remote(host, port, world, backend, DEFAULT_BUCKET_BYTES))
+                 for r, a in enumerate(self.learners)]
+        calls += [("worker", i, w.join_sync_group.remote(host, port, first[i], world, backend, DEFAULT_BUCKET_BYTES,
+                                                         sender))
                   for i, w in enumerate(self.workers)]
-        ray.get(calls)
+        self._gather(calls, "weight-sync group set-up")
 
-    # ---- fault tolerance: lost rollout workers ---------------------------------------------
-    def _on_workers(self, launch: Callable[[], list]) -> list:
-        """``ray.get(launch())``; a rollout worker lost on the way is recreated and the call retried."""
-        while True:
-            futures = launch()
+    # ---- calls, and what a lost or hung actor does to them ---------------------------------
+    def _gather(self, calls: list[Call], during: str, timeout_s: float | None = None) -> list:
+        """The results of ``calls``, in order, read as each finishes.
+
+        Raises:
+            LearnerLostError: a learner rank died (checked after any error of a call, when
+                learners take part: a peer's collective may fail before Ray reports the death).
+            _Hung: rollout workers still busy ``timeout_s`` after the calls began.
+            RayActorError, RayTaskError: the first other failure, as it comes.
+        """
+        owner = {ref: (kind, i) for kind, i, ref in calls}
+        results: dict = {}
+        pending = [ref for _, _, ref in calls]
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while pending:
+            wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+            ready, pending = ray.wait(pending, num_returns=1, timeout=wait)
+            if not ready:
+                hung = sorted(i for kind, i in map(owner.get, pending) if kind == "worker")
+                if hung:
+                    raise _Hung(hung)
+                deadline = None  # learner calls alone: bounded by their collectives' own timeouts
+                continue
             try:
-                return ray.get(futures)
+                results[ready[0]] = ray.get(ready[0])
+            except (RayActorError, RayTaskError):
+                if any(kind == "learner" for kind, _, _ in calls):
+                    self._raise_if_learner_lost(during)
+                raise
+        return [results[ref] for _, _, ref in calls]
+
+    def _on_learners(self, call: Callable, during: str) -> list:
+        """``call(rank, actor)`` on every learner rank; the results in rank order."""
+        return self._gather([("learner", r, call(r, a)) for r, a in enumerate(self.learners)], during)
+
+    def _raise_if_learner_lost(self, during: str) -> None:
+        """Raise :class:`LearnerLostError` for the first learner rank whose process is dead
+        (its ping fails); a rank that does not answer within :data:`LEARNER_PROBE_S` counts
+        as alive."""
+        pings = {a.node_id.remote(): r for r, a in enumerate(self.learners)}
+        pending = list(pings)
+        deadline = time.monotonic() + LEARNER_PROBE_S
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
+            if not ready:
+                return
+            try:
+                ray.get(ready[0])
+            except RayActorError as e:
+                raise LearnerLostError(pings[ready[0]], during, e) from None
+
+    def _on_workers(self, launch: Callable[[], list[Call]], during: str) -> list:
+        """``_gather(launch())`` within ``rollout.call_timeout_s``; a rollout worker lost or hung
+        on the way is recreated and the call retried (a hung one once per call)."""
+        hung_before: set[int] = set()
+        while True:
+            calls = launch()
+            try:
+                return self._gather(calls, during, self.call_timeout_s)
+            except _Hung as hung:
+                again = sorted(hung_before.intersection(hung.workers))
+                if again:
+                    raise WorkerHungError(
+                        f"rollout worker {again[0]} did not answer the {during} within rollout.call_timeout_s="
+                        f"{format_amount(self.call_timeout_s)} s, twice (once more after it was killed and "
+                        f"recreated); raise rollout.call_timeout_s if a {during} can take that long") from None
+                hung_before.update(hung.workers)
+                reason = f"no answer to the {during} within rollout.call_timeout_s={format_amount(self.call_timeout_s)} s"
+                self._recover(hung.workers, reason, hung)
             except (RayActorError, RayTaskError) as error:
-                ray.wait(futures, num_returns=len(futures), timeout=SETTLE_TIMEOUT_S)
+                ray.wait([ref for _, _, ref in calls], num_returns=len(calls), timeout=SETTLE_TIMEOUT_S)
                 lost = self._lost_workers()
                 if not lost:
                     raise
-                self._recover(lost, error)
+                self._recover(lost, _first_line(error), error)
 
     def _lost_workers(self) -> list[int]:
         pings = [w.ready.remote() for w in self.workers]
@@ -372,8 +469,7 @@ class Cluster:
                 lost.append(i)
         return lost
 
-    def _recover(self, lost: list[int], error: BaseException) -> None:
-        reason = f"{type(error).__name__}: {str(error).strip().splitlines()[0][:200]}" if str(error).strip() else type(error).__name__
+    def _recover(self, lost: list[int], reason: str, error: BaseException) -> None:
         if self.restarts + len(lost) > self.max_restarts:
             raise WorkerLostError(
                 f"rollout worker(s) {lost} lost ({reason}); {self.restarts} restart(s) so far, "
@@ -396,7 +492,7 @@ class Cluster:
             return  # rollout only: the new worker loaded model.path, as the others did
         self._build_sync_group()
         # a worker lost during this resync is recovered the same way (bounded by max_restarts)
-        self._on_workers(lambda: self._push_calls(self._version))
+        self._on_workers(lambda: self._push_calls(self._version), "weight sync")
 
     def metrics(self) -> dict[str, float]:
         """Cluster-level metrics: ``rollout/worker_restarts`` (cumulative over the run) and
@@ -413,10 +509,10 @@ class Cluster:
 
         def launch() -> list:
             # self.workers is read at each attempt: a retry goes to the recreated worker
-            return [self.workers[k].generate.remote([prompts[i] for i in idx], _with_seed(params, k))
+            return [("worker", k, self.workers[k].generate.remote([prompts[i] for i in idx], _with_seed(params, k)))
                     for k, idx in enumerate(chunks) if idx]
 
-        outs: list[RolloutOutput] = self._on_workers(launch)
+        outs: list[RolloutOutput] = self._on_workers(launch, "generation")
         parts = []
         for out, idx in zip(outs, [c for c in chunks if c]):
             group_ids = torch.tensor(idx).repeat_interleave(params.n)
@@ -440,7 +536,7 @@ class Cluster:
         """Adds the π_old pass's fields (:data:`OLD_PASS_FIELDS`: ``old_logp``, ``entropy``, and
         ``ref_logp`` and the per-token extras when computed) to the batch."""
         shards = self._split(batch)
-        outs = ray.get([a.forward.remote(s, extras) for a, s in zip(self.learners, shards)])
+        outs = self._on_learners(lambda r, a: a.forward.remote(shards[r], extras), "π_old forward")
         for name in OLD_PASS_FIELDS:
             if getattr(outs[0], name) is not None:
                 setattr(batch, name, torch.cat([getattr(o, name) for o in outs]))
@@ -453,7 +549,7 @@ class Cluster:
         """
         per_rank = [[mb[r] for mb in minibatches] for r in range(len(self.learners))]
         fused = fill is not None
-        results = ray.get([a.update.remote(s, ctx, fused) for a, s in zip(self.learners, per_rank)])
+        results = self._on_learners(lambda r, a: a.update.remote(per_rank[r], ctx, fused), "update")
         if fused:
             fill.old_logp = torch.cat([values["old_logp"] for _, values in results])
             fill.entropy = torch.cat([values["entropy"] for _, values in results])
@@ -465,25 +561,26 @@ class Cluster:
         return self._version
 
     def sync_weights(self, version: int) -> None:
-        sent = self._on_workers(lambda: self._push_calls(version))
+        sent = self._on_workers(lambda: self._push_calls(version), "weight sync")
         self.sync_bytes = sent[0]  # learner rank 0's send_weights
         self._version = version
 
-    def _push_calls(self, version: int) -> list:
-        return ([a.send_weights.remote() for a in self.learners]
-                + [w.receive_weights.remote(version) for w in self.workers])
+    def _push_calls(self, version: int) -> list[Call]:
+        return ([("learner", r, a.send_weights.remote()) for r, a in enumerate(self.learners)]
+                + [("worker", i, w.receive_weights.remote(version)) for i, w in enumerate(self.workers)])
 
     def save(self, path: Path) -> None:
         """Every rank's DeepSpeed state into ``path/learner``; the policy into ``path/hf``."""
-        ray.get([a.save.remote(str(path / "learner"), "state", {}) for a in self.learners])
-        ray.get([a.export_pretrained.remote(str(path / "hf")) for a in self.learners])
+        self._on_learners(lambda _, a: a.save.remote(str(path / "learner"), "state", {}), "checkpoint save")
+        self._on_learners(lambda _, a: a.export_pretrained.remote(str(path / "hf")), "checkpoint save")
 
     def load(self, path: Path) -> None:
-        ray.get([a.load.remote(str(path / "learner"), "state") for a in self.learners])
+        self._on_learners(lambda _, a: a.load.remote(str(path / "learner"), "state"), "checkpoint load")
 
     def node_ids(self) -> dict[str, list[str]]:
-        return {"learner": ray.get([a.node_id.remote() for a in self.learners]),
-                "rollout": self._on_workers(lambda: [w.node_id.remote() for w in self.workers])}
+        return {"learner": self._on_learners(lambda _, a: a.node_id.remote(), "node query"),
+                "rollout": self._on_workers(lambda: [("worker", i, w.node_id.remote())
+                                                     for i, w in enumerate(self.workers)], "node query")}
 
     def shutdown(self) -> None:
         from ray.util import remove_placement_group
@@ -493,6 +590,12 @@ class Cluster:
         for g in self.groups:
             remove_placement_group(g)
         self.learners, self.workers, self.groups = [], [], []
+
+
+def _first_line(error: BaseException) -> str:
+    """``Type: first line of the message`` (at most 200 characters), or the type alone."""
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0][:200]}" if text else type(error).__name__
 
 
 def _with_seed(params: SamplingParams, worker: int) -> SamplingParams:

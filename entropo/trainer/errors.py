@@ -4,10 +4,28 @@ so that each imports them without importing the other, and the checks that raise
 from __future__ import annotations
 
 import math
+import re
 
 
 class RunError(RuntimeError):
     """A run that cannot start (bad model path, empty dataset, ...); the message says why."""
+
+
+class LearnerLostError(RuntimeError):
+    """A learner rank's process died; the message names the rank, its process and the call.
+
+    Attributes:
+        rank: the learner rank.
+        during: the call it died in (``update``, ``π_old forward``, ``checkpoint save``, ...).
+    """
+
+    def __init__(self, rank: int, during: str, error: BaseException) -> None:
+        self.rank, self.during = rank, during
+        text = str(error)  # Ray's ActorDiedError names the process as "pid: N" and "ip: A"
+        pid, ip = re.search(r"\bpid: (\d+)", text), re.search(r"\bip: (\S+)", text)
+        where = f" (pid {pid.group(1)} on {ip.group(1)})" if pid and ip else ""
+        super().__init__(f"learner rank {rank}{where} died during the {during}: its process exited "
+                         f"(killed, out of memory or crashed; the node's dmesg says which)")
 
 
 # The update's metrics that must be finite, in the order they are reported; a NaN loss makes

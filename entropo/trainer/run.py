@@ -19,10 +19,10 @@ def train(cfg: TrainConfig) -> dict:
     from entropo.rewards import RewardFailureError, RewardManager, RewardSpecError
     from entropo.telemetry.sinks import make_sinks
     from entropo.trainer.checkpoint import CheckpointError, Checkpoints
-    from entropo.trainer.cluster import Cluster, connect
+    from entropo.trainer.cluster import Cluster, WorkerHungError, WorkerLostError, connect
     from entropo.trainer.controller import Controller
     from entropo.trainer.decode import NonFiniteLogitsError
-    from entropo.trainer.errors import NonFiniteUpdateError
+    from entropo.trainer.errors import LearnerLostError, NonFiniteUpdateError
 
     started = time.time()
     marks = [("start", time.perf_counter())]
@@ -35,8 +35,9 @@ def train(cfg: TrainConfig) -> dict:
     run_dir = Path(cfg.trainer.output_dir)
     writable(run_dir)
 
+    checkpoints = Checkpoints(run_dir / "checkpoints")
     try:
-        resume_from = Checkpoints(run_dir / "checkpoints").resolve(cfg.trainer.resume)
+        resume_from = checkpoints.resolve(cfg.trainer.resume)
     except CheckpointError as e:
         raise RunError(str(e)) from None
 
@@ -67,6 +68,12 @@ def train(cfg: TrainConfig) -> dict:
         cause = getattr(e, "cause", e)
         raise RunError(f"step {controller.state.step + 1}: {cause}; lower learner.lr (now {cfg.learner.lr:g}) "
                        f"(steps before it are in {run_dir / 'metrics.jsonl'})") from None
+    except (LearnerLostError, WorkerHungError, WorkerLostError) as e:
+        # a learner dies in a step or in the checkpoint after it (state.step: the last completed step)
+        step = controller.state.step + (0 if getattr(e, "during", "").startswith("checkpoint") else 1)
+        done = checkpoints.complete()
+        since = f"the last complete checkpoint, {done[-1]}" if done else "step 0 (no complete checkpoint yet)"
+        raise RunError(f"step {step}: {e}; resume with trainer.resume=auto (from {since})") from None
     finally:
         sinks.close()
         rewards.close()
@@ -176,7 +183,7 @@ def evaluate_only(cfg: TrainConfig) -> dict[str, float]:
     """
     from entropo.models.loading import check_model_path, load_tokenizer
     from entropo.rewards import RewardFailureError, RewardManager, RewardSpecError
-    from entropo.trainer.cluster import Cluster, connect
+    from entropo.trainer.cluster import Cluster, WorkerHungError, WorkerLostError, connect
     from entropo.trainer.controller import Controller
     from entropo.trainer.decode import NonFiniteLogitsError
 
@@ -203,7 +210,7 @@ def evaluate_only(cfg: TrainConfig) -> dict[str, float]:
     try:
         controller = Controller(cfg, cluster, None, tokenizer, rewards, sinks=None, eval_rows=rows)
         metrics = controller.evaluate()
-    except RewardFailureError as e:
+    except (RewardFailureError, WorkerHungError, WorkerLostError) as e:
         raise RunError(str(e)) from None
     except NonFiniteLogitsError as e:  # raised in a rollout worker; Ray's error is also one
         raise RunError(f"model.path={cfg.model.path}: {getattr(e, 'cause', e)}") from None
