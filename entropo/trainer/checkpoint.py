@@ -13,10 +13,25 @@ A save writes everything into ``step_N.tmp``, then ``COMPLETE``, then renames th
 to ``step_N``; a crash at any point leaves the previous complete checkpoint as the newest
 usable one. Each save keeps the newest ``trainer.keep_checkpoints`` complete checkpoints. On
 several nodes the run directory must be on a filesystem all learner nodes share.
+
+After a crash:
+
+- an interrupted save (``step_N.tmp``, or a ``step_N`` without ``COMPLETE``) is never resumed
+  from; it stays on disk for inspection, and a later save of the same step replaces it.
+- a save that fails while the run is alive (a full disk, an I/O error) stops the run with
+  :class:`CheckpointWriteError`; its partial directory is removed once no learner rank can
+  still write to it (``entropo.trainer.run``), since on a full disk it holds the space the
+  resumed run needs.
+- ``metrics.jsonl`` keeps the lines the interrupted run wrote after its last complete
+  checkpoint until a run resumes from it: the resumed run from step k drops every line of a
+  step > k when it starts (:class:`entropo.telemetry.sinks.JsonlSink`) and writes them again as
+  it reruns those steps, with the same numbers (to 1e-4). So the file holds one line per
+  completed step, never two.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import shutil
@@ -28,8 +43,68 @@ MARKER = "COMPLETE"
 _NAME = re.compile(r"^step_(\d{6,})$")
 
 
+DISK_FULL_BYTES = 1 << 20
+"""A failed save that leaves less than this free on its disk failed for want of space. The
+errno is not always there to say so: ``torch.save`` reports ENOSPC as a RuntimeError with no
+errno ("unexpected pos ..."), and a write that runs out of space has used up all but a few
+blocks."""
+
+
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be resumed from; the message names the path."""
+
+
+class CheckpointWriteError(RuntimeError):
+    """A checkpoint that could not be written; the message is one line naming
+    ``trainer.output_dir``, the disk when it is full, and the last complete checkpoint.
+
+    Attributes:
+        partial: the directory of the failed save, for the caller to remove once nothing
+            writes to it any more (:meth:`remove_partial`).
+    """
+
+    def __init__(self, step: int, partial: Path, last: Path | None, error: BaseException) -> None:
+        self.partial = partial
+        run_dir = partial.parent.parent  # <run_dir>/checkpoints/step_N.tmp
+        usage = shutil.disk_usage(run_dir) if run_dir.exists() else None
+        full = _no_space(error) or (usage is not None and usage.free < DISK_FULL_BYTES)
+        if full and usage is not None:
+            why = f"the disk holding {run_dir} is full ({_size(usage.free)} free of {_size(usage.total)})"
+            fix = "free space on it or lower trainer.keep_checkpoints"
+        else:
+            cause = getattr(error, "cause", None) or error  # a learner rank's error, through Ray
+            text = str(cause).strip().splitlines()
+            why = f"{type(cause).__name__}: {text[0][:200]}" if text else type(cause).__name__
+            fix = "fix that"
+        kept = f"the last complete checkpoint, {last}, is intact" if last else "no complete checkpoint was written yet"
+        self.tail = f"{kept}; {fix}, then resume with trainer.resume=auto"
+        self.head = f"trainer.output_dir: the checkpoint of step {step} could not be written: {why}"
+        super().__init__(f"{self.head}; {self.tail}")
+
+    def remove_partial(self) -> str:
+        """Remove the failed save; the whole message, saying what became of it."""
+        shutil.rmtree(self.partial, ignore_errors=True)
+        fate = f"left at {self.partial}" if self.partial.exists() else f"removed ({self.partial})"
+        return f"{self.head}; its partial save was {fate}; {self.tail}"
+
+
+def _no_space(error: BaseException | None) -> bool:
+    """Whether ENOSPC or EDQUOT is in ``error``'s chain (Ray's ``cause``, ``__cause__``, ``__context__``)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        error = getattr(error, "cause", None) or error.__cause__ or error.__context__
+    return False
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024:
+            return f"{n:.0f} {unit}"
+        n /= 1024
+    return f"{n:.0f} TiB"
 
 
 class Checkpoints:
@@ -38,9 +113,13 @@ class Checkpoints:
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
 
+    def partial(self, step: int) -> Path:
+        """The temporary directory of ``step``'s checkpoint while it is written."""
+        return self.root / f"step_{step:06d}.tmp"
+
     def begin(self, step: int) -> Path:
         """A fresh temporary directory for the checkpoint of ``step``."""
-        tmp = self.root / f"step_{step:06d}.tmp"
+        tmp = self.partial(step)
         if tmp.exists():
             shutil.rmtree(tmp)
         tmp.mkdir(parents=True)
@@ -66,6 +145,14 @@ class Checkpoints:
             return []
         found = [p for p in self.root.iterdir() if _NAME.match(p.name) and (p / MARKER).is_file()]
         return sorted(found, key=lambda p: int(_NAME.match(p.name).group(1)))
+
+    def incomplete(self) -> list[Path]:
+        """Interrupted saves (``step_N.tmp``, or ``step_N`` without its marker), oldest first."""
+        if not self.root.is_dir():
+            return []
+        found = [p for p in self.root.iterdir() if p.is_dir() and (
+            (p.name.endswith(".tmp") and _NAME.match(p.name[:-4])) or (_NAME.match(p.name) and not (p / MARKER).is_file()))]
+        return sorted(found, key=lambda p: (int(_NAME.match(p.name.removesuffix(".tmp")).group(1)), p.name))
 
     def resolve(self, resume: str) -> Path | None:
         """``trainer.resume``: '' → None; 'auto' → the newest complete checkpoint (None if

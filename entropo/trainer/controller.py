@@ -50,11 +50,12 @@ from entropo.trainer.batch import LearnerShard, StepBatch
 from entropo.trainer.checkpoint import (
     CheckpointError,
     Checkpoints,
+    CheckpointWriteError,
     load_controller,
     save_controller,
 )
 from entropo.trainer.engine import SamplingParams
-from entropo.trainer.errors import check_update_finite
+from entropo.trainer.errors import LearnerLostError, check_update_finite
 from entropo.trainer.methods import StepMethods
 from entropo.trainer.scoring import Scorer
 
@@ -296,17 +297,30 @@ class Controller:
 
     # ---- checkpoints ----------------------------------------------------------------------
     def checkpoint(self) -> Path:
-        """An atomic checkpoint of the learner, the policy export and the controller state."""
-        tmp = self.checkpoints.begin(self.state.step)
-        self.cluster.save(tmp)
-        if self.tokenizer is not None:
-            self.tokenizer.save_pretrained(tmp / "hf")
-        # a generation in flight (async mode) is not saved: a resumed run draws its prompts again
-        pending = self.ahead is not None and self.ahead.pending
-        sampler = self.ahead.sampler_state if pending else self.sampler.state_dict()
-        save_controller(tmp, {"state": dataclasses.asdict(self.state), "methods": self.methods.state_dict(),
-                              "sampler": sampler})
-        return self.checkpoints.commit(tmp, self.state.step, self.cfg.trainer.keep_checkpoints)
+        """An atomic checkpoint of the learner, the policy export and the controller state.
+
+        Raises:
+            CheckpointWriteError: a write failed (a full disk, an I/O error; a learner rank's
+                error comes through Ray as its own type); the partial save is left for the
+                caller to remove once no learner rank writes to it.
+        """
+        step = self.state.step
+        last = self.checkpoints.complete()
+        try:
+            tmp = self.checkpoints.begin(step)
+            self.cluster.save(tmp)
+            if self.tokenizer is not None:
+                self.tokenizer.save_pretrained(tmp / "hf")
+            # a generation in flight (async mode) is not saved: a resumed run draws its prompts again
+            pending = self.ahead is not None and self.ahead.pending
+            sampler = self.ahead.sampler_state if pending else self.sampler.state_dict()
+            save_controller(tmp, {"state": dataclasses.asdict(self.state), "methods": self.methods.state_dict(),
+                                  "sampler": sampler})
+            return self.checkpoints.commit(tmp, step, self.cfg.trainer.keep_checkpoints)
+        except LearnerLostError:
+            raise
+        except (OSError, RuntimeError) as e:
+            raise CheckpointWriteError(step, self.checkpoints.partial(step), last[-1] if last else None, e) from e
 
     def restore(self, path: Path) -> None:
         """Continue from a checkpoint: learner state, controller state, data position, and

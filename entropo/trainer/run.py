@@ -18,7 +18,12 @@ def train(cfg: TrainConfig) -> dict:
     from entropo.models.loading import check_model_path, load_tokenizer
     from entropo.rewards import RewardFailureError, RewardManager, RewardSpecError
     from entropo.telemetry.sinks import make_sinks
-    from entropo.trainer.checkpoint import CheckpointError, Checkpoints
+    from entropo.trainer.checkpoint import (
+        MARKER,
+        CheckpointError,
+        Checkpoints,
+        CheckpointWriteError,
+    )
     from entropo.trainer.cluster import Cluster, WorkerHungError, WorkerLostError, connect
     from entropo.trainer.controller import Controller
     from entropo.trainer.decode import NonFiniteLogitsError
@@ -56,7 +61,12 @@ def train(cfg: TrainConfig) -> dict:
     controller = Controller(cfg, cluster, sampler, tokenizer, rewards, sinks=None, eval_rows=eval_rows)
     if resume_from is not None:
         controller.restore(resume_from)
-        print(f"[resume] continuing from {resume_from} (step {controller.state.step})")
+        print(f"[resume] continuing from {resume_from} (step {controller.state.step}); the lines of later "
+              f"steps in metrics.jsonl are replaced as those steps run again")
+    if cfg.trainer.resume:
+        for partial in checkpoints.incomplete():
+            print(f"[resume] ignoring {partial}: an interrupted save (no {MARKER} marker), left on disk "
+                  f"for inspection until a save of the same step replaces it")
     sinks = make_sinks(cfg.logger.backends, run_dir, cfg.trainer.total_steps, cfg.logger.project,
                        run_dir.name, as_dict(cfg), start_step=controller.state.step + 1)
     controller.sinks = sinks
@@ -68,6 +78,9 @@ def train(cfg: TrainConfig) -> dict:
         cause = getattr(e, "cause", e)
         raise RunError(f"step {controller.state.step + 1}: {cause}; lower learner.lr (now {cfg.learner.lr:g}) "
                        f"(steps before it are in {run_dir / 'metrics.jsonl'})") from None
+    except CheckpointWriteError as e:
+        cluster.shutdown()  # no learner rank writes into the partial save any more
+        raise RunError(e.remove_partial()) from None
     except (LearnerLostError, WorkerHungError, WorkerLostError) as e:
         # a learner dies in a step or in the checkpoint after it (state.step: the last completed step)
         step = controller.state.step + (0 if getattr(e, "during", "").startswith("checkpoint") else 1)

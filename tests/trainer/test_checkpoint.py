@@ -43,6 +43,49 @@ def test_interrupted_saves_are_ignored(tmp_path):
     assert not (tmp_path / "step_000004.tmp").exists()
 
 
+def test_interrupted_saves_are_listed_for_the_resume_message(tmp_path):
+    ckpts = Checkpoints(tmp_path)
+    _fake_save(ckpts, 2, keep=3)
+    ckpts.begin(4)
+    (tmp_path / "step_000003").mkdir()  # the final name, no marker
+    (tmp_path / "notes.tmp").mkdir()  # not a checkpoint's name
+    assert [p.name for p in ckpts.incomplete()] == ["step_000003", "step_000004.tmp"]
+    assert Checkpoints(tmp_path / "none").incomplete() == []
+
+
+def test_a_failed_write_on_a_full_disk_says_so_in_one_line(tmp_path):
+    import errno
+
+    from entropo.trainer.checkpoint import CheckpointWriteError
+
+    ckpts = Checkpoints(tmp_path / "checkpoints")
+    last = _fake_save(ckpts, 1, keep=2)
+    partial = ckpts.begin(2)
+    (partial / "half").write_text("x")
+    # through Ray a learner rank's OSError is the cause of the error the driver sees
+    through_ray = RuntimeError("a learner rank failed")
+    through_ray.cause = OSError(errno.ENOSPC, "No space left on device")
+    e = CheckpointWriteError(2, partial, last, through_ray)
+    assert str(e).startswith(f"trainer.output_dir: the checkpoint of step 2 could not be written: the disk holding "
+                             f"{tmp_path} is full (")
+    assert str(e).endswith(f"the last complete checkpoint, {last}, is intact; free space on it or lower "
+                           "trainer.keep_checkpoints, then resume with trainer.resume=auto")
+    message = e.remove_partial()
+    assert "\n" not in message and not partial.exists()
+    assert f"its partial save was removed ({partial}); the last complete checkpoint" in message
+    assert ckpts.resolve("auto") == last
+
+
+def test_a_failed_write_with_room_on_the_disk_names_the_error(tmp_path):
+    from entropo.trainer.checkpoint import CheckpointWriteError
+
+    ckpts = Checkpoints(tmp_path / "checkpoints")
+    e = CheckpointWriteError(1, ckpts.begin(1), None, PermissionError(13, "Permission denied"))
+    assert str(e) == ("trainer.output_dir: the checkpoint of step 1 could not be written: PermissionError: "
+                      "[Errno 13] Permission denied; no complete checkpoint was written yet; fix that, then "
+                      "resume with trainer.resume=auto")
+
+
 def test_no_checkpoint_yet_starts_fresh(tmp_path):
     assert Checkpoints(tmp_path / "none").resolve("auto") is None
 
@@ -116,3 +159,4 @@ def test_resume_reproduces_the_uninterrupted_run(ray_session, tiny_model_dir, tm
             compared += 1
     assert compared > 40
     assert full[4]["actor/grad_norm"] > 0
+
