@@ -330,6 +330,24 @@ def test_rollout_worker_hangs_again_after_its_restart(hung_run):
     assert [r["step"] for r in metrics(run_dir)] == [1, 2]
 
 
+def test_reward_worker_hangs(ray_session):
+    """A Ray reward worker that hangs without dying (blocked, no CPU): killed after reward.timeout_s and replaced; its sample gets reward.fallback_score and the pool goes on."""
+    from entropo.rewards import RewardManager
+    from tests.rewards.helpers import reward_cfg, sample
+
+    flaky = f"{REPO / 'tests' / 'rewards' / 'custom' / 'native_style.py'}:flaky"
+    cfg = reward_cfg([flaky], mode="ray", workers=2, timeout_s=2.0, fallback_score=-1.0, worker_cpus=0.5)
+    with RewardManager(cfg) as rm:
+        started = time.monotonic()
+        res = rm.score([sample("ok"), sample("hang"), sample("ok"), sample("ok")])
+        took = time.monotonic() - started
+        assert res.rewards.tolist() == [1.0, -1.0, 1.0, 1.0]
+        assert res.metrics["reward/errors/timeout"] == 1 and res.metrics["reward/workers_replaced"] >= 1
+        assert took < cfg.timeout_s + 30  # the limit, plus a worker's restart on a loaded machine
+        again = rm.score([sample("ok"), sample("ok")])
+        assert again.rewards.tolist() == [1.0, 1.0] and again.metrics["reward/errors"] == 0
+
+
 # ---- the disk fills ---------------------------------------------------------------------------
 @pytest.fixture
 def small_disk(tmp_path):
