@@ -62,3 +62,27 @@ def test_learner_rows_trim_only_columns_no_row_needs():
     assert trimmed.prompt_ids.tolist() == [[0, 5, 6], [7, 8, 9]]  # 3 prompt columns are enough
     assert trimmed.response_ids.tolist() == [[1, 2, 0], [3, 4, 5]]
     assert trimmed.old_logp.tolist() == [[0, 1, 2], [5, 6, 7]]
+
+
+def test_the_learner_shard_is_the_field_table():
+    """LearnerShard has exactly the table's fields, in its order, typed as in StepBatch, so the
+    learner's shards, the π_old pass's fields and the controller's split cannot drift apart."""
+    import dataclasses
+
+    from entropo.trainer.batch import LEARNER_FIELDS, OLD_PASS_FIELDS, SEQUENCE_FIELDS, UPDATE_FIELDS, LearnerShard
+
+    shard = {f.name: f.type for f in dataclasses.fields(LearnerShard)}
+    batch = {f.name: f.type for f in dataclasses.fields(StepBatch)}
+    assert tuple(shard) == LEARNER_FIELDS == SEQUENCE_FIELDS + OLD_PASS_FIELDS + UPDATE_FIELDS
+    for name in SEQUENCE_FIELDS:
+        assert shard[name] == batch[name] == "torch.Tensor", name
+    for name in OLD_PASS_FIELDS + UPDATE_FIELDS:  # optional in the shard; filled by a stage in the batch
+        assert shard[name] == "torch.Tensor | None", name
+        assert batch[name] in ("torch.Tensor", "torch.Tensor | None"), name
+    rows = StepBatch(prompt_ids=torch.ones(4, 2, dtype=torch.long), prompt_mask=torch.ones(4, 2),
+                     response_ids=torch.ones(4, 3, dtype=torch.long), mask=torch.ones(4, 3),
+                     rollout_logp=torch.zeros(4, 3), truncated=torch.zeros(4, dtype=torch.bool),
+                     group_ids=torch.arange(4), response_text=[""] * 4, rows=[None] * 4)
+    rows.advantages = torch.arange(12.0).view(4, 3)
+    part = LearnerShard.of(rows, slice(1, 3))
+    assert torch.equal(part.advantages, rows.advantages[1:3]) and part.old_logp is None and len(part) == 2
