@@ -15,6 +15,8 @@ why). Names resolve on first use, so ``import entropo`` stays cheap.
 
 from __future__ import annotations
 
+import importlib
+from collections.abc import Callable
 from typing import Any
 
 __version__ = "0.1.0"
@@ -30,10 +32,17 @@ _EXPORTS = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'entropo' has no attribute '{name}'")
-    import importlib
+def lazy_exports(package: str, exports: dict[str, tuple[str, str]]) -> Callable[[str], Any]:
+    """A package's ``__getattr__`` that imports each of ``exports`` (name -> (module, attribute))
+    on first use, so that importing the package (or one of its submodules) imports nothing else."""
 
-    module, attr = _EXPORTS[name]
-    return getattr(importlib.import_module(module), attr)
+    def __getattr__(name: str) -> Any:
+        if name not in exports:
+            raise AttributeError(f"module '{package}' has no attribute '{name}'")
+        module, attr = exports[name]
+        return getattr(importlib.import_module(module), attr)
+
+    return __getattr__
+
+
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -52,7 +52,7 @@ Metrics returned in ``RewardResult.metrics`` (the controller adds ``reward/mean`
 
 from __future__ import annotations
 
-from typing import Any
+from entropo import lazy_exports
 
 __all__ = ["RewardFailureError", "RewardManager", "RewardResult", "RewardSpecError", "Sample", "check_failures",
            "group_reward"]
@@ -70,10 +70,4 @@ _EXPORTS = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'entropo.rewards' has no attribute '{name}'")
-    import importlib
-
-    module, attr = _EXPORTS[name]
-    return getattr(importlib.import_module(module), attr)
+__getattr__ = lazy_exports(__name__, _EXPORTS)
