@@ -69,7 +69,13 @@ def test_the_learner_shard_is_the_field_table():
     learner's shards, the π_old pass's fields and the controller's split cannot drift apart."""
     import dataclasses
 
-    from entropo.trainer.batch import LEARNER_FIELDS, OLD_PASS_FIELDS, SEQUENCE_FIELDS, UPDATE_FIELDS, LearnerShard
+    from entropo.trainer.batch import (
+        LEARNER_FIELDS,
+        OLD_PASS_FIELDS,
+        SEQUENCE_FIELDS,
+        UPDATE_FIELDS,
+        LearnerShard,
+    )
 
     shard = {f.name: f.type for f in dataclasses.fields(LearnerShard)}
     batch = {f.name: f.type for f in dataclasses.fields(StepBatch)}
