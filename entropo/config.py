@@ -251,6 +251,12 @@ class RewardConfig:
     worker_memory_growth_mb: float = 2048.0
     """Restart a reward worker whose resident memory grew by more than this; 0 turns it off."""
 
+    standby_workers: int = 1
+    """Ray mode: reward workers started ahead that take the place of one that is killed (a call
+    past ``reward.timeout_s``, a leak) or dies, so that the step does not wait for a new one to
+    start (a process and the reward modules' imports: seconds). Each holds
+    ``reward.worker_cpus`` and its memory; 0 starts replacements on demand."""
+
     cluster_answers: bool = False
     """Cluster equivalent answers within each group (math_verify) even without empo; without it
     the trainer clusters by exact final answer (used by SEED-GRPO)."""
@@ -825,6 +831,8 @@ def _check_sections(cfg: TrainConfig) -> None:
     _check_choice("reward.mode", cfg.reward.mode, ("ray", "local"))
     if cfg.reward.workers < 1 or cfg.reward.timeout_s <= 0:
         raise ConfigError("reward.workers must be >= 1 and reward.timeout_s > 0")
+    if cfg.reward.standby_workers < 0:
+        raise ConfigError(f"reward.standby_workers: must be >= 0, got {cfg.reward.standby_workers}")
     for name in cfg.reward.pass_env:
         if not ENV_PATTERN.fullmatch(name):
             raise ConfigError(f"reward.pass_env: '{name}' is not a variable name or fnmatch pattern "

@@ -144,7 +144,8 @@ class RewardManager:
         else:
             memory = float(cfg.worker_memory_growth_mb)
             self.backend = RayBackend(specs, options, ctx, self.timeout_s, workers,
-                                      float(cfg.worker_cpus), memory if memory > 0 else None, tuple(cfg.pass_env))
+                                      float(cfg.worker_cpus), memory if memory > 0 else None, tuple(cfg.pass_env),
+                                      int(cfg.standby_workers))
 
     def ready(self) -> None:
         """Wait until the reward workers are up (Ray workers start in the background, so that

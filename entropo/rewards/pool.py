@@ -263,13 +263,21 @@ class RewardWorker:
         return self.evaluator.run(job)
 
 
+SPARE = -1
+"""The slot of a standby worker while it starts."""
+
+
 class RayBackend:
-    """``workers`` Ray actors (module docstring). They start in the background; the first
-    :meth:`wait_started` (at the latest, the first scoring) waits until all are up, so that a
-    reward that fails to load in a worker fails at start-up, not mid-run."""
+    """``workers`` Ray actors (module docstring) and ``standby`` spare ones. They start in the
+    background; the first :meth:`wait_started` (at the latest, the first scoring) waits until
+    all are up, so that a reward that fails to load in a worker fails at start-up, not mid-run.
+
+    A worker killed (a hang) or lost takes a started spare's place at once, and a new spare
+    starts in the background: a replacement costs the scoring no worker start-up (seconds: a
+    process, Ray's worker set-up and the reward modules' imports) while a spare is ready."""
 
     def __init__(self, specs, options, ctx, timeout_s: float, workers: int, num_cpus: float,
-                 memory_growth_mb: float | None, pass_env: tuple[str, ...] = ()) -> None:
+                 memory_growth_mb: float | None, pass_env: tuple[str, ...], standby: int) -> None:
         import ray
 
         if not ray.is_initialized():
@@ -284,12 +292,15 @@ class RayBackend:
                               runtime_env={"py_executable": start})(RewardWorker)
         self.num_cpus = num_cpus
         self.actors: list[Any] = [None] * workers
-        self.starting: dict[Any, int] = {}  # ready() ref -> slot
+        self.starting: dict[Any, tuple[int, Any]] = {}  # ready() ref -> (slot or SPARE, actor)
+        self.spares: list[Any] = []  # started standby workers
         self.busy: set[int] = set()
         self.start_failures = 0
         self.started = False
         for slot in range(workers):
             self._start(slot)
+        for _ in range(standby):
+            self._start(SPARE)
 
     def wait_started(self) -> None:
         """Block until the first workers are up (once); a failed start raises."""
@@ -299,8 +310,9 @@ class RayBackend:
 
     def _start(self, slot: int) -> None:
         actor = self.cls.remote(*self.args)
-        self.actors[slot] = actor
-        self.starting[actor.ready.remote()] = slot
+        if slot != SPARE:
+            self.actors[slot] = actor
+        self.starting[actor.ready.remote()] = (slot, actor)
 
     def _await_started(self, block: bool) -> None:
         refs = list(self.starting)
@@ -312,7 +324,7 @@ class RayBackend:
             raise RuntimeError(f"reward workers did not start within {WORKER_START_TIMEOUT_S:g} s; each "
                                f"asks for reward.worker_cpus={self.num_cpus} CPUs: are there enough free?")
         for ref in ready:
-            slot = self.starting.pop(ref)
+            slot, actor = self.starting.pop(ref)
             try:
                 self.ray.get(ref)
                 self.start_failures = 0
@@ -321,10 +333,13 @@ class RayBackend:
                 if block or self.start_failures >= MAX_START_FAILURES:
                     raise RuntimeError(f"a reward worker failed to start: {_root_cause(e)}") from None
                 self._start(slot)
+                continue
+            if slot == SPARE:
+                self.spares.append(actor)
 
     def idle_slots(self) -> list[int]:
         self._await_started(block=False)
-        starting = set(self.starting.values())
+        starting = {slot for slot, _ in self.starting.values()}
         return [i for i in range(len(self.actors)) if i not in self.busy and i not in starting]
 
     def submit(self, slot: int, job: Job):
@@ -357,16 +372,21 @@ class RayBackend:
         self.busy.discard(slot)
 
     def replace(self, slot: int) -> None:
+        """Kill the slot's worker; a started spare takes its place (a new spare starts), else a
+        new worker starts in the slot."""
         self.ray.kill(self.actors[slot], no_restart=True)
         self.busy.discard(slot)
-        self._start(slot)
+        if self.spares:
+            self.actors[slot] = self.spares.pop()
+            self._start(SPARE)
+        else:
+            self._start(slot)
 
     def close(self) -> None:
-        for actor in self.actors:
-            if actor is not None:
-                self.ray.kill(actor, no_restart=True)
-        self.actors = []
-        self.starting = {}
+        every = {id(a): a for a in [*self.actors, *self.spares, *(a for _, a in self.starting.values())] if a is not None}
+        for actor in every.values():
+            self.ray.kill(actor, no_restart=True)
+        self.actors, self.spares, self.starting = [], [], {}
 
 
 def _root_cause(e: BaseException) -> str:

@@ -108,7 +108,7 @@ def connect(cfg: TrainConfig) -> None:
     p = Placement.from_config(cfg)
     need = cfg.learner.ranks * p.learner_cpus + cfg.rollout.workers * p.rollout_cpus  # colocated or not
     if cfg.reward.mode == "ray":
-        need += cfg.reward.workers * cfg.reward.worker_cpus
+        need += (cfg.reward.workers + cfg.reward.standby_workers) * cfg.reward.worker_cpus
     start_local(max(math.ceil(need) + 1, os.cpu_count() or 1), log_to_driver=True,
                 localhost_only=cfg.trainer.ray_localhost_only)
 

@@ -91,3 +91,21 @@ def test_a_reward_that_kills_every_worker_is_quarantined(manager):
     assert failure.failed == 16
     again = manager.score([sample("ok", "ok")])  # the next batch runs it again
     assert again.metrics["reward/quarantined"] == 0 and again.rewards.tolist() == [2.0]
+
+
+def test_a_killed_worker_is_replaced_by_a_started_spare(ray_session):
+    """A worker killed for a hang gives its slot to the standby worker at once (no start-up on
+    the scoring's path), and a new standby starts in the background; the pool scores on."""
+    cfg = reward_cfg([FLAKY], mode="ray", workers=1, timeout_s=1.0, fallback_score=-1.0, worker_cpus=0.25,
+                     standby_workers=1)
+    with RewardManager(cfg) as rm:
+        rm.ready()
+        backend = rm.backend
+        (spare,) = backend.spares
+        first = backend.actors[0]
+        res = rm.score([sample("hang", "ok"), sample("ok", "ok")])
+        assert res.components["flaky"].tolist() == [-1.0, 1.0]
+        assert res.metrics["reward/errors/timeout"] == 1 and res.metrics["reward/workers_replaced"] >= 1
+        assert backend.actors[0] is not first  # the hung worker was killed ...
+        assert spare not in backend.spares  # ... and the spare took its slot
+        assert rm.score([sample("ok", "ok")]).rewards.tolist() == [1.0]
