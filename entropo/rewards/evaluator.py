@@ -97,8 +97,12 @@ def rss_mb() -> float:
 
 
 def _number(x: Any) -> float | None:
+    """``x`` as a float; None for what is not a number. A string is not one, even "0.5": a
+    reward returning text is a bug in it, not a score (verl and TRL fail on it too)."""
     if isinstance(x, bool):
         return float(x)
+    if isinstance(x, str | bytes):
+        return None
     try:
         return float(x)
     except (TypeError, ValueError):

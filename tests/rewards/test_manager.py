@@ -96,3 +96,14 @@ def test_empty_batch_and_bad_settings():
         RewardManager(reward_cfg([]))
     with pytest.raises(ValueError, match="reward.math"):
         RewardManager(reward_cfg(["math"], math={"tail_chars": -1}))
+
+
+@pytest.mark.parametrize("value", ["0.5", b"1", "yes", [0.5], {"acc": 1.0}])
+def test_a_score_that_is_not_a_number_is_an_error_not_a_score(value):
+    """Text, bytes, a list, or a dict without ``score`` are reward bugs: the fallback score and
+    an ``exception`` count, whatever the text says ("0.5" is not read as 0.5)."""
+    from entropo.rewards.evaluator import EXCEPTION, normalise
+
+    out = normalise(value)
+    assert out.status == EXCEPTION and ("not a number" in out.message or "without 'score'" in out.message)
+    assert normalise(0.5).score == 0.5 and normalise({"score": True}).score == 1.0
