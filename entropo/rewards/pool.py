@@ -18,7 +18,9 @@ Two backends with the same contract (each *slot* runs one job at a time):
 
 The scheduling loop (:func:`execute`) gives every job ``timeout_s + DEADLINE_SLACK_S``. A job
 of several samples (or groups) that times out, or whose worker dies, is re-run one sample
-(group) per job, so only the samples that alone exceed the limit count as timeouts.
+(group) per job, so only the samples that alone exceed the limit count as timeouts; so is
+every job of that function not yet started in this scoring, so that a function that hangs or
+crashes on a few samples costs one time limit (or one worker) per bad sample, not two.
 
 Quarantine: a function whose single-sample calls end their worker (``os._exit``, a crash, an
 OOM kill, or a hang past the deadline, for which the worker is killed) at least
@@ -111,7 +113,10 @@ def execute(backend, jobs: list[Job], timeout_s: float) -> tuple[list[tuple[Job,
     inflight: dict[Any, tuple[int, Job, float]] = {}
     deadline_s = timeout_s + DEADLINE_SLACK_S
 
+    suspects: set[int] = set()  # entries whose job timed out or lost its worker in this scoring
+
     def lost(job: Job, outcome: Outcome) -> None:
+        suspects.add(job.entry)
         if len(job.units) > 1:  # its units next, one by one: a culprit is found (or quarantined) early
             pending.extendleft(reversed(job.split()))
         else:
@@ -135,6 +140,9 @@ def execute(backend, jobs: list[Job], timeout_s: float) -> tuple[list[tuple[Job,
             if not pending:
                 break
             job = pending.popleft()
+            if job.entry in suspects and len(job.units) > 1:
+                pending.extendleft(reversed(job.split()))
+                job = pending.popleft()
             inflight[backend.submit(slot, job)] = (slot, job, time.monotonic() + deadline_s)
         now = time.monotonic()
         wait_s = max(0.0, min(d for _, _, d in inflight.values()) - now) if inflight else None

@@ -81,3 +81,20 @@ def test_a_function_that_kills_a_few_workers_keeps_running():
     assert stats.quarantined == set()
     assert sorted(r for job, _ in stats.failures for r in job.rows) == sorted(deadly[0])
     assert sorted(r for job, _ in done for r in job.rows) == sorted(set(range(40)) - deadly[0])
+
+
+def test_after_a_lost_batch_the_functions_other_batches_run_one_sample_at_a_time():
+    """Once a function's batch lost its worker, its batches not yet started run sample by
+    sample: each bad sample costs one worker (or one time limit), not its batch's and its own.
+    Another function's batches stay whole."""
+    deadly = {0: {3, 17, 29, 31}}  # in batches 0, 2, 3 of five batches of 8
+    backend = ScriptedBackend(deadly)
+    done, stats = execute(backend, _jobs(0, 40, 8) + _jobs(1, 16, 8), timeout_s=1.0)
+    assert sorted(r for job, _ in stats.failures for r in job.rows) == sorted(deadly[0])
+    # the first two batches were running when the first died; every later one of entry 0 ran split
+    whole = [job for job in backend.submitted if job.entry == 0 and len(job.units) > 1]
+    assert [job.rows[0] for job in whole] == [0, 8]
+    # workers lost: batch 0, then each bad sample once (3, 17, 29, 31): five, where whole batches
+    # would lose seven (batches 0, 2 and 3, then the four samples)
+    assert backend.replaced == 5 and stats.deaths[0] == 4  # deaths: the single-sample calls
+    assert all(len(job.units) == 8 for job in backend.submitted if job.entry == 1)
