@@ -91,6 +91,7 @@ def test_after_a_lost_batch_the_functions_other_batches_run_one_sample_at_a_time
     backend = ScriptedBackend(deadly)
     done, stats = execute(backend, _jobs(0, 40, 8) + _jobs(1, 16, 8), timeout_s=1.0)
     assert sorted(r for job, _ in stats.failures for r in job.rows) == sorted(deadly[0])
+    assert sorted(r for job, _ in done if job.entry == 0 for r in job.rows) == sorted(set(range(40)) - deadly[0])
     # the first two batches were running when the first died; every later one of entry 0 ran split
     whole = [job for job in backend.submitted if job.entry == 0 and len(job.units) > 1]
     assert [job.rows[0] for job in whole] == [0, 8]
