@@ -223,8 +223,8 @@ class RewardConfig:
     more than this fraction of a step's or an evaluation's samples; 1.0 never stops."""
 
     mode: str = "ray"
-    """Where rewards run: ray (worker processes, killed and replaced when they hang, with the
-    environment of ``reward.pass_env``) or local (threads in the controller, with its whole
+    """Where rewards run: ray (worker processes with the environment of ``reward.pass_env``;
+    see ``reward.isolation`` for what a hang or a crash costs) or local (threads in the controller, with its whole
     environment, secrets included; a hung call is abandoned, not killed, and functions that need
     the main thread fail, e.g. math-verify's ``parse`` with its default signal-based timeout)."""
 
@@ -249,11 +249,21 @@ class RewardConfig:
     """Ray CPUs reserved per reward worker."""
 
     worker_memory_growth_mb: float = 2048.0
-    """Restart a reward worker whose resident memory grew by more than this; 0 turns it off."""
+    """Restart a reward worker whose resident memory grew by more than this; 0 turns it off.
+    With ``reward.isolation=fork`` a call's memory goes with its process and the worker does
+    not grow."""
+
+    isolation: str = "fork"
+    """Ray mode: fork runs each call (a sample, a group, or a TRL batch) in a process forked from
+    its reward worker, so that a call that hangs, exits or leaks costs that process (killed or
+    gone after ``reward.timeout_s``, milliseconds to replace), not the worker, and hung calls
+    wait side by side instead of one after another (entropo.rewards.isolate); module-level state
+    a reward changes does not outlive the job. none runs calls in the worker itself, which is
+    killed and replaced for a hang, a death or a leak."""
 
     standby_workers: int = 1
-    """Ray mode: reward workers started ahead that take the place of one that is killed (a call
-    past ``reward.timeout_s``, a leak) or dies, so that the step does not wait for a new one to
+    """Ray mode: reward workers started ahead that take the place of one that is killed (with
+    ``reward.isolation=none``: a call past ``reward.timeout_s``, a leak) or dies, so that the step does not wait for a new one to
     start (a process and the reward modules' imports: seconds). Each holds
     ``reward.worker_cpus`` and its memory; 0 starts replacements on demand."""
 
@@ -829,6 +839,7 @@ def _check_sections(cfg: TrainConfig) -> None:
     if ev.temperature == 0 and ev.n > 1:
         raise ConfigError("evaluation.n > 1 needs evaluation.temperature > 0 (greedy samples are identical)")
     _check_choice("reward.mode", cfg.reward.mode, ("ray", "local"))
+    _check_choice("reward.isolation", cfg.reward.isolation, ("fork", "none"))
     if cfg.reward.workers < 1 or cfg.reward.timeout_s <= 0:
         raise ConfigError("reward.workers must be >= 1 and reward.timeout_s > 0")
     if cfg.reward.standby_workers < 0:

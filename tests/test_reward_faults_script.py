@@ -35,13 +35,14 @@ def test_every_kind_has_a_function_and_misbehaves_on_about_one_in_eight(bench, f
 
 def test_the_table_gives_each_kind_its_ratio_to_the_well_behaved_run(bench):
     errors = {k.split("/")[-1]: 0.0 for k in bench.ERROR_KEYS}
-    results = [{"kind": "ok", "rc": 0, "steps": 3, "seconds": 2.0, "errors": errors, "line": ""},
-               {"kind": "hangs", "rc": 0, "steps": 3, "seconds": 5.0, "errors": {**errors, "timeout": 8.0}, "line": ""},
-               {"kind": "most", "rc": 2, "steps": 0, "seconds": 0.0, "errors": errors,
+    results = [{"kind": "ok", "rc": 0, "steps": 3, "seconds": 2.0, "wall": 40.0, "errors": errors, "line": ""},
+               {"kind": "hangs", "rc": 0, "steps": 3, "seconds": 5.0, "wall": 50.0, "errors": {**errors, "timeout": 8.0},
+                "line": ""},
+               {"kind": "most", "rc": 2, "steps": 0, "seconds": 0.0, "wall": 30.0, "errors": errors,
                 "line": "entropo: reward 'most' failed on 58/64 samples of step 1"}]
     lines = bench.table(results)
-    assert lines[2].startswith("| ok | 0 | 3 | 2.0 | 1.00 |")
-    assert lines[3].startswith("| hangs | 0 | 3 | 5.0 | 2.50 |") and "| 8 |" in lines[3]
+    assert lines[2].startswith("| ok | 0 | 3 | 2.0 | 1.00 | 40.0 | 1.00 |")
+    assert lines[3].startswith("| hangs | 0 | 3 | 5.0 | 2.50 | 50.0 | 1.25 |") and "| 8 |" in lines[3]
     assert "| nan |" in lines[4] and "failed on 58/64" in lines[4]  # a stopped run has no ratio
 
 

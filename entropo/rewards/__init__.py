@@ -40,8 +40,8 @@ Metrics returned in ``RewardResult.metrics`` (the controller adds ``reward/mean`
 | ``reward/errors/nan`` | … because the score was NaN or infinite |
 | ``reward/error_frac`` | ``reward/errors`` over the (function, sample) calls of the step |
 | ``reward/skipped`` | (function, sample) pairs that returned None (fallback score, not an error) |
-| ``reward/workers_replaced`` | workers killed for a timeout, or found dead, and restarted |
-| ``reward/quarantined`` | functions not run on the rest of the batch: most of their calls (at least 3) ended their worker |
+| ``reward/workers_replaced`` | processes killed for a timeout, or found dead: a worker, or a call's forked process (``reward.isolation=fork``) |
+| ``reward/quarantined`` | functions not run on the rest of the batch: most of their calls (at least 3) ended their process |
 | ``reward/workers_recycled`` | Ray workers restarted because their resident memory grew by more than ``worker_memory_growth_mb`` |
 | ``reward/pear/h_think_correct``, ``…_wrong``, ``reward/pear/h_answer_correct``, ``…_wrong`` | mean phase entropies by correctness |
 | ``reward/pear/p_mean``, ``reward/pear/p_pos_frac_correct``, ``reward/pear/p_gt1_frac`` | mean P; correct responses with P > 0; responses with P > 1 |

@@ -79,12 +79,16 @@ class JobOutput:
             samples one by one to find the culprit.
         recycle: the worker's memory grew past its limit; the driver replaces it.
         rss_mb: the worker's resident memory after the job.
+        lost: calls whose process was killed for the time limit or died
+            (``reward.isolation=fork``, :mod:`entropo.rewards.isolate`); their samples have
+            failed outcomes.
     """
 
     outcomes: list[Outcome]
     whole_call_failed: bool = False
     recycle: bool = False
     rss_mb: float = 0.0
+    lost: int = 0
 
 
 def rss_mb() -> float:

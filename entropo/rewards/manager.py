@@ -33,9 +33,13 @@ from entropo.rewards.registry import RewardContext
 
 MODES = ("ray", "local")
 CHUNKS_PER_WORKER = 4
-"""Jobs per worker and entry: enough to balance load, few enough to keep calls cheap."""
+"""Jobs per worker and entry: enough to balance load, few enough to keep calls cheap. With
+``reward.isolation=fork`` one job per worker and entry: its worker limits each call and runs
+hung calls side by side (entropo.rewards.isolate), so all the hangs a worker meets in a
+scoring cost it one time limit, and a timeout loses no other sample's work."""
 MAX_CHUNK_UNITS = 64
-"""At most this many samples (groups) per job, which bounds the work lost to a timeout."""
+"""At most this many samples (groups) per job, which bounds the work lost to a timeout (not
+with fork isolation, where a timeout loses only its own call)."""
 THINK_CLOSE = "</think>"
 
 
@@ -139,13 +143,14 @@ class RewardManager:
             if s.is_builtin and registry.get(s.target).summarise is not None:
                 self.summarisers[i] = registry.get(s.target).summarise
         self.workers = workers
+        self.one_job_per_worker = mode == "ray" and cfg.isolation == "fork"
         if mode == "local":
             self.backend: Any = LocalBackend(self.evaluator, workers)
         else:
             memory = float(cfg.worker_memory_growth_mb)
             self.backend = RayBackend(specs, options, ctx, self.timeout_s, workers,
                                       float(cfg.worker_cpus), memory if memory > 0 else None, tuple(cfg.pass_env),
-                                      int(cfg.standby_workers))
+                                      int(cfg.standby_workers), cfg.isolation)
 
     def ready(self) -> None:
         """Wait until the reward workers are up (Ray workers start in the background, so that
@@ -195,7 +200,10 @@ class RewardManager:
         jobs = []
         for e, level in enumerate(self.levels):
             units = list(groups.values()) if level == "group" else [[i] for i in range(len(samples))]
-            size = max(1, min(MAX_CHUNK_UNITS, math.ceil(len(units) / (self.workers * CHUNKS_PER_WORKER))))
+            if self.one_job_per_worker:
+                size = max(1, math.ceil(len(units) / self.workers))
+            else:
+                size = max(1, min(MAX_CHUNK_UNITS, math.ceil(len(units) / (self.workers * CHUNKS_PER_WORKER))))
             for k in range(0, len(units), size):
                 chunk = units[k : k + size]
                 rows = [i for u in chunk for i in u]

@@ -2,11 +2,15 @@
 
 Two backends with the same contract (each *slot* runs one job at a time):
 
-- :class:`RayBackend`: ``workers`` Ray actors (separate processes). A job past its deadline
-  gets its actor killed (``ray.kill``) and a fresh one started; so does a worker that died
-  (segfault, OOM kill) and, after its job, a worker whose memory grew past
-  ``worker_memory_growth_mb`` since it started (a leaking reward). A worker starts with an
-  allow-listed environment (:mod:`entropo.worker_env`: its base set, ``reward.pass_env``,
+- :class:`RayBackend`: ``workers`` Ray actors (separate processes). With
+  ``reward.isolation=fork`` (the default) each worker runs every call in a forked child and
+  limits each call itself (:mod:`entropo.rewards.isolate`): a hang, a death or a leak costs that
+  child, the actor stays, and the loop's deadline is only a net for an actor that stops
+  answering. With ``none`` the actor runs the calls: a job past its deadline gets its actor
+  killed (``ray.kill``) and a fresh one started; so does a worker that died (segfault, OOM
+  kill) and, after its job, a worker whose memory grew past ``worker_memory_growth_mb`` since it
+  started (a leaking reward). Either way a worker that died takes a standby's place. A
+  worker starts with an allow-listed environment (:mod:`entropo.worker_env`: its base set, ``reward.pass_env``,
   Ray's ``RAY_*``), not the trainer's: the reward functions see no API key by accident.
 - :class:`LocalBackend`: ``workers`` daemon threads in this process, for unit tests and tiny
   runs. A Python thread cannot be killed: a job past its deadline is *abandoned* (its thread
@@ -16,14 +20,16 @@ Two backends with the same contract (each *slot* runs one job at a time):
   does not pretend otherwise). The results and counts are the same as with Ray; the isolation
   is not: use ``ray`` for untrusted or heavy rewards.
 
-The scheduling loop (:func:`execute`) gives every job ``timeout_s + DEADLINE_SLACK_S``. A job
+The scheduling loop (:func:`execute`) gives every job its backend's ``deadline_s``:
+``timeout_s + DEADLINE_SLACK_S``, or with fork isolation the net above. A job
 of several samples (or groups) that times out, or whose worker dies, is re-run one sample
 (group) per job, so only the samples that alone exceed the limit count as timeouts; so is
 every job of that function not yet started in this scoring, so that a function that hangs or
 crashes on a few samples costs one time limit (or one worker) per bad sample, not two.
 
-Quarantine: a function whose single-sample calls end their worker (``os._exit``, a crash, an
-OOM kill, or a hang past the deadline, for which the worker is killed) at least
+Quarantine: a function whose single-sample calls end their process (``os._exit``, a crash, an
+OOM kill, or a hang past the deadline, for which the process is killed; a forked call's process
+counts as the worker's) at least
 :data:`QUARANTINE_DEATHS` times, and on more than half of the calls it has finished in this
 scoring, is not run on the rest of it: every further sample of it fails at
 once with the reason (no worker start per sample), and the manager's failure check then
@@ -52,6 +58,8 @@ DEADLINE_SLACK_S = 0.5
 reward's own (cooperative) timeout to fire first."""
 WORKER_START_TIMEOUT_S = 300.0
 """A Ray reward worker that is not up after this long is an error (not enough free CPUs?)."""
+WORKER_SLACK_S = 30.0
+"""Added to a fork-isolated job's limit (:meth:`RayBackend.deadline_s`): forks, transfers."""
 MAX_START_FAILURES = 3
 """Consecutive failed worker starts before the reward stage gives up."""
 QUARANTINE_DEATHS = 3
@@ -72,22 +80,25 @@ class PoolStats:
     deaths: dict[int, int] = field(default_factory=dict)  # single-sample calls per entry that ended their worker
     finished: dict[int, int] = field(default_factory=dict)  # units per entry that returned or died
 
-    def count(self, job: Job, died: bool) -> None:
-        """Count a returned or died job; quarantine its entry when it kills most of its calls.
-        A job of several units that died is not counted: its units run again one by one."""
+    def count(self, job: Job, died: bool, lost: int = 0) -> None:
+        """Count a returned or died job (``lost``: calls of a returned job whose own process was
+        killed or died, :mod:`entropo.rewards.isolate`); quarantine its entry when it kills most
+        of its calls. A job of several units that died is not counted: its units run again one
+        by one."""
         e = job.entry
         if died and len(job.units) > 1:
             return
         self.finished[e] = self.finished.get(e, 0) + len(job.units)
-        if died:
-            self.deaths[e] = self.deaths.get(e, 0) + 1
+        deaths = int(died) + lost
+        if deaths:
+            self.deaths[e] = self.deaths.get(e, 0) + deaths
             if self.deaths[e] >= QUARANTINE_DEATHS and 2 * self.deaths[e] > self.finished[e]:
                 self.quarantined.add(e)
 
     def quarantine_outcome(self, entry: int) -> Outcome:
         return Outcome(EXCEPTION, message=(
             f"quarantined: {self.deaths[entry]} of its {self.finished[entry]} finished calls ended "
-            "their reward worker (os._exit, a crash, an OOM kill, or no result within reward.timeout_s); "
+            "their process (os._exit, a crash, an OOM kill, or no result within reward.timeout_s); "
             "not run on the rest of this batch"))
 
 
@@ -111,7 +122,6 @@ def execute(backend, jobs: list[Job], timeout_s: float) -> tuple[list[tuple[Job,
     done: list[tuple[Job, JobOutput]] = []
     pending = deque(jobs)
     inflight: dict[Any, tuple[int, Job, float]] = {}
-    deadline_s = timeout_s + DEADLINE_SLACK_S
 
     suspects: set[int] = set()  # entries whose job timed out or lost its worker in this scoring
 
@@ -143,7 +153,7 @@ def execute(backend, jobs: list[Job], timeout_s: float) -> tuple[list[tuple[Job,
             if job.entry in suspects and len(job.units) > 1:
                 pending.extendleft(reversed(job.split()))
                 job = pending.popleft()
-            inflight[backend.submit(slot, job)] = (slot, job, time.monotonic() + deadline_s)
+            inflight[backend.submit(slot, job)] = (slot, job, time.monotonic() + backend.deadline_s(job, timeout_s))
         now = time.monotonic()
         wait_s = max(0.0, min(d for _, _, d in inflight.values()) - now) if inflight else None
         for handle in backend.wait(list(inflight), wait_s):
@@ -156,7 +166,8 @@ def execute(backend, jobs: list[Job], timeout_s: float) -> tuple[list[tuple[Job,
                 backend.replace(slot)
                 lost(job, Outcome(EXCEPTION, message=f"reward worker died: {e}"))
                 continue
-            stats.count(job, died=False)
+            stats.count(job, died=False, lost=out.lost)
+            stats.replaced += out.lost
             if out.whole_call_failed and len(job.units) > 1:
                 pending.extend(job.split())
             else:
@@ -212,6 +223,10 @@ class LocalBackend:
     def wait_started(self) -> None:
         """Threads start at once: nothing to wait for."""
 
+    def deadline_s(self, job: Job, timeout_s: float) -> float:
+        """A job's time limit: the call's."""
+        return timeout_s + DEADLINE_SLACK_S
+
     def idle_slots(self) -> list[int]:
         return [i for i in range(len(self.threads)) if i not in self.busy]
 
@@ -254,21 +269,27 @@ class LocalBackend:
 
 
 class RewardWorker:
-    """The Ray actor body: an :class:`Evaluator` in its own process."""
+    """The Ray actor body: an :class:`Evaluator` in its own process; with ``isolation`` fork,
+    each call runs in a forked child (:mod:`entropo.rewards.isolate`)."""
 
     def __init__(self, specs, options, ctx, timeout_s: float, memory_growth_mb: float | None,
-                 sys_path: list[str]) -> None:
+                 sys_path: list[str], isolation: str = "none") -> None:
         for p in reversed(sys_path):
             if p not in sys.path:
                 sys.path.insert(0, p)
         self.evaluator = Evaluator(specs, options, ctx, timeout_s, memory_growth_mb)
+        self.supervisor = None
+        if isolation == "fork":
+            from entropo.rewards.isolate import Supervisor
+
+            self.supervisor = Supervisor(self.evaluator, timeout_s, DEADLINE_SLACK_S)
 
     def ready(self) -> int:
         """The worker's pid, once its reward functions are loaded."""
         return os.getpid()
 
     def run(self, job: Job) -> JobOutput:
-        return self.evaluator.run(job)
+        return self.evaluator.run(job) if self.supervisor is None else self.supervisor.run(job)
 
 
 SPARE = -1
@@ -285,14 +306,16 @@ class RayBackend:
     process, Ray's worker set-up and the reward modules' imports) while a spare is ready."""
 
     def __init__(self, specs, options, ctx, timeout_s: float, workers: int, num_cpus: float,
-                 memory_growth_mb: float | None, pass_env: tuple[str, ...], standby: int) -> None:
+                 memory_growth_mb: float | None, pass_env: tuple[str, ...], standby: int,
+                 isolation: str = "fork") -> None:
         import ray
 
         if not ray.is_initialized():
             raise RuntimeError("reward.mode=ray needs Ray to be initialised (ray.init) before the "
                                "RewardManager is created; or use reward.mode=local")
         self.ray = ray
-        self.args = (specs, options, ctx, timeout_s, memory_growth_mb, [os.getcwd(), *sys.path[:1]])
+        self.args = (specs, options, ctx, timeout_s, memory_growth_mb, [os.getcwd(), *sys.path[:1]], isolation)
+        self.isolation = isolation
         # py_executable: Ray starts each worker through entropo.worker_env, which execs the
         # worker with the allowed variables only (runtime_env env_vars can add, not remove)
         start = shlex.join(worker_env.command([*worker_env.BASE_ENV, *pass_env]))
@@ -315,6 +338,13 @@ class RayBackend:
         if not self.started:
             self._await_started(block=True)
             self.started = True
+
+    def deadline_s(self, job: Job, timeout_s: float) -> float:
+        """A job's time limit: the call's; with fork isolation, where the worker limits each
+        call itself, a net for a worker that stops answering: each unit's limit and the
+        whole job's, and :data:`WORKER_SLACK_S`."""
+        one = timeout_s + DEADLINE_SLACK_S
+        return one if self.isolation != "fork" else (len(job.units) + 1) * one + WORKER_SLACK_S
 
     def _start(self, slot: int) -> None:
         actor = self.cls.remote(*self.args)

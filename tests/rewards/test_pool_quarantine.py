@@ -22,6 +22,9 @@ class ScriptedBackend:
     def wait_started(self) -> None:
         pass
 
+    def deadline_s(self, job: Job, timeout_s: float) -> float:
+        return timeout_s
+
     def idle_slots(self) -> list[int]:
         return [s for s in (0, 1) if s not in self.busy]
 
@@ -71,7 +74,7 @@ def test_a_function_that_kills_every_worker_is_quarantined_after_three_deaths():
     assert stats.replaced == backend.replaced <= 5 + stats.deaths[0]
     quarantined = [o for _, o in stats.failures if o.message.startswith("quarantined")]
     assert len(quarantined) == 40 - stats.deaths[0]
-    assert re.search(r"quarantined: (\d) of its \1 finished calls ended their reward worker", quarantined[0].message)
+    assert re.search(r"quarantined: (\d) of its \1 finished calls ended their process", quarantined[0].message)
 
 
 def test_a_function_that_kills_a_few_workers_keeps_running():
@@ -99,3 +102,37 @@ def test_after_a_lost_batch_the_functions_other_batches_run_one_sample_at_a_time
     # would lose seven (batches 0, 2 and 3, then the four samples)
     assert backend.replaced == 5 and stats.deaths[0] == 4  # deaths: the single-sample calls
     assert all(len(job.units) == 8 for job in backend.submitted if job.entry == 1)
+
+
+class ForkedBackend(ScriptedBackend):
+    """A fork-isolated worker: a deadly sample costs its call's process, reported as ``lost``
+    in the job's output; the worker itself never dies."""
+
+    def submit(self, slot: int, job: Job) -> cf.Future:
+        self.busy.add(slot)
+        self.submitted.append(job)
+        bad = [r in self.deadly.get(job.entry, set()) for r in job.rows]
+        fut: cf.Future = cf.Future()
+        fut.set_result(JobOutput([Outcome(EXCEPTION, message="reward process died (exit code 1)") if b
+                                  else Outcome("ok", score=1.0) for b in bad], lost=sum(bad)))
+        return fut
+
+
+def test_calls_lost_in_forked_processes_count_toward_quarantine():
+    """Entry 0's first batch of 8 loses all eight calls' processes: 8 deaths of 8 finished
+    calls quarantines it, and its four later batches fail at once; entry 1 scores."""
+    backend = ForkedBackend({0: set(range(40))})
+    done, stats = execute(backend, _jobs(0, 40, 8) + _jobs(1, 16, 8), timeout_s=1.0)
+    assert stats.quarantined == {0} and backend.replaced == 0
+    first = [job for job in backend.submitted if job.entry == 0]
+    assert len(first) <= 2  # the slots' first batches; the rest never ran
+    assert stats.deaths[0] == stats.finished[0] == stats.replaced == 8 * len(first)
+    assert sorted(r for job, _ in stats.failures for r in job.rows) == list(range(8 * len(first), 40))
+    assert sorted(r for job, _ in done if job.entry == 1 for r in job.rows) == list(range(16))
+
+
+def test_a_few_lost_calls_do_not_quarantine():
+    backend = ForkedBackend({0: {3, 17, 29, 31}})
+    done, stats = execute(backend, _jobs(0, 40, 8), timeout_s=1.0)
+    assert stats.quarantined == set() and stats.deaths[0] == stats.replaced == 4
+    assert len(done) == 5 and not stats.failures  # every batch returned; the four failed inside

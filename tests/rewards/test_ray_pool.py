@@ -1,5 +1,7 @@
-"""RewardManager on Ray workers: hung workers are killed and replaced, dead ones restarted,
-leaking ones recycled, and the batch always completes with the right counts."""
+"""RewardManager on Ray workers: with reward.isolation=fork (the default) a call that hangs or
+dies costs its own process and the workers stay; with none, hung workers are killed and
+replaced, dead ones restarted, leaking ones recycled; the batch always completes with the right
+counts."""
 
 from __future__ import annotations
 
@@ -27,6 +29,8 @@ def manager(ray_session):
 
 
 def test_faults_are_contained(manager):
+    manager.ready()
+    workers = list(manager.backend.actors)
     behaviours = ["ok", "raise", "spin", "nan", "none", "die", "ok", "ok"]
     res = manager.score([sample(b, "ok", group=i // 4) for i, b in enumerate(behaviours)])
     assert res.components["flaky"].tolist() == [1, -1, -1, -1, -1, -1, 1, 1]
@@ -35,7 +39,8 @@ def test_faults_are_contained(manager):
     # the dead worker's sample counts as an exception; the spinning one as a timeout
     assert (m["reward/errors/exception"], m["reward/errors/timeout"], m["reward/errors/nan"],
             m["reward/skipped"], m["reward/errors"]) == (2, 1, 1, 1, 4)
-    assert m["reward/workers_replaced"] >= 2  # killed for the timeout, restarted after the death
+    assert m["reward/workers_replaced"] == 2  # the processes of the spinning and the dying call
+    assert manager.backend.actors == workers  # fork isolation: no Ray worker was lost
     again = manager.score([sample("ok", "ok"), sample("x", "ok")])  # the pool still works
     assert again.rewards.tolist() == [2.0, 1.0] and again.metrics["reward/errors"] == 0
 
@@ -43,14 +48,16 @@ def test_faults_are_contained(manager):
 def test_a_leaking_reward_gets_its_worker_recycled(ray_session):
     # its own pool, with a time limit that a 200 MiB allocation meets on a loaded machine (the
     # module's 1 s limit is for the hang test)
-    cfg = reward_cfg([FLAKY], mode="ray", workers=2, timeout_s=30.0, fallback_score=-1.0, worker_cpus=0.5,
-                     worker_memory_growth_mb=150)
     samples = [sample("leak", "x", extra_info={"leak_mb": 200}) for _ in range(3)] + [sample("ok", "ok")]
-    with RewardManager(cfg) as rm:
-        res = rm.score(samples)
-    assert res.components["flaky"].tolist() == [1.0] * 4
-    assert res.metrics["reward/errors"] == 0
-    assert res.metrics["reward/workers_recycled"] == 3  # each leaking call pushed its worker past 150 MiB
+    for isolation, recycled in (("none", 3), ("fork", 0)):
+        cfg = reward_cfg([FLAKY], mode="ray", workers=2, timeout_s=30.0, fallback_score=-1.0, worker_cpus=0.5,
+                         worker_memory_growth_mb=150, isolation=isolation)
+        with RewardManager(cfg) as rm:
+            res = rm.score(samples)
+        assert res.components["flaky"].tolist() == [1.0] * 4
+        assert res.metrics["reward/errors"] == 0
+        # none: each leaking call pushed its worker past 150 MiB; fork: the leak died with its process
+        assert res.metrics["reward/workers_recycled"] == recycled, isolation
 
 
 def test_builtins_on_ray(ray_session):
@@ -79,14 +86,18 @@ def test_ray_mode_needs_ray(monkeypatch):
 
 
 def test_a_reward_that_kills_every_worker_is_quarantined(manager):
-    """``os._exit`` on every call: after three single-sample deaths the function is not run on
-    the rest of the batch (no worker start per sample); the other function scores as usual."""
+    """``os._exit`` on every call: each call costs its forked process only (no worker start),
+    the function is quarantined for the rest of the batch once its first job is back, and the
+    other function scores as usual."""
+    manager.ready()
+    workers = list(manager.backend.actors)
     res = manager.score([sample("die", "die", group=i // 4) for i in range(16)])
     assert res.components["flaky"].tolist() == [-1.0] * 16
     assert res.components["compute_score"].tolist() == [1.0] * 16  # its own answer check, unharmed
     m = res.metrics
     assert m["reward/quarantined"] == 1 and m["reward/errors/exception"] == 16
-    assert m["reward/workers_replaced"] <= 8  # batch deaths, then at most 3 + 1 single ones
+    assert m["reward/workers_replaced"] == 16  # one forked process per call, one job per worker
+    assert manager.backend.actors == workers
     (failure,) = [f for f in res.failures if f.label == "flaky"]
     assert failure.failed == 16
     again = manager.score([sample("ok", "ok")])  # the next batch runs it again
@@ -97,7 +108,7 @@ def test_a_killed_worker_is_replaced_by_a_started_spare(ray_session):
     """A worker killed for a hang gives its slot to the standby worker at once (no start-up on
     the scoring's path), and a new standby starts in the background; the pool scores on."""
     cfg = reward_cfg([FLAKY], mode="ray", workers=1, timeout_s=1.0, fallback_score=-1.0, worker_cpus=0.25,
-                     standby_workers=1)
+                     standby_workers=1, isolation="none")
     with RewardManager(cfg) as rm:
         rm.ready()
         backend = rm.backend

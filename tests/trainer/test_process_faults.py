@@ -331,7 +331,7 @@ def test_rollout_worker_hangs_again_after_its_restart(hung_run):
 
 
 def test_reward_worker_hangs(ray_session):
-    """A Ray reward worker that hangs without dying (blocked, no CPU): killed after reward.timeout_s and replaced; its sample gets reward.fallback_score and the pool goes on."""
+    """A reward call on a Ray worker that hangs without dying (blocked, no CPU): its process is killed after reward.timeout_s (the worker stays, reward.isolation=fork); its sample gets reward.fallback_score and the pool goes on."""
     from entropo.rewards import RewardManager
     from tests.rewards.helpers import reward_cfg, sample
 
@@ -343,7 +343,7 @@ def test_reward_worker_hangs(ray_session):
         took = time.monotonic() - started
         assert res.rewards.tolist() == [1.0, -1.0, 1.0, 1.0]
         assert res.metrics["reward/errors/timeout"] == 1 and res.metrics["reward/workers_replaced"] >= 1
-        assert took < cfg.timeout_s + 30  # the limit, plus a worker's restart on a loaded machine
+        assert took < cfg.timeout_s + 30  # the limit, plus slack for a loaded machine
         again = rm.score([sample("ok"), sample("ok")])
         assert again.rewards.tolist() == [1.0, 1.0] and again.metrics["reward/errors"] == 0
 

@@ -15,12 +15,18 @@ def score(sample):
 
 def flaky(sample):
     """Misbehaves as the response asks: raise, hang (blocks, no CPU), spin (busy loop), nan,
-    none, leak (keeps extra_info['leak_mb'] MiB per call), die (ends the process: Ray only);
+    none, leak (keeps extra_info['leak_mb'] MiB per call), die (ends the process: Ray only),
+    die_leaving_child (forks a child that blocks, then ends the process: fork isolation only),
+    hang_writing_pid (writes its pid to extra_info['pid_file'], then hangs);
     else 1."""
     r = sample.response
     if r == "raise":
         raise ValueError("boom")
     if r == "hang":
+        threading.Event().wait()
+    if r == "hang_writing_pid":  # says which process hangs
+        with open(sample.extra_info["pid_file"], "w") as f:
+            f.write(str(os.getpid()))
         threading.Event().wait()
     if r == "spin":
         while True:
@@ -31,6 +37,10 @@ def flaky(sample):
         return None
     if r == "die":
         os._exit(1)
+    if r == "die_leaving_child":  # its child keeps the parent's files open, then the call's process exits
+        if os.fork() == 0:
+            threading.Event().wait()
+        os._exit(3)
     if r == "leak":
         _LEAK.append(bytearray(b"\x01") * (int(sample.extra_info.get("leak_mb", 1)) << 20))  # touched pages
     return 1.0

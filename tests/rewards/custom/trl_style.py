@@ -16,3 +16,12 @@ def fragile(prompts, completions, **kwargs):
     if "raise" in completions:
         raise ValueError("boom in a batch")
     return [1.0] * len(completions)
+
+
+def hangs_on(prompts, completions, **kwargs):
+    """Blocks for ever (no CPU) when any completion is 'hang': the whole batch call hangs."""
+    if "hang" in completions:
+        import threading
+
+        threading.Event().wait()
+    return [1.0] * len(completions)
