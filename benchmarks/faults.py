@@ -37,6 +37,7 @@ TARGETS = (
     "tests/rewards/test_sandbox_faults.py",
     "tests/rewards/test_pool_quarantine.py",
     "tests/rewards/test_ray_pool.py",
+    "tests/rewards/test_isolate.py",
     "tests/trainer/test_nonfinite.py",
     "tests/trainer/test_checkpoint_resume_errors.py",
     "tests/trainer/test_runtime.py::test_a_reward_failing_on_every_sample_stops_with_one_line",

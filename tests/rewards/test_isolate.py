@@ -4,7 +4,9 @@ Run here in the test process (no Ray): the supervisor is what a Ray reward worke
 
 from __future__ import annotations
 
+import math
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -85,12 +87,23 @@ def test_results_equal_the_in_process_evaluator():
         assert sup.run(j).outcomes == sup.evaluator.run(j).outcomes
 
 
-@pytest.mark.parametrize("seen, expected", [((), PATIENCE_FLOOR_S), ((0.001, 0.002, 0.5), 0.02),
-                                           ((0.05, 0.06, 0.07), 0.6), ((1.0, 2.0), 1.5)])
+@pytest.mark.parametrize("seen, expected", [((), math.inf), ((0.01, 0.01, 0.01), math.inf),
+                                           ((0.001, 0.002, 0.003, 0.5), PATIENCE_FLOOR_S),
+                                           ((0.05, 0.06, 0.06, 0.07), 0.6), ((1.0, 2.0, 2.0, 3.0), 1.5)])
 def test_patience_is_ten_medians_between_the_floor_and_the_limit(seen, expected):
-    sup = supervisor("native_style.py:flaky", timeout_s=1.0)  # limit 1.5 s
+    """None before MIN_HISTORY (4) finished tasks; then ten medians, at least the 0.2 s floor,
+    at most the limit (1.5 s here)."""
+    sup = supervisor("native_style.py:flaky", timeout_s=1.0)
     sup.durations[0] = list(seen)
-    assert sup.patience(0) == pytest.approx(max(expected, PATIENCE_FLOOR_S))
+    assert sup.patience(0) == pytest.approx(expected)
+
+
+def test_a_reward_whose_calls_are_all_long_runs_them_one_at_a_time():
+    """Before MIN_HISTORY calls have finished there is no patience: three 0.5 s calls (past the
+    0.2 s floor) run one after another in one child, not side by side."""
+    sup = supervisor("native_style.py:flaky", timeout_s=5.0)
+    out = sup.run(job([sample("sleep", "ok", extra_info={"sleep_s": 0.5}) for _ in range(3)]))
+    assert [o.score for o in out.outcomes] == [1.0] * 3 and sup.peak_stragglers == 0
 
 
 def test_a_hung_call_dies_with_its_worker(tmp_path):
@@ -128,3 +141,57 @@ def _alive(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def test_a_straggler_starts_no_task_it_handed_on(tmp_path):
+    """After four quick calls, a 1 s call becomes a straggler and the calls after it go to a new
+    child; the straggler's child, done with its call, does not run them too: every call runs
+    once (a reward's side effects are not doubled)."""
+    log = tmp_path / "log"
+    quick = [sample("log", "ok", extra_info={"log": str(log), "tag": f"q{i}"}) for i in range(4)]
+    slow = sample("log", "ok", extra_info={"log": str(log), "tag": "slow", "sleep_s": 1.0})
+    after = [sample("log", "ok", extra_info={"log": str(log), "tag": f"a{i}"}) for i in range(4)]
+    sup = supervisor("native_style.py:flaky", timeout_s=10.0)
+    out = sup.run(job([*quick, slow, *after]))
+    assert [o.score for o in out.outcomes] == [1.0] * 9 and sup.peak_stragglers == 1
+    tags = [line.split()[0] for line in log.read_text().splitlines()]
+    assert sorted(tags) == sorted(["q0", "q1", "q2", "q3", "slow", "a0", "a1", "a2", "a3"])
+
+
+def test_a_long_call_does_not_busy_wait_the_worker():
+    """The worker sleeps while a call runs (no patience point to wake for: a single task)."""
+    sup = supervisor("native_style.py:flaky", timeout_s=10.0)
+    cpu = time.process_time()
+    out = sup.run(job([sample("sleep", "ok", extra_info={"sleep_s": 1.5})]))
+    assert out.outcomes[0].score == 1.0
+    assert time.process_time() - cpu < 0.5  # a busy loop burns about 1.5 s here
+
+
+def test_a_failed_fork_fails_its_calls_not_the_worker(monkeypatch):
+    sup = supervisor("native_style.py:flaky")
+    fds = len(os.listdir("/proc/self/fd"))
+
+    def no_fork():
+        raise BlockingIOError(11, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(os, "fork", no_fork)
+    out = sup.run(job([sample("ok", "ok"), sample("ok", "ok")]))
+    assert [o.status for o in out.outcomes] == ["exception"] * 2 and out.lost == 0
+    assert "could not fork a process for the call" in out.outcomes[0].message
+    assert len(os.listdir("/proc/self/fd")) == fds  # the pipe and the shared word were closed
+    monkeypatch.undo()
+    assert sup.run(job([sample("ok", "ok")])).outcomes[0].score == 1.0
+
+
+def test_children_reaped_by_the_kernel_are_still_seen_dead():
+    """With SIGCHLD ignored (as Ray's workers may set it) the kernel reaps the children: a
+    death is still reported, with its status unknown, and the worker goes on."""
+    old = signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+    try:
+        sup = supervisor("native_style.py:flaky")
+        out = sup.run(job([sample("die", "ok"), sample("ok", "ok")]))
+        assert out.outcomes[0].status == "exception"
+        assert "reward process died (its exit status is unknown)" in out.outcomes[0].message  # not "exit code 0"
+        assert out.outcomes[1].score == 1.0 and out.lost == 1
+    finally:
+        signal.signal(signal.SIGCHLD, old)

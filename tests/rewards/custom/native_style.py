@@ -3,6 +3,7 @@
 import math
 import os
 import threading
+import time
 
 from entropo.rewards import group_reward
 
@@ -17,13 +18,20 @@ def flaky(sample):
     """Misbehaves as the response asks: raise, hang (blocks, no CPU), spin (busy loop), nan,
     none, leak (keeps extra_info['leak_mb'] MiB per call), die (ends the process: Ray only),
     die_leaving_child (forks a child that blocks, then ends the process: fork isolation only),
-    hang_writing_pid (writes its pid to extra_info['pid_file'], then hangs);
+    hang_writing_pid (writes its pid to extra_info['pid_file'], then hangs), sleep (for
+    extra_info['sleep_s'] seconds), log (sleeps as sleep, then appends extra_info['tag'] and its
+    pid to extra_info['log']);
     else 1."""
     r = sample.response
     if r == "raise":
         raise ValueError("boom")
     if r == "hang":
         threading.Event().wait()
+    if r in ("sleep", "log"):
+        time.sleep(float(sample.extra_info.get("sleep_s", 0.0)))
+    if r == "log":  # says that it ran, and where
+        with open(sample.extra_info["log"], "a") as f:
+            f.write(f"{sample.extra_info['tag']} {os.getpid()}\n")
     if r == "hang_writing_pid":  # says which process hangs
         with open(sample.extra_info["pid_file"], "w") as f:
             f.write(str(os.getpid()))
