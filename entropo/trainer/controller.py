@@ -25,14 +25,13 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
 import torch
 
-from entropo.algorithms import diagnostics, stateful
+from entropo.algorithms import diagnostics
 from entropo.algorithms.advantages import broadcast_to_tokens
 from entropo.algorithms.dynamic_sampling import (
     dynamic_sampling_metrics,
@@ -57,24 +56,9 @@ from entropo.trainer.checkpoint import (
 from entropo.trainer.engine import SamplingParams
 from entropo.trainer.errors import LearnerLostError, check_update_finite
 from entropo.trainer.methods import StepMethods
+from entropo.trainer.passes import old_pass_fused
 from entropo.trainer.scoring import Scorer
-
-
-def old_pass_fused(cfg: TrainConfig, rewards_read_policy: bool) -> bool:
-    """Whether the π_old pass can be the update's own forward (``learner.fuse_old_forward``):
-    π_old must equal π_θ at that forward (one epoch of one mini-batch) and nothing before the
-    update may read π_old or π_ref: no KL, no estimator or reshaper that reads them, no
-    stateful method (each reads the step batch's π_old before the update, or adds rows that
-    need a π_old pass of their own), no objective input beyond the entropy and the rollout's
-    log-probs, and no reward that reads them (``rewards_read_policy``)."""
-    a, learner = cfg.algorithm, cfg.learner
-    obj = cfg.objective()
-    one_update = learner.ppo_epochs == 1 and learner.mini_batch_prompts in (None, cfg.trainer.prompts_per_step)
-    return (learner.fuse_old_forward and one_update and a.kl_coef == 0
-            and not ADVANTAGES.get(a.advantage).needs and a.advantage_reshaper is None
-            and not stateful.active(a)
-            and not obj.needs_policy_prepass and not (obj.needs - {"entropy", "rollout_logp"})
-            and not rewards_read_policy)
+from entropo.trainer.step_metrics import Timer
 
 
 @dataclass
@@ -89,17 +73,6 @@ class ControllerState:
     entropy_end: float | None = None
     probe: dict[str, torch.Tensor] | None = None  # fixed responses and their initial entropies (forking analysis)
     reward_errors: float = 0.0  # Σ reward/errors over the steps so far, for the summary
-
-
-class Timer:
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
-
-    @contextmanager
-    def __call__(self, name: str):
-        start = time.perf_counter()
-        yield
-        self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
 
 
 class Controller:

@@ -8,7 +8,9 @@ nothing here changes the batch or talks to the actors.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
+from contextlib import contextmanager
 
 import torch
 
@@ -120,3 +122,16 @@ def sample_rows(batch: StepBatch, tokenizer, k: int) -> list[list]:
 
 def _floats(metrics: dict[str, torch.Tensor]) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items()}
+
+
+class Timer:
+    """Seconds per named phase of a step (``timing/*``), summed over its uses."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, name: str):
+        start = time.perf_counter()
+        yield
+        self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start

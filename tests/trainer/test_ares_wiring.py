@@ -11,7 +11,9 @@ from entropo.algorithms.ares import AresState
 from entropo.algorithms.losses.base import TokenLossInputs
 from entropo.algorithms.objective import micro_objective
 from entropo.config import load_config
-from entropo.trainer.controller import Controller, Timer, old_pass_fused
+from entropo.trainer.controller import Controller
+from entropo.trainer.passes import old_pass_fused
+from entropo.trainer.step_metrics import Timer
 from tests.objectives import objective
 from tests.trainer.test_controller import ROWS, FakeCluster, ListSampler
 

@@ -12,8 +12,8 @@ import torch
 from entropo.config import load_config
 from entropo.data.loading import PromptRow
 from entropo.trainer.batch import StepBatch
-from entropo.trainer.controller import Controller, Timer
-from entropo.trainer.step_metrics import probe_of
+from entropo.trainer.controller import Controller
+from entropo.trainer.step_metrics import Timer, probe_of
 
 
 class FakeCluster:
@@ -242,7 +242,7 @@ def test_forking_token_analysis():
 
 def test_old_pass_is_fused_only_where_it_equals_the_update_forward():
     from entropo.rewards import registry
-    from entropo.trainer.controller import old_pass_fused
+    from entropo.trainer.passes import old_pass_fused
 
     POLICY_FREE = {n for n in registry.names() if not registry.get(n).reads_policy}
     assert {"math", "countdown", "embedded", "format", "code", "random"} == POLICY_FREE
