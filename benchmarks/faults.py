@@ -63,8 +63,8 @@ single tests as pytest node ids. An entry that no longer exists is left out with
 PATTERNS = ("test_*faults*.py", "test_*security*.py")
 """Module names under ``tests/`` that are fault tests whole."""
 
-NOT_FAULTS = ("tests/test_faults_script.py",)
-"""Modules that match :data:`PATTERNS` and test no fault (this script's own test)."""
+NOT_FAULTS = ("tests/test_faults_script.py", "tests/test_reward_faults_script.py")
+"""Modules that match :data:`PATTERNS` and test no fault (the benchmark scripts' own tests)."""
 
 
 def discover(root: Path = ROOT) -> list[str]:
