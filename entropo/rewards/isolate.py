@@ -151,28 +151,27 @@ class Supervisor:
         process was killed for the time limit or died."""
         entry = self.evaluator.entries[job.entry]
         whole = entry.level == "batch" or entry.is_async or len(job.units) == 1
-        positions = list(range(len(job.samples)))
-        tasks = [_Task(job, positions)] if whole else [
-            _Task(sub, [positions[p] for p in unit]) for sub, unit in zip(job.split(), job.units)]
+        tasks = [_Task(job, list(range(len(job.samples))))] if whole else [
+            _Task(sub, unit) for sub, unit in zip(job.split(), job.units)]
         outcomes: list[Outcome | None] = [None] * len(job.samples)
         lost = 0
         queue: deque[int] = deque(range(len(tasks)))
         children: list[_Child] = []
 
-        def settle(i: int, out: JobOutput | None, failure: Outcome | None, split: bool = True) -> None:
-            """Task ``i``'s output, or its ``failure`` (its process was killed or died, or with
-            ``split`` false none could be forked); a whole-job task that failed as a whole is
-            split into its units instead."""
+        def settle(i: int, out: JobOutput | None, failure: Outcome | None, process_lost: bool = True) -> None:
+            """Task ``i``'s output, or its ``failure``: its process was killed or died
+            (``process_lost``), or none could be forked. A whole-job task whose process was lost,
+            or that raised on every sample, is split into its units instead."""
             nonlocal lost
             task = tasks[i]
-            failed_whole = out is None or (out.whole_call_failed and len(task.job.units) > 1)
-            if split and failed_whole and len(task.job.units) > 1:  # find the culprits unit by unit
+            failed_whole = (out is None and process_lost) or (out is not None and out.whole_call_failed)
+            if failed_whole and len(task.job.units) > 1:  # find the culprits unit by unit
                 for sub, unit in zip(task.job.split(), task.job.units):
                     tasks.append(_Task(sub, [task.positions[p] for p in unit]))
                     queue.append(len(tasks) - 1)
                 return
             if out is None:
-                lost += split  # a call whose process was killed or died
+                lost += process_lost
                 out = JobOutput([failure] * len(task.positions))
             for p, o in zip(task.positions, out.outcomes):
                 outcomes[p] = o
@@ -188,7 +187,7 @@ class Supervisor:
                     except OSError as e:  # no process for them (EAGAIN, ENOMEM): they fail, the worker stays
                         for i in order:
                             settle(i, None, Outcome(EXCEPTION, message=f"could not fork a process for the call: {e}"),
-                                   split=False)
+                                   process_lost=False)
                         continue
                 self._wait(children, job.entry)
                 self._reap_exited()
