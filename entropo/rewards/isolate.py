@@ -61,7 +61,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-from entropo.rewards.evaluator import EXCEPTION, TIMEOUT, Evaluator, Job, JobOutput, Outcome, rss_mb
+from entropo.rewards.evaluator import EXCEPTION, TIMEOUT, Evaluator, Job, JobOutput, Outcome
 
 PATIENCE_FACTOR = 10.0
 """A task becomes a straggler after this many times the median duration of its entry's tasks."""
@@ -218,7 +218,7 @@ class Supervisor:
         missing = [p for p, o in enumerate(outcomes) if o is None]
         if missing:  # a bug guard: every position is settled above
             raise RuntimeError(f"reward supervisor: positions {missing} of entry {job.entry} got no outcome")
-        return JobOutput(outcomes, rss_mb=rss_mb(), lost=lost)  # type: ignore[arg-type]
+        return JobOutput(outcomes, lost=lost)  # type: ignore[arg-type]
 
     @staticmethod
     def _may_straggle(c: _Child, children: list[_Child]) -> bool:

@@ -32,14 +32,6 @@ from entropo.rewards.pool import LocalBackend, RayBackend, execute
 from entropo.rewards.registry import RewardContext
 
 MODES = ("ray", "local")
-CHUNKS_PER_WORKER = 4
-"""Jobs per worker and entry: enough to balance load, few enough to keep calls cheap. With
-``reward.isolation=fork`` one job per worker and entry: its worker limits each call and runs
-hung calls side by side (entropo.rewards.isolate), so all the hangs a worker meets in a
-scoring cost it one time limit, and a timeout loses no other sample's work."""
-MAX_CHUNK_UNITS = 64
-"""At most this many samples (groups) per job, which bounds the work lost to a timeout (not
-with fork isolation, where a timeout loses only its own call)."""
 THINK_CLOSE = "</think>"
 
 
@@ -142,8 +134,6 @@ class RewardManager:
         for i, s in enumerate(specs):
             if s.is_builtin and registry.get(s.target).summarise is not None:
                 self.summarisers[i] = registry.get(s.target).summarise
-        self.workers = workers
-        self.one_job_per_worker = mode == "ray" and cfg.isolation == "fork"
         if mode == "local":
             self.backend: Any = LocalBackend(self.evaluator, workers)
         else:
@@ -200,10 +190,7 @@ class RewardManager:
         jobs = []
         for e, level in enumerate(self.levels):
             units = list(groups.values()) if level == "group" else [[i] for i in range(len(samples))]
-            if self.one_job_per_worker:
-                size = max(1, math.ceil(len(units) / self.workers))
-            else:
-                size = max(1, min(MAX_CHUNK_UNITS, math.ceil(len(units) / (self.workers * CHUNKS_PER_WORKER))))
+            size = self.backend.chunk_size(len(units))
             for k in range(0, len(units), size):
                 chunk = units[k : k + size]
                 rows = [i for u in chunk for i in u]

@@ -40,6 +40,7 @@ function that kills its worker on a few samples only is never quarantined.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import math
 import os
 import queue
 import shlex
@@ -62,6 +63,10 @@ WORKER_SLACK_S = 30.0
 """Added to a fork-isolated job's limit (:meth:`RayBackend.deadline_s`): forks, transfers."""
 MAX_START_FAILURES = 3
 """Consecutive failed worker starts before the reward stage gives up."""
+CHUNKS_PER_WORKER = 4
+"""Jobs per worker and entry: enough to balance load, few enough to keep calls cheap."""
+MAX_CHUNK_UNITS = 64
+"""At most this many samples (groups) per job, which bounds the work lost to a timeout."""
 QUARANTINE_DEATHS = 3
 """Worker deaths of one function's single-sample calls before it can be quarantined (module
 docstring)."""
@@ -100,6 +105,12 @@ class PoolStats:
             f"quarantined: {self.deaths[entry]} of its {self.finished[entry]} finished calls ended "
             "their process (os._exit, a crash, an OOM kill, or no result within reward.timeout_s); "
             "not run on the rest of this batch"))
+
+
+def chunk_size(units: int, workers: int) -> int:
+    """Units per job for a worker that runs its calls itself (:data:`CHUNKS_PER_WORKER`,
+    :data:`MAX_CHUNK_UNITS`)."""
+    return max(1, min(MAX_CHUNK_UNITS, math.ceil(units / (workers * CHUNKS_PER_WORKER))))
 
 
 # ---------------------------------------------------------------------------------------
@@ -227,6 +238,10 @@ class LocalBackend:
         """A job's time limit: the call's."""
         return timeout_s + DEADLINE_SLACK_S
 
+    def chunk_size(self, units: int) -> int:
+        """Units (samples or groups) per job of a scoring of ``units``."""
+        return chunk_size(units, len(self.threads))
+
     def idle_slots(self) -> list[int]:
         return [i for i in range(len(self.threads)) if i not in self.busy]
 
@@ -273,7 +288,7 @@ class RewardWorker:
     each call runs in a forked child (:mod:`entropo.rewards.isolate`)."""
 
     def __init__(self, specs, options, ctx, timeout_s: float, memory_growth_mb: float | None,
-                 sys_path: list[str], isolation: str = "none") -> None:
+                 sys_path: list[str], isolation: str) -> None:
         for p in reversed(sys_path):
             if p not in sys.path:
                 sys.path.insert(0, p)
@@ -307,7 +322,7 @@ class RayBackend:
 
     def __init__(self, specs, options, ctx, timeout_s: float, workers: int, num_cpus: float,
                  memory_growth_mb: float | None, pass_env: tuple[str, ...], standby: int,
-                 isolation: str = "fork") -> None:
+                 isolation: str) -> None:
         import ray
 
         if not ray.is_initialized():
@@ -345,6 +360,14 @@ class RayBackend:
         whole job's, and :data:`WORKER_SLACK_S`."""
         one = timeout_s + DEADLINE_SLACK_S
         return one if self.isolation != "fork" else (len(job.units) + 1) * one + WORKER_SLACK_S
+
+    def chunk_size(self, units: int) -> int:
+        """Units (samples or groups) per job of a scoring of ``units``. With fork isolation one
+        job per worker and entry: the worker limits each call and runs hung calls side by side
+        (:mod:`entropo.rewards.isolate`), so all the hangs a worker meets in a scoring cost it one
+        time limit, and a timeout loses no other unit's work."""
+        workers = len(self.actors)
+        return max(1, math.ceil(units / workers)) if self.isolation == "fork" else chunk_size(units, workers)
 
     def _start(self, slot: int) -> None:
         actor = self.cls.remote(*self.args)

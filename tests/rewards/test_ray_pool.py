@@ -119,4 +119,5 @@ def test_a_killed_worker_is_replaced_by_a_started_spare(ray_session):
         assert res.metrics["reward/errors/timeout"] == 1 and res.metrics["reward/workers_replaced"] >= 1
         assert backend.actors[0] is not first  # the hung worker was killed ...
         assert spare not in backend.spares  # ... and the spare took its slot
+        assert backend.actors[0] is spare
         assert rm.score([sample("ok", "ok")]).rewards.tolist() == [1.0]

@@ -21,6 +21,7 @@ from tests.rewards.helpers import reward_cfg, sample
 
 slow_ray = [pytest.mark.distributed, pytest.mark.slow]
 SECRETS = {name: f"secret-{name}" for name in ("WANDB_API_KEY", "HF_TOKEN", "AWS_SECRET_ACCESS_KEY", "OPENAI_API_KEY")}
+assert set(WATCHED) >= set(SECRETS), "env_spy.WATCHED must report every secret the tests plant"
 SPY = f"{os.path.relpath(Path(__file__).parent / 'custom', Path.cwd())}/env_spy.py:spy"
 
 
@@ -104,7 +105,6 @@ def test_the_allow_list_keeps_listed_names_patterns_and_ray_variables():
            "PATHX": "no"}
     assert allowed_env(env, ["PATH", "LC_*", "AWS_SECRET"]) == {"PATH": "/bin", "LC_ALL": "C", "RAY_JOB_ID": "01",
                                                                "AWS_SECRET": "s"}
-    assert set(WATCHED) >= set(SECRETS)
 
 
 def test_pass_env_entries_are_checked_at_load():
