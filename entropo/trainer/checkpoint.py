@@ -39,6 +39,8 @@ from pathlib import Path
 
 import torch
 
+from entropo.trainer.errors import first_line
+
 MARKER = "COMPLETE"
 _NAME = re.compile(r"^step_(\d{6,})$")
 
@@ -72,9 +74,7 @@ class CheckpointWriteError(RuntimeError):
             why = f"the disk holding {run_dir} is full ({_size(usage.free)} free of {_size(usage.total)})"
             fix = "free space on it or lower trainer.keep_checkpoints"
         else:
-            cause = getattr(error, "cause", None) or error  # a learner rank's error, through Ray
-            text = str(cause).strip().splitlines()
-            why = f"{type(cause).__name__}: {text[0][:200]}" if text else type(cause).__name__
+            why = first_line(getattr(error, "cause", None) or error)  # a learner rank's error, through Ray
             fix = "fix that"
         kept = f"the last complete checkpoint, {last}, is intact" if last else "no complete checkpoint was written yet"
         self.tail = f"{kept}; {fix}, then resume with trainer.resume=auto"
@@ -150,9 +150,13 @@ class Checkpoints:
         """Interrupted saves (``step_N.tmp``, or ``step_N`` without its marker), oldest first."""
         if not self.root.is_dir():
             return []
-        found = [p for p in self.root.iterdir() if p.is_dir() and (
-            (p.name.endswith(".tmp") and _NAME.match(p.name[:-4])) or (_NAME.match(p.name) and not (p / MARKER).is_file()))]
-        return sorted(found, key=lambda p: (int(_NAME.match(p.name.removesuffix(".tmp")).group(1)), p.name))
+        found = []
+        for p in self.root.iterdir():
+            tmp = p.name.endswith(".tmp")
+            m = _NAME.match(p.name.removesuffix(".tmp"))
+            if m and p.is_dir() and (tmp or not (p / MARKER).is_file()):
+                found.append((int(m.group(1)), p.name, p))
+        return [p for *_, p in sorted(found)]
 
     def resolve(self, resume: str) -> Path | None:
         """``trainer.resume``: '' → None; 'auto' → the newest complete checkpoint (None if

@@ -42,7 +42,7 @@ from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 from entropo.config import TrainConfig
 from entropo.trainer.batch import OLD_PASS_FIELDS, SEQUENCE_FIELDS, LearnerShard, StepBatch
 from entropo.trainer.engine import RolloutOutput, SamplingParams
-from entropo.trainer.errors import LearnerLostError, RunError
+from entropo.trainer.errors import LearnerLostError, RunError, first_line
 from entropo.trainer.learner import LearnerRank
 from entropo.trainer.placement import (
     Placement,
@@ -453,7 +453,7 @@ class Cluster:
                 lost = self._lost_workers()
                 if not lost:
                     raise
-                self._recover(lost, _first_line(error), error)
+                self._recover(lost, first_line(error), error)
 
     def _lost_workers(self) -> list[int]:
         pings = [w.ready.remote() for w in self.workers]
@@ -591,11 +591,6 @@ class Cluster:
             remove_placement_group(g)
         self.learners, self.workers, self.groups = [], [], []
 
-
-def _first_line(error: BaseException) -> str:
-    """``Type: first line of the message`` (at most 200 characters), or the type alone."""
-    text = str(error).strip()
-    return f"{type(error).__name__}: {text.splitlines()[0][:200]}" if text else type(error).__name__
 
 
 def _with_seed(params: SamplingParams, worker: int) -> SamplingParams:

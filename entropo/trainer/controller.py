@@ -278,7 +278,6 @@ class Controller:
                 caller to remove once no learner rank writes to it.
         """
         step = self.state.step
-        last = self.checkpoints.complete()
         try:
             tmp = self.checkpoints.begin(step)
             self.cluster.save(tmp)
@@ -292,7 +291,8 @@ class Controller:
             return self.checkpoints.commit(tmp, step, self.cfg.trainer.keep_checkpoints)
         except LearnerLostError:
             raise
-        except (OSError, RuntimeError) as e:
+        except (OSError, RuntimeError) as e:  # this save did not commit: the complete ones are the earlier ones
+            last = self.checkpoints.complete()
             raise CheckpointWriteError(step, self.checkpoints.partial(step), last[-1] if last else None, e) from e
 
     def restore(self, path: Path) -> None:

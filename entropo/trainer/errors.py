@@ -37,6 +37,13 @@ class NonFiniteUpdateError(RuntimeError):
     """An update made the loss, the gradient or the weights NaN/inf (before any sync or save)."""
 
 
+def first_line(error: BaseException) -> str:
+    """``Type: first line of the message`` (at most 200 characters), or the type alone: an
+    error in a one-line stop."""
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0][:200]}" if text else type(error).__name__
+
+
 def check_update_finite(step: int, metrics: dict[str, float], lr: float) -> None:
     """Raise :class:`NonFiniteUpdateError` naming the step and the first non-finite value.
 

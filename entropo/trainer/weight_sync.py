@@ -26,6 +26,8 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from entropo.config import ROLLOUT_CALL_BASE_S
+
 DEFAULT_BUCKET_BYTES = 64 << 20
 
 
@@ -110,7 +112,7 @@ def tcp_store(host: str, port: int, world: int, is_master: bool, timeout: timede
 
 
 def init_sync_group(host: str, port: int, rank: int, world: int, backend: str = "gloo",
-                    timeout_s: float = 600.0) -> dist.ProcessGroup:
+                    timeout_s: float = ROLLOUT_CALL_BASE_S) -> dist.ProcessGroup:
     """Join the weight-sync group (rank 0 hosts the store, listening on ``host`` only)."""
     store = tcp_store(host, port, world, rank == 0, timedelta(seconds=timeout_s))
     if backend == "gloo":
